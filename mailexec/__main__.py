@@ -1,0 +1,3 @@
+from mailexec.cli import main
+
+main()

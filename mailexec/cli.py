@@ -1,0 +1,101 @@
+"""The `mailexec` console script: processes (migrate, serve, up) and operator commands."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Annotated
+
+import typer
+
+from mailexec import supervisor
+
+app = typer.Typer(
+    name="mailexec",
+    help="Program delivery for mail: run the services, administer programs and accounts.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="Alembic revision to upgrade to")] = "head",
+    downgrade: Annotated[
+        bool, typer.Option("--downgrade", help="Downgrade to REVISION instead (e.g. base)")
+    ] = False,
+) -> None:
+    """Create the database if missing and apply the migrations (alembic upgrade head)."""
+    from mailexec import migrate as m
+
+    if downgrade:
+        m.downgrade(revision=revision if revision != "head" else "base")
+        typer.echo(f"downgraded to {revision if revision != 'head' else 'base'}")
+        return
+    import asyncio
+
+    from shared.settings import get_settings
+
+    url = get_settings().database_url
+    if asyncio.run(m.ensure_database(url)):
+        typer.echo("created database")
+    m.upgrade(url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="ingest | policy | executor | notifier")],
+    self_check: Annotated[
+        bool, typer.Option("--self-check", help="executor: test the sandbox and exit")
+    ] = False,
+) -> None:
+    """Run one service in the foreground; configuration comes from MAILEXEC_* variables."""
+    if service not in supervisor.SERVICES:
+        typer.echo(
+            f"unknown service {service!r}; choose one of {', '.join(supervisor.SERVICES)}",
+            err=True,
+        )
+        raise typer.Exit(64)
+    try:
+        main_mod = importlib.import_module(f"services.{service}.main")
+    except ModuleNotFoundError:
+        typer.echo(f"service {service} is not available in this build", err=True)
+        raise typer.Exit(69) from None
+    if self_check:
+        if not hasattr(main_mod, "self_check"):
+            typer.echo(f"{service} has no self-check", err=True)
+            raise typer.Exit(64)
+        raise typer.Exit(main_mod.self_check())
+    rc = main_mod.run()
+    raise typer.Exit(rc or 0)
+
+
+@app.command()
+def up(
+    services: Annotated[
+        list[str] | None, typer.Argument(help="services to run (default: all)")
+    ] = None,
+) -> None:
+    """Run all services on this machine under one supervisor; Ctrl-C stops them."""
+    raise typer.Exit(supervisor.run(services))
+
+
+def _register_commands() -> None:
+    """Operator command groups live in mailexec.commands.* and add themselves to `app`."""
+    try:
+        commands = importlib.import_module("mailexec.commands")
+    except ModuleNotFoundError:
+        return
+    commands.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app(prog_name="mailexec")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`mailexec up`: run every service on this machine under one supervisor.
+
+Like Postfix's master(8), in small: each service is its own process (`mailexec serve X`),
+restarted with a back-off if it dies; Ctrl-C (SIGINT) or SIGTERM stops them all cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+SERVICES = ("policy", "ingest", "executor", "notifier")
+
+
+def available_services() -> list[str]:
+    return [s for s in SERVICES if importlib.util.find_spec(f"services.{s}.main") is not None]
+
+
+def _spawn(name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "mailexec", "serve", name])
+
+
+def run(services: list[str] | None = None) -> int:
+    names = services or available_services()
+    procs = {name: _spawn(name) for name in names}
+    restarts = {name: 0.0 for name in names}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"mailexec up: running {', '.join(names)} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for name, proc in list(procs.items()):
+                rc = proc.poll()
+                if rc is None or stopping:
+                    continue
+                delay = min(30.0, max(1.0, restarts[name] * 2))
+                print(
+                    f"mailexec up: {name} exited with status {rc}; restarting in {delay:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(delay)
+                restarts[name] = delay
+                procs[name] = _spawn(name)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return 0

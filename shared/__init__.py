@@ -1,0 +1,1 @@
+"""Contracts and plumbing shared by the mailexec services (never service logic)."""

@@ -1,0 +1,128 @@
+"""RabbitMQ plumbing: a robust (self-reconnecting) connection, confirmed publishing.
+
+``Broker.publish`` returns only once the broker confirmed the message (persistent,
+``mandatory=True``); an unroutable message, a nack, a timeout or a lost connection raise
+:class:`shared.errors.Unavailable` so callers can answer 503 / retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+
+from shared import topology
+from shared.errors import Unavailable
+
+log = logging.getLogger("mailexec.amqp")
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class Broker:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: AbstractChannel | None = None
+        self.exchanges: dict[str, AbstractExchange] = {}
+
+    async def connect(self, *, declare: bool = True, timeout: float = 10.0) -> None:
+        """Connect (retrying until ``timeout``), open a confirming channel, declare topology."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                self.connection = await aio_pika.connect_robust(
+                    self.url, timeout=5, client_properties={"connection_name": "mailexec"}
+                )
+                break
+            except (TimeoutError, OSError, AMQPError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(
+                        f"RabbitMQ unreachable at {redact(self.url)}: {exc}",
+                        code="broker_unavailable",
+                    ) from exc
+                await asyncio.sleep(0.5)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        if declare:
+            self.exchanges = await topology.declare(self.channel)
+
+    async def new_channel(self, prefetch: int | None = None) -> AbstractChannel:
+        assert self.connection is not None
+        ch = await self.connection.channel(publisher_confirms=True)
+        if prefetch:
+            await ch.set_qos(prefetch_count=prefetch)
+        return ch
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
+
+    async def exchange(self, name: str) -> AbstractExchange:
+        if name not in self.exchanges:
+            assert self.channel is not None
+            if name == "":
+                self.exchanges[name] = self.channel.default_exchange
+            else:
+                self.exchanges[name] = await self.channel.get_exchange(name, ensure=False)
+        return self.exchanges[name]
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes | dict[str, Any],
+        *,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        timeout: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
+        if not self.ready:
+            raise Unavailable("RabbitMQ connection is down; retry later", code="broker_unavailable")
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
+        msg = aio_pika.Message(
+            payload,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers or {},
+            message_id=message_id,
+        )
+        try:
+            ex = await self.exchange(exchange)
+            await ex.publish(msg, routing_key=routing_key, mandatory=True, timeout=timeout)
+        except (DeliveryError, PublishError) as exc:
+            raise Unavailable(
+                f"RabbitMQ refused the message for {exchange}/{routing_key}: {exc}",
+                code="broker_unavailable",
+            ) from exc
+        except (TimeoutError, AMQPError, OSError, RuntimeError) as exc:
+            raise Unavailable(
+                f"RabbitMQ publish failed ({type(exc).__name__}); retry later",
+                code="broker_unavailable",
+            ) from exc
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+        self.connection = None
+        self.channel = None
+        self.exchanges = {}
+
+
+def redact(url: str) -> str:
+    """A URL with its password replaced, for logs and errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

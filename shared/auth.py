@@ -1,0 +1,161 @@
+"""Bearer-token authentication and roles (SPEC §2 "Auth").
+
+What it guarantees:
+- Tokens are never stored or logged in clear: bootstrap tokens are compared by their
+  SHA-256 with :func:`hmac.compare_digest`; issued tokens live as SHA-256 hex in
+  ``policy.tokens`` and are looked up by hash.
+- Roles: ``admin`` (everything), ``mta`` (submit, read message status), ``user`` (its own
+  account only), ``service`` (executor/notifier reading policy). A missing or wrong token
+  is 401, a wrong role 403.
+- A client that presents many bad tokens is slowed down: after ``BAD_TOKEN_LIMIT``
+  failures in ``BAD_TOKEN_WINDOW_S`` from one address it gets 429 until the window passes.
+
+Settings: ``MAILEXEC_ADMIN_TOKEN``, ``MAILEXEC_INGEST_TOKEN`` (role mta),
+``MAILEXEC_SERVICE_TOKEN``; empty means that bootstrap token does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import text
+
+from shared.db import get_engine, translate_db_errors
+from shared.errors import Forbidden, TooManyRequests, Unauthorized
+from shared.settings import get_settings
+
+ROLES = ("admin", "mta", "user", "service")
+BAD_TOKEN_LIMIT = 30
+BAD_TOKEN_WINDOW_S = 60.0
+_CACHE_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str
+    name: str  # for the audit log: "admin", "mta", "service" or "user:<address>"
+    account: str | None = None
+
+    def may_access_account(self, address: str) -> bool:
+        if self.role == "admin":
+            return True
+        return self.role == "user" and self.account == address.lower()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_token(prefix: str = "mxu") -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+_bad: dict[str, deque[float]] = defaultdict(deque)
+_cache: dict[str, tuple[float, Principal | None]] = {}
+
+
+def _note_failure(client: str) -> None:
+    now = time.monotonic()
+    q = _bad[client]
+    q.append(now)
+    while q and q[0] < now - BAD_TOKEN_WINDOW_S:
+        q.popleft()
+
+
+def _check_rate(client: str) -> None:
+    now = time.monotonic()
+    q = _bad.get(client)
+    if not q:
+        return
+    while q and q[0] < now - BAD_TOKEN_WINDOW_S:
+        q.popleft()
+    if len(q) >= BAD_TOKEN_LIMIT:
+        raise TooManyRequests(
+            "too many requests with a bad token from this address; wait a minute and "
+            "check the token you are using",
+            code="auth_rate_limited",
+        )
+
+
+def reset_rate_limit() -> None:
+    _bad.clear()
+    _cache.clear()
+
+
+def _bootstrap(digest: str) -> Principal | None:
+    s = get_settings()
+    for token, role in ((s.admin_token, "admin"), (s.ingest_token, "mta"), (s.service_token, "service")):
+        if token and hmac.compare_digest(hash_token(token), digest):
+            return Principal(role=role, name=role)
+    return None
+
+
+async def _lookup(digest: str) -> Principal | None:
+    now = time.monotonic()
+    hit = _cache.get(digest)
+    if hit and hit[0] > now:
+        return hit[1]
+    with translate_db_errors():
+        async with get_engine().connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT role, account FROM policy.tokens "
+                        "WHERE token_hash = :h AND revoked_at IS NULL"
+                    ),
+                    {"h": digest},
+                )
+            ).first()
+    principal = None
+    if row is not None:
+        role, account = row
+        principal = Principal(
+            role=role, name=f"user:{account}" if account else role, account=account
+        )
+    if len(_cache) > 10000:
+        _cache.clear()
+    _cache[digest] = (now + _CACHE_TTL_S, principal)
+    return principal
+
+
+def forget_token(digest: str) -> None:
+    _cache.pop(digest, None)
+
+
+async def authenticate(request: Request) -> Principal:
+    client = request.client.host if request.client else "?"
+    _check_rate(client)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "missing bearer token: send 'Authorization: Bearer <token>'", code="missing_token"
+        )
+    digest = hash_token(token.strip())
+    principal = _bootstrap(digest) or await _lookup(digest)
+    if principal is None:
+        _note_failure(client)
+        raise Unauthorized("invalid or revoked token", code="invalid_token")
+    return principal
+
+
+def require(*roles: str):  # type: ignore[no-untyped-def]
+    """A FastAPI dependency admitting only the given roles."""
+
+    async def dep(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.role not in roles:
+            raise Forbidden(
+                f"this endpoint needs role {' or '.join(roles)}; your token has role "
+                f"{principal.role}",
+                code="wrong_role",
+            )
+        return principal
+
+    return dep

@@ -1,0 +1,66 @@
+"""Process configuration: every ``MAILEXEC_*`` environment variable, read once.
+
+Use :func:`get_settings`; never read ``os.environ`` elsewhere. Tests change the
+environment and call ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILEXEC_", extra="ignore")
+
+    # Connections
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailexec"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    policy_url: str = "http://127.0.0.1:8026"
+    smtp_url: str = "smtp://127.0.0.1:25"
+
+    # Bootstrap tokens (roles admin, mta, service). Empty means "no such bootstrap token".
+    admin_token: str = ""
+    ingest_token: str = ""
+    service_token: str = ""
+
+    # Listening
+    bind_host: str = "127.0.0.1"
+    ingest_port: int = 8025
+    policy_port: int = 8026
+    notifier_port: int = 8027
+    executor_metrics_port: int = 8028
+
+    # Limits
+    max_message_bytes: int = 26214400
+    max_program_bytes: int = 64 * 1024 * 1024
+    inline_body_bytes: int = 65536
+
+    # Executor
+    trusted_dir: str = "/var/lib/mailexec/trusted"
+    executor_concurrency: int = 64
+    executor_prefetch: int = 128
+    sandbox_network: bool = True
+    sandbox_bwrap: bool = False
+    rlimit_cpu_s: int = 60
+    rlimit_as_bytes: int = 1024 * 1024 * 1024
+    rlimit_nproc: int = 256
+    rlimit_fsize_bytes: int = 100 * 1024 * 1024
+    rlimit_nofile: int = 256
+    tz: str = "UTC"
+
+    # Notifier
+    reporting_mta: str = Field(default_factory=socket.getfqdn)
+    dsn_max_returned_body_bytes: int = 262144
+    dsn_aggregate_window_s: float = 2.0
+    postmaster_notice_interval_s: int = 300
+
+    log_level: str = "info"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,108 @@
+"""RabbitMQ names and their idempotent declaration (docs/internals.md, "AMQP topology").
+
+Everything durable; jobs on a quorum queue with a delivery limit that dead-letters
+poison jobs; retries through per-delay TTL queues that dead-letter back to
+``deliveries`` (no broker plugin needed).
+"""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+DELIVERIES_EXCHANGE = "deliveries"
+DELIVERIES_QUEUE = "deliveries"
+DELIVERIES_ROUTING_KEY = "deliveries"
+DELIVERIES_DLX = "deliveries.dlx"
+DELIVERIES_DEAD = "deliveries.dead"
+HELD_QUEUE = "deliveries.held"
+HELD_RECHECK_MS = 60_000
+DELIVERY_LIMIT = 5
+
+# (queue name, delay in seconds); the n-th retry of a job uses RETRY_LADDER[min(n, len-1)]
+RETRY_LADDER: tuple[tuple[str, int], ...] = (
+    ("deliveries.retry.5s", 5),
+    ("deliveries.retry.30s", 30),
+    ("deliveries.retry.2m", 120),
+    ("deliveries.retry.10m", 600),
+    ("deliveries.retry.30m", 1800),
+    ("deliveries.retry.1h", 3600),
+)
+
+EVENTS_EXCHANGE = "events"
+EVENTS_DLX = "events.dlx"
+NOTIFIER_QUEUE = "notifier.events"
+NOTIFIER_DEAD = "notifier.dead"
+EVENT_KINDS = ("bounce", "delayed", "delivered", "admin_notice")
+
+POLICY_EXCHANGE = "policy.changed"
+
+
+def retry_queue_for(attempt: int) -> tuple[str, int]:
+    """The retry queue (and its delay) for a job that has been deferred ``attempt`` times."""
+    return RETRY_LADDER[min(max(attempt, 1), len(RETRY_LADDER)) - 1]
+
+
+async def declare(channel: AbstractChannel) -> dict[str, AbstractExchange]:
+    """Declare the whole topology; safe to call from every process at start."""
+    deliveries = await channel.declare_exchange(
+        DELIVERIES_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dlx = await channel.declare_exchange(DELIVERIES_DLX, aio_pika.ExchangeType.FANOUT, durable=True)
+    events = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    events_dlx = await channel.declare_exchange(EVENTS_DLX, aio_pika.ExchangeType.FANOUT, durable=True)
+    policy = await channel.declare_exchange(POLICY_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+
+    q = await channel.declare_queue(
+        DELIVERIES_QUEUE,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DELIVERIES_DLX,
+        },
+    )
+    await q.bind(deliveries, DELIVERIES_ROUTING_KEY)
+    dead = await channel.declare_queue(
+        DELIVERIES_DEAD, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(dlx, "")
+    for name, delay in RETRY_LADDER:
+        await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-message-ttl": delay * 1000,
+                "x-dead-letter-exchange": DELIVERIES_EXCHANGE,
+                "x-dead-letter-routing-key": DELIVERIES_ROUTING_KEY,
+            },
+        )
+    await channel.declare_queue(
+        HELD_QUEUE,
+        durable=True,
+        arguments={
+            "x-message-ttl": HELD_RECHECK_MS,
+            "x-dead-letter-exchange": DELIVERIES_EXCHANGE,
+            "x-dead-letter-routing-key": DELIVERIES_ROUTING_KEY,
+        },
+    )
+    nq = await channel.declare_queue(
+        NOTIFIER_QUEUE,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": EVENTS_DLX,
+        },
+    )
+    await nq.bind(events, "#")
+    ndead = await channel.declare_queue(
+        NOTIFIER_DEAD, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await ndead.bind(events_dlx, "")
+    return {
+        DELIVERIES_EXCHANGE: deliveries,
+        DELIVERIES_DLX: dlx,
+        EVENTS_EXCHANGE: events,
+        POLICY_EXCHANGE: policy,
+    }
