@@ -1,0 +1,283 @@
+"""`make run` / `make test` helper: bring the local machine to a runnable state.
+
+``python -m mailexec.devrun --services-only`` makes sure PostgreSQL and RabbitMQ are
+running (starting them, or on Debian as root installing them from the OS packages) and
+exits. Without the flag it then applies the migrations, starts an SMTP sink for DSNs,
+runs all services under ``mailexec up``, loads demo data (one trusted program, one
+account owned by an unprivileged uid) and prints where everything is, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+DEMO_UID = 64000
+DEMO_HOME = Path("/var/lib/mailexec/demo/home")
+SINK_PORT = int(os.environ.get("MAILEXEC_DEV_SMTP_PORT", "2525"))
+
+DEMO_PROGRAM = b"""#!/bin/sh
+# savemail: store each message in $HOME/inbox (a trusted demo program; it prints nothing)
+umask 077
+mkdir -p "$HOME/inbox" && cat > "$HOME/inbox/$(date +%s.%N).eml"
+"""
+
+
+def say(msg: str) -> None:
+    print(f"mailexec: {msg}", flush=True)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(host: str, port: int, seconds: int) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _is_debian_root() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def _apt_install(*packages: str) -> None:
+    say(f"installing {' '.join(packages)} from the OS packages")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env)
+
+
+def ensure_postgres() -> None:
+    if port_open("127.0.0.1", 5432):
+        return
+    if not Path("/etc/postgresql").is_dir() or not os.listdir("/etc/postgresql"):
+        if not _is_debian_root():
+            sys.exit(
+                "mailexec: PostgreSQL is not running on 127.0.0.1:5432 and not installed.\n"
+                "  Install PostgreSQL 13+ (Debian/Ubuntu: apt-get install postgresql), allow\n"
+                "  trust or password auth for user postgres, or set MAILEXEC_DATABASE_URL."
+            )
+        _apt_install("postgresql")
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    say(f"starting PostgreSQL {version}")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False
+    )
+    if not _wait_port("127.0.0.1", 5432, 60):
+        sys.exit("mailexec: PostgreSQL did not come up on 127.0.0.1:5432; see its log in /var/log/postgresql")
+
+
+def ensure_rabbitmq() -> None:
+    if port_open("127.0.0.1", 5672):
+        return
+    if shutil.which("rabbitmq-server") is None:
+        if not _is_debian_root():
+            sys.exit(
+                "mailexec: RabbitMQ is not running on 127.0.0.1:5672 and not installed.\n"
+                "  Install RabbitMQ 3.10+ (Debian/Ubuntu: apt-get install rabbitmq-server)\n"
+                "  or set MAILEXEC_AMQP_URL."
+            )
+        _apt_install("rabbitmq-server")
+    say("starting RabbitMQ")
+    subprocess.run(["rabbitmq-server", "-detached"], check=False)
+    subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", "120"], check=False)
+    if not _wait_port("127.0.0.1", 5672, 60):
+        sys.exit("mailexec: RabbitMQ did not come up on 127.0.0.1:5672; see /var/log/rabbitmq")
+
+
+def ensure_infra() -> None:
+    ensure_postgres()
+    ensure_rabbitmq()
+    if shutil.which("bwrap") is None and _is_debian_root():
+        try:
+            _apt_install("bubblewrap")
+        except subprocess.CalledProcessError:
+            say("bubblewrap could not be installed; the executor will run without it")
+
+
+def _tokens() -> dict[str, str]:
+    """Tokens from the environment, else the ones saved by an earlier `make run`, else new."""
+    RUN_DIR.mkdir(exist_ok=True)
+    saved = RUN_DIR / "tokens.env"
+    found: dict[str, str] = {}
+    if saved.exists():
+        for line in saved.read_text().splitlines():
+            key, _, value = line.partition("=")
+            found[key] = value
+    out = {}
+    for var, prefix in (
+        ("MAILEXEC_ADMIN_TOKEN", "mxa"),
+        ("MAILEXEC_INGEST_TOKEN", "mxm"),
+        ("MAILEXEC_SERVICE_TOKEN", "mxs"),
+    ):
+        out[var] = os.environ.get(var) or found.get(var) or f"{prefix}_{secrets.token_urlsafe(24)}"
+    saved.write_text("".join(f"{k}={v}\n" for k, v in out.items()))
+    saved.chmod(0o600)
+    return out
+
+
+def _start_sink(mail_dir: Path) -> object:
+    from aiosmtpd.controller import Controller
+
+    mail_dir.mkdir(parents=True, exist_ok=True)
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            name = mail_dir / f"{time.time():.6f}.eml"
+            name.write_bytes(envelope.original_content or envelope.content)
+            print(f"mailexec: SMTP sink stored {name.name} for {', '.join(envelope.rcpt_tos)}", flush=True)
+            return "250 OK stored"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=SINK_PORT)
+    controller.start()
+    return controller
+
+
+def _wait_ready(urls: dict[str, str], seconds: int = 60) -> None:
+    deadline = time.monotonic() + seconds
+    pending = dict(urls)
+    while pending and time.monotonic() < deadline:
+        for name, url in list(pending.items()):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    say(f"{name} ready at {url}")
+                    del pending[name]
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.3)
+    if pending:
+        say(f"not ready after {seconds}s: {', '.join(pending)} (see the log lines above)")
+
+
+def _load_demo(policy_url: str, admin_token: str) -> None:
+    DEMO_HOME.mkdir(parents=True, exist_ok=True)
+    for p in (DEMO_HOME.parent.parent, DEMO_HOME.parent):
+        p.chmod(0o755)
+    os.chown(DEMO_HOME, DEMO_UID, DEMO_UID)
+    DEMO_HOME.chmod(0o700)
+    h = {"Authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=policy_url, headers=h, timeout=10) as c:
+        r = c.put(
+            "/v1/programs/savemail",
+            content=DEMO_PROGRAM,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        r.raise_for_status()
+        r = c.put(
+            "/v1/accounts/demo@localhost",
+            json={
+                "owner": {
+                    "name": "demo",
+                    "uid": DEMO_UID,
+                    "gid": DEMO_UID,
+                    "home": str(DEMO_HOME),
+                    "shell": "/bin/sh",
+                },
+                "program_delivery": {"enabled": True, "programs": ["savemail"]},
+                "mailbox_delivery": False,
+            },
+        )
+        r.raise_for_status()
+        c.patch("/v1/settings", json={"postmaster": "postmaster@localhost"}).raise_for_status()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--services-only", action="store_true", help="only make sure PostgreSQL and RabbitMQ run")
+    args = ap.parse_args()
+    ensure_infra()
+    if args.services_only:
+        return 0
+
+    env = dict(os.environ)
+    env.update(_tokens())
+    env.setdefault("MAILEXEC_SMTP_URL", f"smtp://127.0.0.1:{SINK_PORT}")
+    env.setdefault("MAILEXEC_REPORTING_MTA", "localhost")
+    for k, v in env.items():
+        if k.startswith("MAILEXEC_"):
+            os.environ[k] = v
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    s = get_settings()
+    say("applying migrations")
+    subprocess.run([sys.executable, "-m", "mailexec", "migrate"], check=True, env=env)
+    sink = _start_sink(RUN_DIR / "mail")
+    say(f"SMTP sink for DSNs on 127.0.0.1:{SINK_PORT}, messages in {RUN_DIR / 'mail'}")
+    up = subprocess.Popen([sys.executable, "-m", "mailexec", "up"], env=env)
+    urls = {
+        "policy": f"http://127.0.0.1:{s.policy_port}",
+        "ingest": f"http://127.0.0.1:{s.ingest_port}",
+        "notifier": f"http://127.0.0.1:{s.notifier_port}",
+        "executor": f"http://127.0.0.1:{s.executor_metrics_port}",
+    }
+    _wait_ready(urls)
+    try:
+        _load_demo(urls["policy"], env["MAILEXEC_ADMIN_TOKEN"])
+        say("demo data loaded: trusted program 'savemail', account demo@localhost (uid 64000)")
+    except httpx.HTTPError as exc:
+        say(f"could not load demo data: {exc}")
+    print(
+        f"""
+  policy    {urls['policy']}   (API docs {urls['policy']}/docs)
+  ingest    {urls['ingest']}   (API docs {urls['ingest']}/docs)
+  notifier  {urls['notifier']}
+  executor  {urls['executor']}/metrics
+  DSNs      SMTP sink 127.0.0.1:{SINK_PORT} -> {RUN_DIR / 'mail'}
+  tokens    saved in {RUN_DIR / 'tokens.env'}
+    admin   {env['MAILEXEC_ADMIN_TOKEN']}
+    mta     {env['MAILEXEC_INGEST_TOKEN']}
+
+Try it (another terminal):
+  printf 'From: alice@example.org\\nSubject: hi\\n\\nhello\\n' | \\
+    curl -s -X POST -H 'Authorization: Bearer {env['MAILEXEC_INGEST_TOKEN']}' \\
+      -H 'Content-Type: message/rfc822' --data-binary @- \\
+      '{urls['ingest']}/v1/messages?from=alice@example.org&to=demo@localhost'
+  curl -s -H 'Authorization: Bearer {env['MAILEXEC_INGEST_TOKEN']}' {urls['ingest']}/v1/messages/<id>
+  ls {DEMO_HOME}/inbox          # the delivered message, written by uid {DEMO_UID}
+  curl -s -H 'Authorization: Bearer {env['MAILEXEC_ADMIN_TOKEN']}' {urls['policy']}/v1/status
+
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+    stop = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop and up.poll() is None:
+        time.sleep(0.3)
+    if up.poll() is None:
+        up.send_signal(signal.SIGTERM)
+        up.wait(30)
+    sink.stop()  # type: ignore[attr-defined]
+    say("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
