@@ -20,7 +20,9 @@ app = typer.Typer(
 
 @app.command()
 def migrate(
-    revision: Annotated[str, typer.Option(help="Alembic revision to upgrade to")] = "head",
+    revision: Annotated[
+        str, typer.Argument(help="Alembic revision: head to upgrade, e.g. base with --downgrade")
+    ] = "head",
     downgrade: Annotated[
         bool, typer.Option("--downgrade", help="Downgrade to REVISION instead (e.g. base)")
     ] = False,
