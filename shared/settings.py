@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailexec"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     policy_url: str = "http://127.0.0.1:8026"
+    ingest_url: str = "http://127.0.0.1:8025"
+    notifier_url: str = "http://127.0.0.1:8027"
     smtp_url: str = "smtp://127.0.0.1:25"
 
     # Bootstrap tokens (roles admin, mta, service). Empty means "no such bootstrap token".
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     executor_prefetch: int = 128
     sandbox_network: bool = True
     sandbox_bwrap: bool = False
+    # cgroup v2 directory under which each executor makes per-run child cgroups
+    # (their cgroup.kill ends setsid'd escapees); unusable → process-group kill only.
+    sandbox_cgroup_root: str = "/sys/fs/cgroup/unified/mailexec"
     rlimit_cpu_s: int = 60
     rlimit_as_bytes: int = 1024 * 1024 * 1024
     rlimit_nproc: int = 256
@@ -57,6 +62,12 @@ class Settings(BaseSettings):
     dsn_max_returned_body_bytes: int = 262144
     dsn_aggregate_window_s: float = 2.0
     postmaster_notice_interval_s: int = 300
+    # Outbox retries after a relay failure/4xx: base * 2**(attempt-1), capped at max; after
+    # give_up_after_s a still-undeliverable notification is marked failed.
+    notifier_retry_base_s: float = 60.0
+    notifier_retry_max_s: float = 3600.0
+    notifier_give_up_after_s: int = 432000
+    notifier_smtp_timeout_s: float = 60.0
 
     log_level: str = "info"
 
