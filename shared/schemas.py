@@ -32,18 +32,12 @@ from pydantic import (
     model_validator,
 )
 
+from shared.addresses import parse_recipient
 from shared.status import STATUS_RE, NoticeReason
 
 SCHEMA_VERSION: Final = 1
 
-MAX_ADDRESS_LEN: Final = 254
 MAX_ENVID_LEN: Final = 100
-_ATOM_CHARS: Final = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
-_LOCAL_DOT_ATOM: Final = re.compile(rf"^[{_ATOM_CHARS}]+(\.[{_ATOM_CHARS}]+)*$")
-_LOCAL_QUOTED: Final = re.compile(r'^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
-_DOMAIN_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN: Final = re.compile(rf"^{_DOMAIN_LABEL}(\.{_DOMAIN_LABEL})*$")
-_ADDRESS_LITERAL: Final = re.compile(r"^\[(IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]$")
 _FORBIDDEN_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 Ret = Literal["FULL", "HDRS"]
@@ -68,29 +62,16 @@ ACTION_CLASSES: Final[dict[str, frozenset[str]]] = {
 
 
 def validate_address(value: str) -> str:
-    """A sane ``local@domain`` mailbox: ASCII, no controls/white space, RFC 5321 lengths.
+    """A mailbox exactly as ingest accepts it (:func:`shared.addresses.parse_recipient`).
 
-    The local part is a dot-atom or a quoted string; the domain is a host name or an
-    address literal. Internationalised (SMTPUTF8) addresses are refused for now: every
-    header the notifier writes stays 7-bit.
+    Why the same rules: an event must never be dead-lettered for an address ingest took.
+    Angle brackets are refused here: bodies carry the bare ``local@domain``.
     """
     if not isinstance(value, str):
         raise ValueError("address must be a string")
-    if _FORBIDDEN_CHARS.search(value):
-        raise ValueError("address contains control characters (CR, LF, NUL ...)")
-    if not value.isascii():
-        raise ValueError("address must be ASCII")
-    if len(value) > MAX_ADDRESS_LEN:
-        raise ValueError(f"address longer than {MAX_ADDRESS_LEN} characters")
-    local, sep, domain = value.rpartition("@")
-    if not sep or not local or not domain:
-        raise ValueError("address must have the form local@domain")
-    if len(local) > 64:
-        raise ValueError("local part longer than 64 characters")
-    if not (_LOCAL_DOT_ATOM.match(local) or _LOCAL_QUOTED.match(local)):
-        raise ValueError("malformed local part")
-    if not (_DOMAIN.match(domain) or _ADDRESS_LITERAL.match(domain)):
-        raise ValueError("malformed domain")
+    if value.startswith("<") or value.endswith(">"):
+        raise ValueError("address must be bare local@domain, without angle brackets")
+    parse_recipient(value)
     return value
 
 
@@ -245,7 +226,7 @@ class EventRecipient(_Contract):
 
 class Notice(_Contract):
     reason: NoticeReason
-    account: str | None = Field(default=None, max_length=MAX_ADDRESS_LEN)
+    account: str | None = Field(default=None, max_length=1000)
     detail: str = ""
 
 
