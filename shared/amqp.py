@@ -85,7 +85,10 @@ class Broker:
         headers: dict[str, Any] | None = None,
         message_id: str | None = None,
         timeout: float = PUBLISH_TIMEOUT_S,
+        mandatory: bool = True,
     ) -> None:
+        """Publish and wait for the confirm. ``mandatory=False`` is for broadcasts (the
+        policy-changed fanout) where no bound queue is normal, not an error."""
         if not self.ready:
             raise Unavailable("RabbitMQ connection is down; retry later", code="broker_unavailable")
         payload = body if isinstance(body, bytes) else orjson.dumps(body)
@@ -98,7 +101,7 @@ class Broker:
         )
         try:
             ex = await self.exchange(exchange)
-            await ex.publish(msg, routing_key=routing_key, mandatory=True, timeout=timeout)
+            await ex.publish(msg, routing_key=routing_key, mandatory=mandatory, timeout=timeout)
         except (DeliveryError, PublishError) as exc:
             raise Unavailable(
                 f"RabbitMQ refused the message for {exchange}/{routing_key}: {exc}",
