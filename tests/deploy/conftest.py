@@ -1,0 +1,122 @@
+"""Fixtures of the deployment tests: the Helm chart rendered by Helm's own engine.
+
+Rendering goes through ``helm-python-sdk`` (Helm's Go SDK behind a C ABI), so what is
+asserted here is what ``helm install`` would send to a cluster, less the ``lookup``
+results (there is no cluster: generated tokens are fresh on every render).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk is a test dependency")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "charts" / "mailexec"
+DEPLOY_DIR = REPO_ROOT / "deploy"
+RELEASE = "mx"
+NAMESPACE = "mail"
+KUBE_VERSION = "1.30.0"
+
+# What every install must give: external PostgreSQL and RabbitMQ by URL.
+REQUIRED: dict[str, Any] = {
+    "secrets": {
+        "databaseUrl": "postgresql+asyncpg://mailexec:pw@pg.db.svc:5432/mailexec",
+        "amqpUrl": "amqp://mailexec:pw@mq.mq.svc:5672/",
+    }
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": REQUIRED,
+    "keda": _merge(REQUIRED, {"keda": {"enabled": True}}),
+    "existing-secret": {"secrets": {"existingSecret": "mailexec-external"}},
+    "ingress": _merge(
+        REQUIRED,
+        {
+            "ingest": {"ingress": {"enabled": True, "hostname": "ingest.example.org", "tls": True}},
+            "policy": {"ingress": {"enabled": True, "hostname": "policy.example.org"}},
+        },
+    ),
+    "sandbox-opt-ins": _merge(
+        REQUIRED,
+        {"executor": {"sandbox": {"networkIsolation": {"enabled": True}, "bwrap": {"enabled": True}}}},
+    ),
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test taking ``value_set`` runs once per named value set."""
+    if "value_set" in metafunc.fixturenames:
+        metafunc.parametrize("value_set", sorted(VALUE_SETS))
+
+
+@pytest.fixture(scope="session")
+def required() -> dict[str, Any]:
+    return copy.deepcopy(REQUIRED)
+
+
+@pytest.fixture(scope="session")
+def value_sets() -> dict[str, dict[str, Any]]:
+    return copy.deepcopy(VALUE_SETS)
+
+
+@pytest.fixture(scope="session")
+def merge_values() -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """Deep-merge extra values over base ones (what ``helm -f a -f b`` does)."""
+    return _merge
+
+
+@pytest.fixture(scope="session")
+def chart() -> Iterator[Any]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="session")
+def render(chart: Any) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """Render values into the list of Kubernetes objects (NOTES.txt left out)."""
+
+    def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        objects: list[dict[str, Any]] = []
+        for path, text in sorted(manifests.items()):
+            if path.endswith("NOTES.txt"):
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    objects.append(doc)
+        return objects
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def rendered(render: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, list[dict]]:
+    """Every named value set, rendered once per session."""
+    return {name: render(values) for name, values in VALUE_SETS.items()}
+
+
+@pytest.fixture(scope="session")
+def notes(chart: Any) -> Callable[[dict[str, Any]], str]:
+    def _notes(values: dict[str, Any]) -> str:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+    return _notes
