@@ -1,0 +1,37 @@
+"""The ingest FastAPI application: routes plus the runtime started by the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from shared.db import dispose_engine
+from shared.httpapp import create_app
+from shared.settings import Settings, get_settings
+
+from .routes import messages
+from .runtime import Runtime
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    runtime = Runtime(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await dispose_engine()  # the shared engine shared.auth uses for user tokens
+
+    app = create_app(
+        title="mailexec ingest",
+        routers=[messages.router],
+        ready_check=runtime.ready,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

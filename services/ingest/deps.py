@@ -1,0 +1,22 @@
+"""FastAPI dependencies of ingest as ``Annotated`` aliases (the routes' vocabulary)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from shared.auth import Principal, require
+
+from .runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SubmitterDep = Annotated[Principal, Depends(require("mta", "admin"))]
+ReaderDep = Annotated[Principal, Depends(require("mta", "admin", "user"))]
+AdminDep = Annotated[Principal, Depends(require("admin"))]

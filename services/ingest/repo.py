@@ -1,0 +1,252 @@
+"""Ingest's SQL on ``mail.messages`` / ``mail.recipients`` / ``mail.program_runs``.
+
+Why raw asyncpg (its own small pool) rather than the shared SQLAlchemy engine: the hot
+path stores a whole batch of messages and their recipients in ONE statement (two
+data-modifying CTEs over ``unnest`` of arrays, binary protocol, prepared once), which is
+what lets one ingest process accept thousands of messages per second. The pool is
+created lazily (``min_size=0``), so ingest starts while PostgreSQL is down.
+
+Library exceptions are translated here, once: anything meaning "the database is not
+there" becomes :class:`shared.errors.Unavailable` (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from shared.errors import Unavailable
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+)
+
+
+@contextlib.contextmanager
+def translate() -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise Unavailable(
+            f"database unavailable ({type(exc).__name__}); retry later",
+            code="database_unavailable",
+        ) from exc
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """``postgresql+asyncpg://…`` (SQLAlchemy form) → ``postgresql://…`` for asyncpg."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    id: uuid.UUID
+    sender: str
+    envid: str | None
+    ret: str | None
+    notify: Sequence[str]
+    body: bytes
+    idempotency_key: str | None
+    received_at: datetime
+    recipient_ids: Sequence[uuid.UUID]
+    addresses: Sequence[str]
+    accounts: Sequence[str]
+
+
+INSERT_BATCH = """
+WITH m AS (
+    INSERT INTO mail.messages
+        (id, sender, envid, ret, notify, size, body, idempotency_key, received_at)
+    SELECT x.id, x.sender, x.envid, x.ret, string_to_array(x.notify, ','), x.size, x.body,
+           x.ikey, x.received_at
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                $7::bytea[], $8::text[], $9::timestamptz[])
+         AS x(id, sender, envid, ret, notify, size, body, ikey, received_at)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), r AS (
+    INSERT INTO mail.recipients (id, message_id, address, account)
+    SELECT y.id, y.message_id, y.address, y.account
+    FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[])
+         AS y(id, message_id, address, account)
+    JOIN m ON m.id = y.message_id
+)
+SELECT id FROM m
+"""
+
+MARK_PUBLISHED = "UPDATE mail.recipients SET published = true WHERE id = ANY($1::uuid[]) AND NOT published"
+
+DELETE_MESSAGES = "DELETE FROM mail.messages WHERE id = ANY($1::uuid[])"
+
+FIND_BY_KEY = """
+SELECT m.id, coalesce(bool_and(r.published), true) AS all_published,
+       coalesce(array_agg(r.address ORDER BY r.address) FILTER (WHERE r.id IS NOT NULL),
+                '{}') AS addresses
+FROM mail.messages m LEFT JOIN mail.recipients r ON r.message_id = m.id
+WHERE m.idempotency_key = $1
+GROUP BY m.id
+"""
+
+RELAY_SELECT = """
+SELECT r.id, r.message_id, r.address, r.orcpt, r.state, r.attempts, r.next_program,
+       m.sender, m.envid, m.ret, m.notify, m.size, m.received_at,
+       CASE WHEN m.size <= $2 THEN m.body END AS body
+FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
+WHERE NOT r.published AND r.created_at < now() - make_interval(secs => $1)
+ORDER BY r.created_at
+LIMIT $3
+FOR UPDATE OF r SKIP LOCKED
+"""
+
+COUNT_UNPUBLISHED = "SELECT count(*) FROM mail.recipients WHERE NOT published"
+
+GET_MESSAGE = """
+SELECT id, sender, envid, ret, notify, size, received_at, idempotency_key
+FROM mail.messages WHERE id = $1
+"""
+
+GET_RECIPIENTS = """
+SELECT id, address, account, orcpt, state, attempts, next_program, status, diagnostic,
+       created_at, updated_at, final_at
+FROM mail.recipients
+WHERE message_id = $1 AND ($2::text IS NULL OR account = $2)
+ORDER BY address, id
+"""
+
+GET_RUNS = """
+SELECT recipient_id, program, position, attempt, exit_status, signal, timed_out,
+       output_excerpt, duration_ms, started_at
+FROM mail.program_runs WHERE recipient_id = ANY($1::uuid[])
+ORDER BY attempt, position, id
+"""
+
+LIST_MESSAGES = """
+SELECT DISTINCT m.id, m.sender, m.size, m.received_at
+FROM mail.messages m JOIN mail.recipients r ON r.message_id = m.id
+WHERE ($1::text IS NULL OR r.account = $1)
+  AND ($2::text IS NULL OR r.state = $2)
+  AND ($3::timestamptz IS NULL OR (m.received_at, m.id) < ($3, $4::uuid))
+ORDER BY m.received_at DESC, m.id DESC
+LIMIT $5
+"""
+
+
+class Database:
+    """A lazily connecting asyncpg pool and the statements ingest runs on it."""
+
+    def __init__(self, database_url: str, *, max_size: int = 8) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.max_size = max_size
+        self.pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self.pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=0,
+            max_size=self.max_size,
+            timeout=5,
+            command_timeout=30,
+            max_inactive_connection_lifetime=60,
+        )
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.close()
+            self.pool = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self.pool is None:
+            raise Unavailable("database pool not started", code="database_unavailable")
+        with translate():
+            async with self.pool.acquire() as conn:
+                yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with self.connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            return True
+        except Exception:
+            return False
+
+    async def insert_batch(self, messages: Sequence[NewMessage]) -> set[uuid.UUID]:
+        """Store messages and recipients atomically; the ids actually inserted.
+
+        A message whose Idempotency-Key already exists is skipped (with its recipients).
+        """
+        cols: list[list[Any]] = [[] for _ in range(13)]
+        for m in messages:
+            for i, v in enumerate(
+                (m.id, m.sender, m.envid, m.ret, ",".join(m.notify), len(m.body), m.body,
+                 m.idempotency_key, m.received_at)
+            ):
+                cols[i].append(v)
+            cols[9].extend(m.recipient_ids)
+            cols[10].extend([m.id] * len(m.recipient_ids))
+            cols[11].extend(m.addresses)
+            cols[12].extend(m.accounts)
+        async with self.connection() as conn:
+            rows = await conn.fetch(INSERT_BATCH, *cols)
+        return {r[0] for r in rows}
+
+    async def mark_published(self, recipient_ids: Sequence[uuid.UUID]) -> None:
+        if recipient_ids:
+            async with self.connection() as conn:
+                await conn.execute(MARK_PUBLISHED, list(recipient_ids))
+
+    async def delete_messages(self, message_ids: Sequence[uuid.UUID]) -> None:
+        if message_ids:
+            async with self.connection() as conn:
+                await conn.execute(DELETE_MESSAGES, list(message_ids))
+
+    async def find_by_key(self, key: str) -> asyncpg.Record | None:
+        async with self.connection() as conn:
+            return await conn.fetchrow(FIND_BY_KEY, key)
+
+    async def count_unpublished(self) -> int:
+        async with self.connection() as conn:
+            return int(await conn.fetchval(COUNT_UNPUBLISHED))
+
+    async def get_message(
+        self, message_id: uuid.UUID, account: str | None
+    ) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[asyncpg.Record]]:
+        async with self.connection() as conn:
+            msg = await conn.fetchrow(GET_MESSAGE, message_id)
+            if msg is None:
+                return None, [], []
+            rcpts = await conn.fetch(GET_RECIPIENTS, message_id, account)
+            runs = await conn.fetch(GET_RUNS, [r["id"] for r in rcpts]) if rcpts else []
+        return msg, rcpts, runs
+
+    async def list_messages(
+        self,
+        *,
+        account: str | None,
+        state: str | None,
+        before: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        async with self.connection() as conn:
+            return await conn.fetch(
+                LIST_MESSAGES,
+                account,
+                state,
+                before[0] if before else None,
+                before[1] if before else None,
+                limit,
+            )

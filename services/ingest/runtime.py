@@ -1,0 +1,80 @@
+"""The long-lived parts of one ingest process: DB pool, broker, batcher, relay.
+
+Why a separate object: the lifespan starts it, the routes reach it through
+``deps.RuntimeDep``, and tests of the batching can build one without HTTP.
+Ingest must start and stay up while PostgreSQL or RabbitMQ is down (readyz says 503
+meanwhile), so the broker connection is made by a background task that keeps trying;
+once connected, aio-pika's robust connection reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from urllib.parse import urlsplit
+
+from shared.amqp import Broker, redact
+from shared.errors import Unavailable
+from shared.settings import Settings
+
+from .outbox import Outbox, Relay
+from .repo import Database
+
+log = logging.getLogger("mailexec.ingest")
+
+BROKER_RECONNECT_S = 1
+
+
+def _robust_url(url: str) -> str:
+    """Ask aio-pika to reconnect every second (default 5 s) so a broker blip is short."""
+    if "reconnect_interval" in (urlsplit(url).query or ""):
+        return url
+    return url + ("&" if "?" in url else "?") + f"reconnect_interval={BROKER_RECONNECT_S}"
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.broker = Broker(_robust_url(settings.amqp_url))
+        self.outbox = Outbox(self.db, self.broker, inline_limit=settings.inline_body_bytes)
+        self.relay = Relay(self.db, self.broker, inline_limit=settings.inline_body_bytes)
+        self._connector: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.db.start()
+        self._connector = asyncio.create_task(self._connect_broker(), name="ingest-broker")
+        self.outbox.start()
+        self.relay.start()
+
+    async def _connect_broker(self) -> None:
+        warned = False
+        while True:
+            try:
+                await self.broker.connect(timeout=2)
+                log.info("broker connected", extra={"amqp": redact(self.settings.amqp_url)})
+                return
+            except Exception as exc:  # Unavailable, or a channel/declare error
+                with contextlib.suppress(Exception):
+                    await self.broker.close()
+                if not warned:
+                    log.warning("broker unavailable; retrying in the background",
+                                extra={"error": str(exc) if isinstance(exc, Unavailable)
+                                       else repr(exc)})
+                    warned = True
+                await asyncio.sleep(BROKER_RECONNECT_S)
+
+    async def ready(self) -> dict[str, bool]:
+        return {"database": await self.db.ping(), "broker": self.broker.ready}
+
+    async def stop(self) -> None:
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        await self.relay.stop()
+        await self.outbox.stop()
+        with contextlib.suppress(Exception):
+            await self.broker.close()
+        await self.db.close()
