@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     trusted_dir: str = "/var/lib/mailexec/trusted"
     executor_concurrency: int = 64
     executor_prefetch: int = 128
+    # Retry delays (comma-separated seconds) shorter than the retry queues' TTLs, set as a
+    # per-message expiration; empty = the ladder of shared.topology. For tests and drills.
+    executor_retry_delays_s: str = ""
+    # How often held (suspended) jobs are re-checked; at most the held queue's 60 s TTL.
+    executor_held_recheck_s: float = 60.0
     sandbox_network: bool = True
     sandbox_bwrap: bool = False
     # cgroup v2 directory under which each executor makes per-run child cgroups
