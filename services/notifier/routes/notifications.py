@@ -1,0 +1,95 @@
+"""``GET /v1/notifications`` and ``GET /v1/notifications/{id}`` (admin only): what the
+notifier generated and where sending it stands."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from services.notifier import repo
+from shared.auth import Principal, require
+from shared.db import session_scope
+from shared.errors import BadRequest, NotFound
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+
+AdminDep = Annotated[Principal, Depends(require("admin"))]
+State = Literal["pending", "sent", "failed"]
+
+
+class NotificationOut(BaseModel):
+    id: uuid.UUID
+    message_id: uuid.UUID | None
+    kind: str
+    rcpt: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    next_attempt_at: datetime | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None
+
+
+class NotificationDetail(NotificationOut):
+    event_ids: list[str]
+    content: str
+
+
+def _encode_cursor(row: dict[str, Any]) -> str:
+    raw = f"{row['created_at'].isoformat()}|{row['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, nid = raw.partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(nid)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(
+            "cursor is not valid; pass the next_cursor of the previous page unchanged",
+            code="bad_cursor",
+        ) from exc
+
+
+@router.get("", response_model=NotificationPage)
+async def list_notifications(
+    _: AdminDep,
+    message_id: uuid.UUID | None = None,
+    state: State | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> NotificationPage:
+    """Newest first; content is left out (``GET /v1/notifications/{id}`` has it)."""
+    after = _decode_cursor(cursor) if cursor else None
+    async with session_scope() as session:
+        rows = await repo.list_notifications(
+            session, message_id=message_id, state=state, limit=limit + 1, after=after
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return NotificationPage(
+        items=[NotificationOut(**r) for r in rows],
+        next_cursor=_encode_cursor(rows[-1]) if more and rows else None,
+    )
+
+
+@router.get("/{notification_id}", response_model=NotificationDetail)
+async def get_notification(_: AdminDep, notification_id: uuid.UUID) -> NotificationDetail:
+    async with session_scope() as session:
+        row = await repo.get_notification(session, notification_id)
+    if row is None:
+        raise NotFound(f"no notification {notification_id}", code="notification_not_found")
+    content = bytes(row.pop("content")).decode("utf-8", "replace")
+    return NotificationDetail(**row, content=content)
