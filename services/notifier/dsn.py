@@ -271,6 +271,7 @@ class _Returned:
     description: str
     body: str
     note: str
+    attach: bool = True
 
 
 def _returned_content(
@@ -301,7 +302,7 @@ def _returned_content(
             )
         else:
             note = f"The original {what} is attached below."
-        return _Returned("message/rfc822", f"Undelivered {what}", body, note)
+        return _Returned("message/rfc822", f"Original {what}", body, note)
     if full and parsed.problems:
         reason = "; ".join(parsed.problems)
         if headers:
@@ -311,10 +312,16 @@ def _returned_content(
             )
         else:
             note = f"The original {what} could not be attached, because {reason}."
-    else:
+    elif headers:
         note = f"The headers of the original {what} are attached below."
+    else:
+        note = f"The original {what} has no header section that could be attached."
     return _Returned(
-        "text/rfc822-headers", f"Headers of the original {what}", "\n".join(headers), note + cut_note
+        "text/rfc822-headers",
+        f"Headers of the original {what}",
+        "\n".join(headers),
+        note + cut_note,
+        attach=bool(headers),
     )
 
 
@@ -428,7 +435,20 @@ def _program_label(rcpt: EventRecipient) -> str:
     return one_line(rcpt.program) or "(unnamed)"
 
 
-def describe_result(rcpt: EventRecipient) -> str:
+def _scrubbed_diagnostic(rcpt: EventRecipient, *, include_output: bool, ascii_only: bool) -> str:
+    """The event's diagnostic as one line, cut before the first output line if hidden."""
+    text = one_line(rcpt.diagnostic, ascii_only=ascii_only)
+    if not include_output:
+        for raw in rcpt.output_excerpt.splitlines():
+            line = one_line(raw, ascii_only=ascii_only)
+            cut = text.find(line) if line else -1
+            if cut >= 0:
+                text = text[:cut].rstrip(" :;/-")
+                break
+    return text
+
+
+def describe_result(rcpt: EventRecipient, *, include_output: bool = True) -> str:
     """One plain-English sentence: what happened to this recipient's delivery."""
     prog = _program_label(rcpt)
     if rcpt.action == "delivered":
@@ -445,7 +465,8 @@ def describe_result(rcpt: EventRecipient) -> str:
         return f'the program "{prog}" exited with status {rcpt.exit_status}{detail}'
     if rcpt.exit_status == 0:
         return f'the program "{prog}" wrote output, which counts as a failed delivery'
-    return one_line(rcpt.diagnostic, ascii_only=False) or describe_status(rcpt.status)
+    text = _scrubbed_diagnostic(rcpt, include_output=include_output, ascii_only=False)
+    return text or describe_status(rcpt.status)
 
 
 def diagnostic_text(rcpt: EventRecipient, *, include_output: bool) -> str:
@@ -454,8 +475,11 @@ def diagnostic_text(rcpt: EventRecipient, *, include_output: bool) -> str:
     The event's own ``diagnostic`` is used when no program ran (unknown account,
     disabled ...); when output must be hidden, anything from the output is cut off it.
     """
-    output = [line for line in _text_lines(rcpt.output_excerpt, max_lines=None, max_chars=300)]
-    output = [one_line(line) for line in output if line.strip()]
+    output = [
+        one_line(line)
+        for line in _text_lines(rcpt.output_excerpt, max_lines=None, max_chars=300)
+        if line.strip()
+    ]
     if rcpt.action == "delivered":
         text = one_line(rcpt.diagnostic) or (
             f"delivered to program {_program_label(rcpt)}" if rcpt.program else "delivered"
@@ -473,13 +497,7 @@ def diagnostic_text(rcpt: EventRecipient, *, include_output: bool) -> str:
         if include_output and output:
             text += ": " + " / ".join(output[:5])
     else:
-        text = one_line(rcpt.diagnostic)
-        if not include_output:
-            for line in output:
-                cut = text.find(line)
-                if cut >= 0:
-                    text = text[:cut].rstrip(" :;/-")
-                    break
+        text = _scrubbed_diagnostic(rcpt, include_output=include_output, ascii_only=True)
         text = text or describe_status(rcpt.status)
     if len(text) > DIAGNOSTIC_MAX_CHARS:
         text = text[:DIAGNOSTIC_MAX_CHARS] + " [...]"
@@ -544,9 +562,8 @@ def should_send_dsn(event: Event) -> bool:
 
 _INTROS: Final[dict[str, str]] = {
     "bounce": (
-        "Your message could not be delivered to the {whom} listed below. No further "
-        "attempts will be made. Mail for {pronoun} is handed to a program on the "
-        "recipient's behalf; the reason it failed is given for each recipient."
+        "Your message could not be delivered to the {whom} listed below, and no "
+        "further attempts will be made. The reason is given for each recipient."
     ),
     "delayed": (
         "Your message has not yet been delivered to the {whom} listed below. It is still "
@@ -578,9 +595,8 @@ def _human_text(
 ) -> str:
     count = len(event.recipients)
     whom = "recipient" if count == 1 else f"{count} recipients"
-    pronoun = "this recipient" if count == 1 else "these recipients"
     lines = [f"This is the mail delivery system at {host}.", ""]
-    lines += _wrap(_INTROS[event.kind].format(whom=whom, pronoun=pronoun))
+    lines += _wrap(_INTROS[event.kind].format(whom=whom))
     lines.append("")
     advice: list[str] = []
     for rcpt in event.recipients:
@@ -588,7 +604,9 @@ def _human_text(
         if rcpt.orcpt:
             lines.append(f"    Originally addressed as: {_orcpt_field(rcpt.orcpt).split('; ', 1)[-1]}")
         lines += _wrap(
-            "What happened: " + describe_result(rcpt) + ".", indent="    ", width=76
+            "What happened: " + describe_result(rcpt, include_output=include_output) + ".",
+            indent="    ",
+            width=76,
         )
         lines.append(
             f"    Status: {rcpt.status} ({describe_class(rcpt.status)}: "
@@ -688,7 +706,7 @@ def render_dsn(
             _delivery_status(event, host=host, include_output=include_output),
         ),
     ]
-    if returned is not None:
+    if returned is not None and returned.attach:
         parts.append(
             _Part(
                 [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
@@ -741,7 +759,7 @@ _NOTICE_WHAT: Final[dict[NoticeReason, str]] = {
 
 _NOTICE_TODO: Final[dict[NoticeReason, str]] = {
     NoticeReason.PROGRAM_FAILED: (
-        "Read the program's output below. Fix the program (re-register it: PUT "
+        "Read the program's output above. Fix the program (re-register it: PUT "
         "/v1/programs/NAME or mailexec programs add), or change the account's program "
         "list: PUT /v1/accounts/ADDRESS/programs."
     ),
@@ -810,6 +828,13 @@ def _notice_subject(event: Event, reason: NoticeReason) -> str:
     }[reason]
 
 
+def _labelled(label: str, text: str) -> list[str]:
+    """``Label:        text`` wrapped with continuation lines under the text column."""
+    lines = _wrap(text, width=62) or [""]
+    head = f"{label + ':':<14}{lines[0]}"
+    return [head, *(" " * 14 + line for line in lines[1:])]
+
+
 def _notice_text(event: Event, host: str, returned: _Returned | None) -> str:
     notice = event.notice
     assert notice is not None
@@ -827,16 +852,14 @@ def _notice_text(event: Event, host: str, returned: _Returned | None) -> str:
     if notice.account:
         lines.append(f"Account:      {one_line(notice.account)}")
     if notice.detail:
-        lines += _wrap("Detail: " + one_line(notice.detail, ascii_only=False), width=76)
+        lines += _labelled("Detail", one_line(notice.detail, ascii_only=False))
     for rcpt in event.recipients:
         lines += ["", f"Recipient:    {rcpt.address}"]
         if rcpt.program is not None:
             lines.append(f"Program:      {one_line(rcpt.program, ascii_only=False)}")
-        lines += _wrap("Result: " + describe_result(rcpt), width=76)
+        lines += _labelled("Result", describe_result(rcpt))
         lines.append(f"Status:       {rcpt.status} ({describe_status(rcpt.status)})")
-        lines += _wrap(
-            "Diagnostic: " + diagnostic_text(rcpt, include_output=False), width=76
-        )
+        lines += _labelled("Diagnostic", diagnostic_text(rcpt, include_output=False))
         output = _text_lines(rcpt.output_excerpt, max_lines=None, max_chars=MAX_LINE - 20)
         if output:
             lines.append("Output (as captured):")
@@ -869,7 +892,7 @@ def render_admin_notice(
     host = _check_host(reporting_mta)
     returned = _returned_content(original_headers, full=False, max_body=0)
     parts = [_text_part(_notice_text(event, host, returned), "Postmaster notice")]
-    if returned is not None:
+    if returned is not None and returned.attach:
         parts.append(
             _Part(
                 [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
@@ -932,7 +955,7 @@ def render_undeliverable_dsn_notice(
     if returned is not None:
         lines += ["", *_wrap(returned.note)]
     parts = [_text_part("\n".join(lines) + "\n", "Postmaster notice")]
-    if returned is not None:
+    if returned is not None and returned.attach:
         parts.append(
             _Part(
                 [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
