@@ -1,0 +1,335 @@
+"""Build and check the mailexec container image through the Docker Engine API.
+
+The same code drives a real Docker engine (``DOCKER_HOST`` or /var/run/docker.sock) and
+podman's Docker-compatible API. With no engine answering and ``podman`` installed, it
+starts ``podman --runtime runc system service --time=0 unix:///run/podman/podman.sock``
+for the duration of the command and stops it afterwards.
+
+    python tools/image.py lock                  # deploy/requirements.lock from the venv
+    python tools/image.py base                  # debootstrap bookworm + python3, import
+    python tools/image.py build [--base IMAGE]  # deploy/Dockerfile
+    python tools/image.py check                 # run it the way the chart runs it; size
+    python tools/image.py local                 # base + build + check (make image-check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata as md
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "deploy" / "requirements.lock"
+DEFAULT_TAG = "localhost/mailexec:dev"
+LOCAL_BASE = "localhost/mailexec-base:bookworm"
+PODMAN_SOCKET = "/run/podman/podman.sock"
+# What the chart gives the executor: root, only these capabilities, read-only rootfs.
+EXECUTOR_CAPS = ["SETUID", "SETGID", "KILL"]
+ULIMITS = [
+    docker.types.Ulimit(name="nofile", soft=1024, hard=1024),
+    docker.types.Ulimit(name="nproc", soft=1024, hard=1024),
+]
+
+
+def say(message: str) -> None:
+    print(f"[image] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------- engine
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        client = docker.DockerClient(base_url=base_url, timeout=5)
+        client.ping()
+        client.close()
+        return True
+    except (docker.errors.DockerException, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def engine() -> Iterator[docker.DockerClient]:
+    """A client of whichever engine is here; podman's API service started if need be."""
+    if os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists():
+        client = docker.from_env(timeout=600)
+        client.ping()
+        yield client
+        client.close()
+        return
+    base_url = f"unix://{PODMAN_SOCKET}"
+    service: subprocess.Popen[bytes] | None = None
+    if not _answers(base_url):
+        podman = shutil.which("podman")
+        if podman is None:
+            raise SystemExit(
+                "no container engine: set DOCKER_HOST, or install podman and runc "
+                "(Debian: apt-get install -y podman runc)"
+            )
+        Path(PODMAN_SOCKET).parent.mkdir(parents=True, exist_ok=True)
+        say(f"starting podman API service on {base_url}")
+        service = subprocess.Popen(
+            [podman, "--runtime", "runc", "system", "service", "--time=0", base_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not _answers(base_url):
+            if service.poll() is not None or time.monotonic() > deadline:
+                service.kill()
+                raise SystemExit("podman system service did not come up")
+            time.sleep(0.2)
+    client = docker.DockerClient(base_url=base_url, timeout=1800)
+    try:
+        yield client
+    finally:
+        client.close()
+        if service is not None:
+            service.terminate()
+            try:
+                service.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                service.kill()
+
+
+# --------------------------------------------------------------------------------- lock
+
+
+def runtime_closure(project: str = "mailexec") -> dict[str, str]:
+    """name -> version of every installed distribution the project needs at run time
+    (its [project] dependencies with their extras, recursively; not its test extra)."""
+    env = default_environment()
+    found: dict[str, str] = {}
+    todo: list[tuple[str, frozenset[str]]] = [(project, frozenset())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        key = (_canonical(name), extras)
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = md.distribution(name)
+        if _canonical(name) != _canonical(project):
+            found[dist.metadata["Name"]] = dist.version
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                req.marker.evaluate({**env, "extra": extra}) for extra in extras or {""}
+            ):
+                continue
+            todo.append((req.name, frozenset(req.extras)))
+    return found
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def write_lock() -> None:
+    pins = runtime_closure()
+    lines = [
+        "# Runtime closure of mailexec's [project] dependencies, pinned from a working venv.",
+        "# Regenerate: python tools/image.py lock   (installed with pip --no-deps: keep it whole)",
+        *sorted((f"{name}=={version}" for name, version in pins.items()), key=str.lower),
+    ]
+    LOCK.write_text("\n".join(lines) + "\n")
+    say(f"wrote {LOCK.relative_to(REPO)} ({len(pins)} packages)")
+
+
+# --------------------------------------------------------------------------------- base
+
+
+def build_base(client: docker.DockerClient, tag: str, suite: str, mirror: str) -> None:
+    """A Debian base with python3 (3.11 on bookworm), from Debian's packages only."""
+    if shutil.which("debootstrap") is None:
+        raise SystemExit("debootstrap is missing (Debian: apt-get install -y debootstrap)")
+    with tempfile.TemporaryDirectory(prefix="mailexec-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        say(f"debootstrap --variant=minbase {suite} (python3, python3-venv)")
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                suite,
+                str(rootfs),
+                mirror,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for path in (rootfs / junk).glob("*"):
+                if path.is_file():
+                    path.unlink()
+        # Images built FROM this one run apt-get: give them the mirror debootstrap used.
+        (rootfs / "etc/apt/sources.list").write_text(
+            f"deb {mirror} {suite} main\ndeb {mirror} {suite}-updates main\n"
+        )
+        archive = Path(tmp) / "rootfs.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(rootfs, arcname=".")
+        repository, _, version = tag.rpartition(":")
+        say(f"importing {tag} through the engine API")
+        client.api.import_image_from_file(str(archive), repository=repository, tag=version)
+    image = client.images.get(tag)
+    say(f"base {tag}: {image.attrs['Size'] / 1e6:.0f} MB")
+
+
+# -------------------------------------------------------------------------------- build
+
+
+def build(client: docker.DockerClient, tag: str, base: str | None) -> Any:
+    buildargs = {"REVISION": _revision()}
+    if base:
+        buildargs["BASE_IMAGE"] = base
+    say(f"building {tag} from deploy/Dockerfile ({base or 'default base'})")
+    started = time.monotonic()
+    stream = client.api.build(
+        path=str(REPO),
+        dockerfile="deploy/Dockerfile",
+        tag=tag,
+        buildargs=buildargs,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        pull=False,
+    )
+    for chunk in stream:
+        if "stream" in chunk:
+            sys.stdout.write(chunk["stream"])
+        if "error" in chunk:
+            raise SystemExit(f"build failed: {chunk['error']}")
+    image = client.images.get(tag)
+    say(f"built {tag} in {time.monotonic() - started:.0f}s")
+    return image
+
+
+def _revision() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+# -------------------------------------------------------------------------------- check
+
+
+def run(client: docker.DockerClient, tag: str, command: list[str], **options: Any) -> str:
+    """Run a command in a fresh container; its output, or SystemExit when it fails."""
+    container = client.containers.create(tag, command=command, ulimits=ULIMITS, **options)
+    try:
+        container.start()
+        result = container.wait(timeout=300)
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    if result["StatusCode"] != 0:
+        raise SystemExit(f"`{' '.join(command)}` exited {result['StatusCode']} in {tag}:\n{output}")
+    return output
+
+
+def check(client: docker.DockerClient, tag: str) -> None:
+    image = client.images.get(tag)
+    config = image.attrs["Config"]
+    assert config.get("User") == "10001:10001", f"default user {config.get('User')!r}"
+    assert config.get("Healthcheck"), "no HEALTHCHECK"
+    assert "org.opencontainers.image.title" in (config.get("Labels") or {})
+
+    say("mailexec --help (default non-root user, read-only root filesystem)")
+    unprivileged = {
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,size=64m"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "network_mode": "none",
+    }
+    out = run(client, tag, ["--help"], **unprivileged)
+    for command in ("migrate", "serve", "up"):
+        assert command in out, f"`mailexec --help` does not list {command}"
+    run(client, tag, ["migrate", "--help"], **unprivileged)
+    run(client, tag, ["serve", "--help"], **unprivileged)
+
+    say("executor self-check as the chart runs it: uid 0, only SETUID SETGID KILL")
+    executor = {
+        "user": "0:0",
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,size=64m,mode=1777", "/var/lib/mailexec/trusted": "rw,size=64m"},
+        "cap_drop": ["ALL"],
+        "cap_add": EXECUTOR_CAPS,
+        "security_opt": ["no-new-privileges"],
+        "network_mode": "none",
+        "environment": {"MAILEXEC_SANDBOX_NETWORK": "false", "MAILEXEC_SANDBOX_BWRAP": "false"},
+    }
+    try:
+        out = run(client, tag, ["serve", "executor", "--self-check"], **executor)
+        print(out, end="")
+    except SystemExit as failed:
+        if "no self-check" not in str(failed):
+            raise
+        say("`serve executor --self-check` is not there yet: importing the sandbox instead")
+        probe = "import services.executor.sandbox as s; print('launcher', s.find_or_build_launcher())"
+        out = run(client, tag, ["-c", probe], entrypoint=["python3"], **executor)
+        print(out, end="")
+    size = image.attrs["Size"]
+    say(f"image {tag}: {size / 1e6:.0f} MB ({size} bytes)")
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("lock", help="write deploy/requirements.lock from this environment")
+    base = sub.add_parser("base", help="make the local Debian base image with debootstrap")
+    build_p = sub.add_parser("build", help="build deploy/Dockerfile")
+    check_p = sub.add_parser("check", help="run the built image's checks and report its size")
+    local = sub.add_parser("local", help="base + build + check, offline from Debian's packages")
+    for p in (base, local):
+        p.add_argument("--base-tag", default=LOCAL_BASE)
+        p.add_argument("--suite", default="bookworm")
+        p.add_argument("--mirror", default="http://deb.debian.org/debian")
+    for p in (build_p, check_p, local):
+        p.add_argument("--tag", default=DEFAULT_TAG)
+    build_p.add_argument("--base", default=None, help="BASE_IMAGE build argument")
+    args = parser.parse_args(argv)
+
+    if args.action == "lock":
+        write_lock()
+        return 0
+    with engine() as client:
+        if args.action == "base":
+            build_base(client, args.base_tag, args.suite, args.mirror)
+        elif args.action == "build":
+            build(client, args.tag, args.base)
+        elif args.action == "check":
+            check(client, args.tag)
+        else:
+            build_base(client, args.base_tag, args.suite, args.mirror)
+            build(client, args.tag, args.base_tag)
+            check(client, args.tag)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
