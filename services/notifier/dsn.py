@@ -9,8 +9,10 @@ What it guarantees:
   folded below 78 columns where white space allows, and never contains CR or LF from
   event data: diagnostics, program names, ENVIDs and program output are flattened and
   control characters escaped (``\\x1b``) before they are written. Envelope addresses
-  are already validated by :mod:`shared.schemas`.
-- The whole DSN is 7-bit, so any relay accepts it without 8BITMIME. A returned
+  are already validated by :mod:`shared.schemas`. The one exception: the ``To:`` of a
+  DSN to an SMTPUTF8 (UTF-8) sender is UTF-8, as sending to it needs SMTPUTF8 anyway;
+  such recipients appear as RFC 6533 ``utf-8;`` addresses in the report.
+- The DSN is otherwise 7-bit, so any relay accepts it without 8BITMIME. A returned
   original that is not (8-bit data, NUL, bare CR, lines over 998 octets, no header
   section) is replaced by ``text/rfc822-headers`` with the headers that could be
   found, made printable; the text part says so.
@@ -237,7 +239,7 @@ def _split_original(raw: bytes) -> _Original:
     everything = b"\n".join(lines)
     if b"\0" in everything:
         problems.append("it contains NUL characters")
-    if any(byte >= 0x80 for byte in everything):
+    if not everything.isascii():
         problems.append("it contains 8-bit characters")
     if b"\r" in everything:
         problems.append("it contains bare carriage returns")

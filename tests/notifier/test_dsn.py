@@ -603,6 +603,14 @@ def test_smtputf8_recipient_uses_utf8_address_type() -> None:
     assert block["Final-Recipient"] == "utf-8; j\\x{F6}rg@example.org"
 
 
+def test_smtputf8_sender_gets_a_utf8_to_header_and_nothing_else_8bit() -> None:
+    message = render(make_event(sender="j\u00f6rg@example.net"))
+    raw = to_bytes(message)
+    assert "To: j\u00f6rg@example.net\r\n".encode() in raw
+    assert raw.replace("j\u00f6rg".encode(), b"jorg").isascii()
+    assert scan_message(parse(message)) == {b"bob@example.org"}
+
+
 def test_long_diagnostic_is_folded_and_capped() -> None:
     event = make_event(
         recipients=[_rcpt("bob@example.org", output_excerpt=("word " * 400 + "\n") * 3)]
