@@ -1,0 +1,87 @@
+"""How many trivial program runs per second one executor process sustains.
+
+Runs ``N`` deliveries of a compiled ``int main(void){return 0;}`` through the real
+path (launcher, privilege drop to uid 64999, netns/cgroup as configured,
+``concurrency`` at once from one asyncio loop) and prints runs/s.
+
+    sudo .venv/bin/python bench/spawn_rate.py [--runs 3000] [--concurrency 64] [--no-cgroup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.executor.programs import open_insecure  # noqa: E402
+from services.executor.sandbox import RunLimits, Sandbox  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+
+
+def build_trivial(workdir: Path) -> Path:
+    source = workdir / "true.c"
+    source.write_text("int main(void) { return 0; }\n")
+    binary = workdir / "true"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    os.chmod(workdir, 0o755)
+    return binary
+
+
+async def bench(runs: int, concurrency: int, settings: Settings) -> None:
+    sandbox = Sandbox.start(settings)
+    limits = RunLimits.from_settings(settings, timeout_s=10, max_output_bytes=65536)
+    with tempfile.TemporaryDirectory() as tmp:
+        handle = open_insecure(str(build_trivial(Path(tmp))))
+        body = b"Subject: bench\n\nhello\n"
+        gate = asyncio.Semaphore(concurrency)
+        failures = 0
+
+        async def one() -> None:
+            nonlocal failures
+            async with gate:
+                result = await sandbox.run(handle.fd, "true", 64999, 64999, "/nonexistent",
+                                           b"Delivered-To: x\n", body, limits)
+                failures += not result.ok
+
+        for _ in range(200):  # warm-up
+            await one()
+        cpu_before = os.times()
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(runs)))
+        elapsed = time.perf_counter() - started
+        cpu_after = os.times()
+        handle.close()
+    sandbox.close()
+    print(f"isolation: {sandbox.isolation}")
+    print(f"{runs} runs, concurrency {concurrency}, {elapsed:.2f} s, failures {failures}")
+    parent = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / runs
+    children = (cpu_after.children_user + cpu_after.children_system
+                - cpu_before.children_user - cpu_before.children_system) / runs
+    print(f"CPU per run: executor {parent * 1e3:.3f} ms, launcher+program {children * 1e3:.3f} ms"
+          f" (load average now {os.getloadavg()[0]:.2f}; other load lowers runs/s)")
+    print(f"{runs / elapsed:.0f} runs/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--no-cgroup", action="store_true")
+    parser.add_argument("--no-netns", action="store_true")
+    parser.add_argument("--bwrap", action="store_true")
+    args = parser.parse_args()
+    settings = Settings(sandbox_network=not args.no_netns, sandbox_bwrap=args.bwrap)
+    if args.no_cgroup:
+        settings = settings.model_copy(update={"sandbox_cgroup_root": "/nonexistent/cgroup"})
+    asyncio.run(bench(args.runs, args.concurrency, settings))
+
+
+if __name__ == "__main__":
+    main()
