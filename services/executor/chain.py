@@ -1,0 +1,332 @@
+"""SPEC §3 for one claimed job: the policy checks, program resolution and the chain run.
+
+What it does
+    In this order (the guide's algorithm, SPEC §3.1–§3.8): unknown account → 5.1.1;
+    program delivery not enabled (or no programs) → 5.3.0; suspended → held (a
+    ``delayed`` warning after ``delay_warning_after_s``, 4.4.7 after
+    ``max_queue_lifetime_s``); disabled (secure mode, nothing registered) → 5.3.0 +
+    admin notice; mail loop (``Delivered-To: <recipient>`` already present) → 5.4.6;
+    login shell not in ``valid_shells`` → fail; uid 0 → ``safe_user`` or fail;
+    resolve every remaining program (secure: basename only, registered bytes with
+    the registry's SHA-256 via ``ProgramStore``; insecure: absolute path via
+    ``open_insecure``) before running any; then run the chain from
+    ``job.next_program``, one sandboxed process each, stopping at the first failure.
+
+What it guarantees
+    - Nothing runs as uid 0 or gid 0 (checked here, in ``Sandbox.run`` and in the
+      launcher). The safe user replaces a root owner, never the other way round.
+    - Nothing runs unless every program of the remaining chain resolved.
+    - stdin is ``Return-Path: <sender>`` and ``Delivered-To: <recipient>`` in the
+      message's own line-ending convention, then the message bytes (shared, not
+      copied per job).
+    - Outages (policy unreachable, sandbox unable to spawn) give a ``retry`` verdict:
+      never a bounce.
+
+What it does not do
+    Record anything or publish anything (``worker.py`` does, after this returns).
+
+Settings
+    Policy: mode, suspended, safe_user, valid_shells, program_timeout_s,
+    max_output_bytes, tempfail_exit_codes, dsn_include_output, delay_warning_after_s,
+    max_queue_lifetime_s. Process: the ``rlimit_*`` fields, ``tz`` (in the sandbox).
+"""
+
+from __future__ import annotations
+
+import re
+import signal as signals
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.executor.errors import LaunchFailed, ProgramUnresolved
+from services.executor.metrics import PROGRAM_RUN_SECONDS, SANDBOX_FAILURES
+from services.executor.policy_client import Account, PolicyClient, PolicySettings, PolicyUnavailable
+from services.executor.programs import ExecHandle, ProgramStore, open_insecure
+from services.executor.repo import Claim, RunRow
+from services.executor.sandbox import RunLimits, RunResult, Sandbox
+from services.executor.verdict import DIAGNOSTICS, Verdict, failed
+from shared.schemas import Job
+from shared.settings import Settings
+from shared.status import FailureKind, Outcome, describe_exit, failure_status, status_for
+
+FLAG_NAMES = frozenset({"INSECURE-PROGRAM-DELIVERIES", "SUSPEND-PROGRAM-DELIVERIES"})
+DIAGNOSTIC_OUTPUT_LINES = 3
+DIAGNOSTIC_OUTPUT_CHARS = 400
+STORED_OUTPUT_CHARS = 4096
+_HEADER_SCAN_LIMIT = 1 << 20
+
+BodyOpener = Callable[[], AbstractAsyncContextManager[bytes]]
+
+
+@dataclass
+class Deps:
+    policy: PolicyClient
+    store: ProgramStore
+    sandbox: Sandbox
+    settings: Settings
+
+
+@dataclass
+class Resolved:
+    entry: str
+    argv0: str
+    handle: ExecHandle
+
+
+async def decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: Deps) -> Verdict:
+    """The verdict for ``job``; PolicyUnavailable/LaunchFailed become ``retry`` verdicts."""
+    try:
+        return await _decide_and_run(job, claim, open_body, deps)
+    except PolicyUnavailable as exc:
+        return Verdict(kind="retry", diagnostic=f"policy service unavailable: {exc}",
+                       next_program=job.next_program)
+
+
+async def _decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: Deps) -> Verdict:
+    policy = deps.policy
+    ps = await policy.settings()
+    account = await policy.account(job.recipient)
+    rcpt = job.recipient
+    if account is None:
+        diag = DIAGNOSTICS[FailureKind.UNKNOWN_ACCOUNT].format(recipient=rcpt)
+        return failed(FailureKind.UNKNOWN_ACCOUNT, diag)
+    if not account.program_delivery_enabled or not account.programs:
+        return failed(FailureKind.NOT_CONFIGURED,
+                      DIAGNOSTICS[FailureKind.NOT_CONFIGURED].format(recipient=rcpt),
+                      account=account.address)
+    if ps.suspended:
+        return held(job, claim, ps)
+    if ps.mode != "insecure":
+        status = await policy.status()
+        if status.get("program_delivery") == "disabled":
+            return failed(FailureKind.DISABLED, DIAGNOSTICS[FailureKind.DISABLED],
+                          account=account.address,
+                          notice_detail="secure mode and no trusted program is registered")
+    async with open_body() as body:
+        if has_delivered_to(body, rcpt):
+            return failed(FailureKind.MAIL_LOOP, DIAGNOSTICS[FailureKind.MAIL_LOOP].format(recipient=rcpt))
+        identity = run_identity(account, ps)
+        if isinstance(identity, Verdict):
+            return identity
+        resolved = await resolve_chain(account, job.next_program, ps, deps)
+        if isinstance(resolved, Verdict):
+            return resolved
+        try:
+            return await run_chain(job, account, identity, resolved, body, ps, deps)
+        finally:
+            for r in resolved:
+                r.handle.close()
+
+
+def held(job: Job, claim: Claim, ps: PolicySettings) -> Verdict:
+    """Suspended: hold, warn once after delay_warning_after_s, expire after the lifetime."""
+    age = (datetime.now(UTC) - job.arrival).total_seconds()
+    if age >= ps.max_queue_lifetime_s:
+        why = "program delivery was suspended"
+        return failed(FailureKind.SUSPENDED_EXPIRED,
+                      DIAGNOSTICS[FailureKind.SUSPENDED_EXPIRED].format(age=_age(age), why=why))
+    warn = (age >= ps.delay_warning_after_s and claim.delay_notified_at is None
+            and "DELAY" in job.notify)
+    return Verdict(kind="suspended", status=status_for(Outcome.DEFERRED),
+                   diagnostic="program delivery is suspended; the message waits in the queue",
+                   next_program=job.next_program, delay_warning=warn,
+                   will_retry_until_s=ps.max_queue_lifetime_s)
+
+
+def run_identity(account: Account, ps: PolicySettings) -> tuple[int, int] | Verdict:
+    """(uid, gid) to run as, or the failure: bad shell, root without a safe user."""
+    if account.shell not in ps.valid_shells:
+        diag = DIAGNOSTICS[FailureKind.BAD_SHELL].format(shell=account.shell or "(none)")
+        return failed(FailureKind.BAD_SHELL, diag, account=account.address,
+                      notice_detail=f"shell {account.shell!r} not in valid_shells")
+    uid, gid = account.uid, account.gid
+    if uid == 0:
+        if ps.safe_user is None:
+            return failed(FailureKind.ROOT_WITHOUT_SAFE_USER,
+                          DIAGNOSTICS[FailureKind.ROOT_WITHOUT_SAFE_USER].format(who="root (uid 0)"),
+                          account=account.address, notice_detail="set safe_user in the policy settings")
+        uid, gid = ps.safe_user.uid, ps.safe_user.gid
+    if uid == 0 or gid == 0:
+        who = "root" if uid == 0 else f"uid {uid} with gid 0"
+        return failed(FailureKind.ROOT_WITHOUT_SAFE_USER,
+                      DIAGNOSTICS[FailureKind.ROOT_WITHOUT_SAFE_USER].format(who=who),
+                      account=account.address, notice_detail="programs never run with uid 0 or gid 0")
+    return uid, gid
+
+
+async def resolve_chain(
+    account: Account, start: int, ps: PolicySettings, deps: Deps
+) -> list[Resolved] | Verdict:
+    out: list[Resolved] = []
+    for position in range(start, len(account.programs)):
+        entry = account.programs[position]
+        try:
+            out.append(await resolve_one(entry, ps, deps))
+        except ProgramUnresolved as exc:
+            for r in out:
+                r.handle.close()
+            diag = DIAGNOSTICS[FailureKind.UNRESOLVED_PROGRAM].format(program=entry, why=exc)
+            return failed(FailureKind.UNRESOLVED_PROGRAM, diag, account=account.address,
+                          program=entry, position=position, notice_detail=str(exc))
+        except BaseException:
+            for r in out:
+                r.handle.close()
+            raise
+    return out
+
+
+async def resolve_one(entry: str, ps: PolicySettings, deps: Deps) -> Resolved:
+    if ps.mode == "insecure":
+        return Resolved(entry, entry, open_insecure(entry))
+    name = entry.rstrip("/").rsplit("/", 1)[-1]
+    if not name or name in FLAG_NAMES:
+        raise ProgramUnresolved(f"{entry!r} names no trusted program")
+    meta = await deps.policy.program(name)
+    if meta is None:
+        raise ProgramUnresolved(f"{name!r} is not a registered trusted program")
+    handle = await deps.store.open_trusted(name, meta.sha256, lambda: deps.policy.program_content(name))
+    return Resolved(entry, name, handle)
+
+
+async def run_chain(
+    job: Job,
+    account: Account,
+    identity: tuple[int, int],
+    chain: list[Resolved],
+    body: bytes,
+    ps: PolicySettings,
+    deps: Deps,
+) -> Verdict:
+    uid, gid = identity
+    prefix = stdin_prefix(job.sender, job.recipient, body)
+    limits = RunLimits.from_settings(deps.settings, timeout_s=ps.program_timeout_s,
+                                     max_output_bytes=ps.max_output_bytes)
+    runs: list[RunRow] = []
+    for offset, r in enumerate(chain):
+        position = job.next_program + offset
+        started_at = datetime.now(UTC)
+        try:
+            res = await deps.sandbox.run(r.handle.fd, r.argv0, uid, gid, account.home or "/tmp",
+                                         prefix, body, limits)
+        except LaunchFailed as exc:
+            SANDBOX_FAILURES.inc()
+            return Verdict(kind="retry", diagnostic=f"cannot start program {r.entry}: {exc}",
+                           next_program=position, runs=runs, program=r.entry)
+        PROGRAM_RUN_SECONDS.observe(res.duration_s)
+        output = decode_output(res.output)
+        runs.append(RunRow(
+            attempt=job.attempt, program=r.entry, position=position, exit_status=res.exit_status,
+            signal=res.signal, timed_out=res.timed_out, output_excerpt=output[:STORED_OUTPUT_CHARS],
+            duration_ms=int(res.duration_s * 1000), started_at=started_at,
+        ))
+        if res.ok:
+            continue
+        if res.launch_error is not None:
+            SANDBOX_FAILURES.inc()
+            if "at exec:" not in res.launch_error:
+                return Verdict(kind="retry", diagnostic=f"program {r.entry}: {res.launch_error}",
+                               next_program=position, runs=runs, program=r.entry)
+            diag = DIAGNOSTICS[FailureKind.UNRESOLVED_PROGRAM].format(program=r.entry, why=res.launch_error)
+            return failed(FailureKind.UNRESOLVED_PROGRAM, diag, account=account.address,
+                          program=r.entry, position=position, runs=runs, notice_detail=res.launch_error)
+        return program_failure(job, account, r.entry, position, res, output, runs, ps)
+    return Verdict(kind="delivered", status=status_for(Outcome.DELIVERED), diagnostic="delivered to "
+                   + ", ".join(r.entry for r in chain), runs=runs, next_program=len(account.programs),
+                   account=account.address)
+
+
+def program_failure(
+    job: Job, account: Account, entry: str, position: int, res: RunResult, output: str,
+    runs: list[RunRow], ps: PolicySettings,
+) -> Verdict:
+    if res.timed_out:
+        kind, what = FailureKind.PROGRAM_TIMEOUT, f"timed out after {ps.program_timeout_s:g} s"
+    elif res.signal is not None:
+        kind, what = FailureKind.PROGRAM_SIGNAL, f"was killed by signal {res.signal} ({_signame(res.signal)})"
+    elif res.exit_status:
+        kind = FailureKind.PROGRAM_EXIT
+        what = f"exited with status {res.exit_status} ({describe_exit(res.exit_status)})"
+    else:
+        kind, what = FailureKind.PROGRAM_OUTPUT, "exited with status 0 but wrote output"
+    outcome, status = failure_status(kind, exit_status=res.exit_status, output=res.output,
+                                     tempfail_exit_codes=tuple(ps.tempfail_exit_codes))
+    excerpt = first_lines(output)
+    diag = f"program {entry} {what}"
+    dsn_diag = f"{diag}: {excerpt}" if excerpt and ps.dsn_include_output else diag
+    v = Verdict(kind="bounced", status=status, diagnostic=dsn_diag, failure=kind,
+                next_program=position, program=entry, position=position,
+                exit_status=res.exit_status, signal=res.signal, timed_out=res.timed_out,
+                output=output, dsn_output=output if ps.dsn_include_output else "", runs=runs,
+                account=account.address, notice_detail=f"{diag}: {excerpt}" if excerpt else diag)
+    if outcome is Outcome.DEFERRED:
+        age = (datetime.now(UTC) - job.arrival).total_seconds()
+        if age >= ps.max_queue_lifetime_s:
+            v.failure = FailureKind.SUSPENDED_EXPIRED
+            v.status = status_for(FailureKind.SUSPENDED_EXPIRED)
+            v.diagnostic = DIAGNOSTICS[FailureKind.SUSPENDED_EXPIRED].format(age=_age(age), why=dsn_diag)
+            return v
+        v.kind, v.failure, v.will_retry_until_s = "deferred", FailureKind.TEMPFAIL, ps.max_queue_lifetime_s
+    return v
+
+
+# --- small pure helpers --------------------------------------------------------------------
+
+
+def stdin_prefix(sender: str, recipient: str, body: bytes) -> bytes:
+    """``Return-Path`` and ``Delivered-To`` in the message's own line-ending convention."""
+    nl = b"\n"
+    first = body.find(b"\n", 0, _HEADER_SCAN_LIMIT)
+    if first > 0 and body[first - 1 : first] == b"\r":
+        nl = b"\r\n"
+    return b"Return-Path: <" + sender.encode() + b">" + nl + b"Delivered-To: " + recipient.encode() + nl
+
+
+_DELIVERED_TO = re.compile(rb"^delivered-to:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def has_delivered_to(body: bytes, recipient: str) -> bool:
+    """Whether the header section already has ``Delivered-To: <recipient>`` (a mail loop)."""
+    head = body[:_HEADER_SCAN_LIMIT]
+    end = len(head)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = head.find(sep)
+        if i != -1:
+            end = min(end, i)
+    head = head[:end].replace(b"\r\n", b"\n")
+    head = re.sub(rb"\n[ \t]+", b" ", head)  # unfold
+    want = recipient.lower().encode("utf-8", "replace")
+    for match in _DELIVERED_TO.finditer(head):
+        value = match.group(1).strip().strip(b"<>").strip().lower()
+        if value == want:
+            return True
+    return False
+
+
+def decode_output(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").replace("\x00", "\\0")
+
+
+def first_lines(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()][:DIAGNOSTIC_OUTPUT_LINES]
+    text = "; ".join(lines)
+    return text if len(text) <= DIAGNOSTIC_OUTPUT_CHARS else text[: DIAGNOSTIC_OUTPUT_CHARS - 3] + "..."
+
+
+def _signame(num: int) -> str:
+    try:
+        return signals.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+

@@ -1,0 +1,224 @@
+"""`mailexec serve executor`: the only mailexec process that starts as root.
+
+What it does
+    Before consuming anything (like Postfix pipe(8)'s ``get_service_attr()``), it
+    refuses to start – exit status 77 (not root) or 78 (unsafe configuration), with a
+    clear message – unless: it runs as root; the trusted directory and its parents
+    are root's alone (``ProgramStore``); the sandbox can be built as configured
+    (launcher, network namespace, bubblewrap: ``Sandbox.start``); and its own settings
+    are sane (service token set, concurrency and limits positive). Then it logs ONE
+    line naming the isolation layers that are active, serves /healthz, /readyz and
+    /metrics on ``executor_metrics_port`` and consumes ``deliveries`` (prefetch
+    ``executor_prefetch``, ``executor_concurrency`` jobs at once), ``deliveries.dead``
+    and an exclusive auto-delete queue on ``policy.changed`` – all on one uvloop.
+
+What it guarantees
+    Broker and database outages are survived without losing a job: the AMQP
+    connection is aio-pika's robust one (reconnects, restores queues and consumers),
+    database errors defer the job (see ``worker.py``).
+
+Settings
+    Everything under "Executor" in ``shared.settings`` plus ``database_url``,
+    ``amqp_url``, ``policy_url``, ``service_token``, ``executor_metrics_port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from contextlib import nullcontext
+from typing import Any
+
+import orjson
+import uvicorn
+from aio_pika.abc import AbstractIncomingMessage
+
+from services.executor.chain import Deps
+from services.executor.dead import DeadLetters
+from services.executor.errors import SandboxUnavailable
+from services.executor.policy_client import PolicyClient
+from services.executor.programs import ProgramStore
+from services.executor.publishing import Publisher
+from services.executor.repo import Repo
+from services.executor.sandbox import Sandbox
+from services.executor.worker import Worker
+from shared import topology
+from shared.amqp import Broker
+from shared.httpapp import create_app
+from shared.logging import configure
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("mailexec.executor")
+
+EX_NOPERM = 77
+EX_CONFIG = 78
+SHUTDOWN_GRACE_S = 10.0
+
+
+class UnsafeConfig(Exception):
+    pass
+
+
+def check_settings(s: Settings) -> None:
+    problems = []
+    if not s.service_token:
+        problems.append("MAILEXEC_SERVICE_TOKEN is empty: the executor can't read policy")
+    if s.executor_concurrency < 1 or s.executor_prefetch < 1:
+        problems.append("executor_concurrency and executor_prefetch must be >= 1")
+    for name in ("rlimit_cpu_s", "rlimit_as_bytes", "rlimit_nproc", "rlimit_fsize_bytes", "rlimit_nofile"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name} must be >= 1")
+    if not os.path.isabs(s.trusted_dir):
+        problems.append(f"trusted_dir {s.trusted_dir!r} is not an absolute path")
+    if problems:
+        raise UnsafeConfig("; ".join(problems))
+
+
+def prepare(s: Settings) -> tuple[ProgramStore, Sandbox]:
+    """The privileged set-up; raises UnsafeConfig/SandboxUnavailable to refuse to start."""
+    check_settings(s)
+    store = ProgramStore(s.trusted_dir)
+    try:
+        sandbox = Sandbox.start(s)
+    except BaseException:
+        store.close()
+        raise
+    return store, sandbox
+
+
+def _refuse(message: str, code: int) -> int:
+    log.critical("executor refuses to start: %s", message, extra={"exit_status": code})
+    print(f"mailexec executor: refusing to start: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run() -> int:
+    settings = get_settings()
+    configure(settings.log_level, service="executor")
+    if os.geteuid() != 0:
+        return _refuse("it must run as root (it drops to each account's uid to run programs)",
+                       EX_NOPERM)
+    try:
+        store, sandbox = prepare(settings)
+    except (UnsafeConfig, SandboxUnavailable) as exc:
+        return _refuse(str(exc), EX_CONFIG)
+    layers = {k: v for k, v in sandbox.isolation.items() if k not in ("launcher", "cgroup_dir")}
+    active = ", ".join(k for k, v in layers.items() if v) or "none"
+    inactive = ", ".join(k for k, v in layers.items() if not v) or "none"
+    log.info("sandbox ready: active isolation layers: %s; not active: %s", active, inactive,
+             extra={"isolation": sandbox.isolation, "trusted_dir": settings.trusted_dir})
+    import uvloop
+
+    try:
+        return uvloop.run(serve(settings, store, sandbox))
+    finally:
+        sandbox.close()
+        store.close()
+
+
+class _Server(uvicorn.Server):
+    def capture_signals(self) -> Any:  # the executor owns SIGTERM/SIGINT
+        return nullcontext()
+
+
+async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    repo = Repo(settings.database_url)
+    broker = Broker(settings.amqp_url)
+    policy = PolicyClient(settings.policy_url, settings.service_token)
+    try:
+        await repo.start()
+        await broker.connect(declare=True, timeout=30)
+    except Exception as exc:
+        log.critical("cannot reach the database or the broker: %s", exc)
+        await policy.close()
+        await repo.close()
+        return 69
+    publisher = Publisher(broker, settings)
+    worker = Worker(Deps(policy=policy, store=store, sandbox=sandbox, settings=settings), repo,
+                    publisher, settings.executor_concurrency)
+    dead = DeadLetters(repo, publisher)
+
+    async def ready() -> dict[str, bool]:
+        return {"database": await repo.ping(), "broker": broker.ready}
+
+    app = create_app(title="mailexec executor", routers=[], ready_check=ready)
+    server = _Server(uvicorn.Config(app, host=settings.bind_host, port=settings.executor_metrics_port,
+                                    log_config=None, access_log=False, lifespan="off"))
+    http_task = loop.create_task(server.serve(), name="metrics-http")
+
+    async def on_policy_changed(message: AbstractIncomingMessage) -> None:
+        async with message.process(requeue=False):
+            try:
+                body = orjson.loads(message.body)
+            except orjson.JSONDecodeError:
+                body = {}
+            what = body.get("what") if isinstance(body, dict) else None
+            policy.invalidate(what, body.get("key") if isinstance(body, dict) else None)
+            if isinstance(body, dict) and body.get("suspended") is False and (
+                what == "settings" or worker.held_since_drain
+            ):
+                loop.create_task(worker.release_held())
+
+    jobs_ch = await broker.new_channel(prefetch=settings.executor_prefetch)
+    jobs_q = await jobs_ch.declare_queue(topology.DELIVERIES_QUEUE, passive=True)
+    dead_ch = await broker.new_channel(prefetch=4)
+    dead_q = await dead_ch.declare_queue(topology.DELIVERIES_DEAD, passive=True)
+    pol_ch = await broker.new_channel(prefetch=16)
+    pol_q = await pol_ch.declare_queue(exclusive=True, auto_delete=True)
+    await pol_q.bind(topology.POLICY_EXCHANGE, routing_key="")
+    await pol_q.consume(on_policy_changed)
+    await dead_q.consume(dead.on_message)
+    jobs_tag = await jobs_q.consume(worker.on_message)
+    # A resume that happened while no executor was running: held jobs would wait 60 s.
+    loop.create_task(worker.release_held())
+    log.info("executor consuming", extra={"concurrency": settings.executor_concurrency,
+                                          "prefetch": settings.executor_prefetch})
+
+    await stop.wait()
+    log.info("executor stopping: no new jobs; waiting for the ones running")
+    try:
+        await jobs_q.cancel(jobs_tag)
+    except Exception:
+        pass
+    await worker.drain(SHUTDOWN_GRACE_S)
+    server.should_exit = True
+    await asyncio.gather(http_task, return_exceptions=True)
+    await broker.close()
+    await repo.close()
+    await policy.close()
+    return 0
+
+
+def self_check() -> int:
+    """`mailexec serve executor --self-check`: the start-up checks and one sandboxed run."""
+    settings = get_settings()
+    configure(settings.log_level, service="executor")
+    if os.geteuid() != 0:
+        return _refuse("it must run as root", EX_NOPERM)
+    try:
+        store, sandbox = prepare(settings)
+    except (UnsafeConfig, SandboxUnavailable) as exc:
+        return _refuse(str(exc), EX_CONFIG)
+    report: dict[str, Any] = {"isolation": sandbox.isolation, "trusted_dir": settings.trusted_dir}
+    try:
+        from services.executor import sandbox as sandbox_mod
+
+        check = getattr(sandbox_mod, "self_check", None)
+        if check is not None:
+            report["self_check"] = check(settings)
+    finally:
+        sandbox.close()
+        store.close()
+    print(json.dumps(report, indent=2, default=str))
+    ok = all(v is not False for v in (report.get("self_check") or {}).values()
+             if isinstance(v, bool))
+    return 0 if ok else 1

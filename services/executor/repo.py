@@ -1,0 +1,337 @@
+"""The executor's database access: claim jobs, record outcomes, read message bodies.
+
+Hot path: two statements per delivery, each batched across concurrent jobs
+(:class:`services.executor.batching.Batcher`): one ``UPDATE … RETURNING`` claims a
+batch, one statement (a data-modifying CTE: recipients updated *and* program runs
+inserted, atomically) records a batch. Raw asyncpg over one small pool: the
+SQLAlchemy layer costs more CPU per row than the whole claim.
+
+Every database failure leaves here as :class:`shared.errors.Unavailable`; callers
+defer the job (never lose it, never bounce because of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.executor.batching import Batcher
+from shared.errors import Unavailable
+
+CLAIMABLE = ("queued", "deferred", "suspended")
+FINAL_STATES = ("delivered", "bounced")
+
+_CLAIM_SQL = """
+UPDATE mail.recipients AS r
+   SET state = 'running', updated_at = now()
+  FROM unnest($1::uuid[], $2::int[], $3::bool[]) AS j(id, attempt, redelivered)
+ WHERE r.id = j.id
+   AND r.attempts = j.attempt
+   AND (r.state IN ('queued', 'deferred', 'suspended') OR (r.state = 'running' AND j.redelivered))
+RETURNING r.id, r.delay_notified_at
+"""
+
+_RECORD_SQL = """
+WITH u AS (
+    UPDATE mail.recipients AS r
+       SET state = j.state, status = j.status, diagnostic = j.diagnostic,
+           attempts = j.attempts, next_program = j.next_program, updated_at = now(),
+           final_at = CASE WHEN j.final THEN now() ELSE r.final_at END,
+           delay_notified_at = CASE WHEN j.delay_notified
+                                    THEN coalesce(r.delay_notified_at, now())
+                                    ELSE r.delay_notified_at END
+      FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
+                  $8::bool[], $9::bool[])
+           AS j(id, expected, state, status, diagnostic, attempts, next_program, final, delay_notified)
+     WHERE r.id = j.id AND r.state = 'running' AND r.attempts = j.expected
+    RETURNING r.id
+), ins AS (
+    INSERT INTO mail.program_runs (recipient_id, attempt, program, position, exit_status, signal,
+                                   timed_out, output_excerpt, duration_ms, started_at)
+    SELECT x.rid, x.attempt, x.program, x.position, x.exit_status, x.signal, x.timed_out,
+           x.output_excerpt, x.duration_ms, x.started_at
+      FROM unnest($10::uuid[], $11::int[], $12::text[], $13::int[], $14::int[], $15::int[],
+                  $16::bool[], $17::text[], $18::int[], $19::timestamptz[])
+           AS x(rid, attempt, program, position, exit_status, signal, timed_out, output_excerpt,
+                duration_ms, started_at)
+     WHERE x.rid IN (SELECT id FROM u)
+)
+SELECT id FROM u
+"""
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    job_id: uuid.UUID
+    attempt: int
+    redelivered: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    claimed: bool
+    delay_notified_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    attempt: int
+    program: str
+    position: int
+    exit_status: int | None
+    signal: int | None
+    timed_out: bool
+    output_excerpt: str
+    duration_ms: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class RecipientUpdate:
+    """The outcome of one claimed job; applied only if the row is still ours."""
+
+    job_id: uuid.UUID
+    expected_attempts: int
+    state: str
+    status: str | None
+    diagnostic: str | None
+    attempts: int
+    next_program: int
+    final: bool
+    delay_notified: bool = False
+    runs: Sequence[RunRow] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class RecipientSnapshot:
+    """What is recorded for a recipient (used when a job arrives whose outcome exists)."""
+
+    job_id: uuid.UUID
+    message_id: uuid.UUID
+    address: str
+    orcpt: str | None
+    state: str
+    status: str | None
+    diagnostic: str | None
+    attempts: int
+    next_program: int
+    delay_notified_at: datetime | None
+    updated_at: datetime
+    last_run: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class MessageEnvelope:
+    message_id: uuid.UUID
+    sender: str
+    envid: str | None
+    ret: str | None
+    notify: list[str]
+    size: int
+    received_at: datetime
+
+
+def _plain_dsn(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return "postgresql://" + rest if sep else url
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise Unavailable(
+            f"database error: {type(exc).__name__}: {exc}", code="database_unavailable"
+        ) from exc
+
+
+class Repo:
+    def __init__(self, database_url: str, *, pool_size: int = 4) -> None:
+        self._dsn = _plain_dsn(database_url)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self.claims: Batcher[ClaimRequest, Claim] = Batcher("claim", self._claim_batch)
+        self.records: Batcher[RecipientUpdate, bool] = Batcher("record", self._record_batch)
+        self._bodies: dict[uuid.UUID, tuple[asyncio.Future[bytes], int]] = {}
+
+    async def start(self, timeout: float = 30.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30,
+                    timeout=5,
+                )
+                break
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"database unreachable: {exc}", code="database_unavailable") from exc
+                await asyncio.sleep(0.5)
+        self.claims.start()
+        self.records.start()
+
+    async def close(self) -> None:
+        await self.claims.stop()
+        await self.records.stop()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> bool:
+        try:
+            async with self._conn() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise Unavailable("database pool not started", code="database_unavailable")
+        with _translated():
+            async with self._pool.acquire(timeout=10) as conn:
+                yield conn
+
+    # --- hot path --------------------------------------------------------------------
+
+    async def claim(self, job_id: uuid.UUID, attempt: int, redelivered: bool) -> Claim:
+        return await self.claims.submit(ClaimRequest(job_id, attempt, redelivered))
+
+    async def record(self, update: RecipientUpdate) -> bool:
+        """True when the outcome was recorded (False: someone else owns the row now)."""
+        return await self.records.submit(update)
+
+    async def _claim_batch(self, reqs: Sequence[ClaimRequest]) -> list[Claim]:
+        # The same job twice in one batch (a duplicate publish): only the first may run.
+        first: dict[uuid.UUID, int] = {}
+        for i, r in enumerate(reqs):
+            first.setdefault(r.job_id, i)
+        unique = [reqs[i] for i in first.values()]
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                _CLAIM_SQL,
+                [r.job_id for r in unique],
+                [r.attempt for r in unique],
+                [r.redelivered for r in unique],
+            )
+        got = {row["id"]: row["delay_notified_at"] for row in rows}
+        out = []
+        for i, r in enumerate(reqs):
+            if first[r.job_id] == i and r.job_id in got:
+                out.append(Claim(True, got[r.job_id]))
+            else:
+                out.append(Claim(False))
+        return out
+
+    async def _record_batch(self, ups: Sequence[RecipientUpdate]) -> list[bool]:
+        cols: list[list[Any]] = [[] for _ in range(19)]
+        v: Any
+        for u in ups:
+            for i, v in enumerate(
+                (u.job_id, u.expected_attempts, u.state, u.status, u.diagnostic, u.attempts,
+                 u.next_program, u.final, u.delay_notified)
+            ):
+                cols[i].append(v)
+            for run in u.runs:
+                for i, v in enumerate(
+                    (u.job_id, run.attempt, run.program, run.position, run.exit_status, run.signal,
+                     run.timed_out, run.output_excerpt, run.duration_ms, run.started_at),
+                    start=9,
+                ):
+                    cols[i].append(v)
+        async with self._conn() as conn:
+            rows = await conn.fetch(_RECORD_SQL, *cols)
+        done = {row["id"] for row in rows}
+        return [u.job_id in done for u in ups]
+
+    # --- message bodies, shared by concurrent jobs of one message ------------------------
+
+    @contextlib.asynccontextmanager
+    async def message_body(self, message_id: uuid.UUID) -> AsyncIterator[bytes]:
+        """The raw message, fetched once however many jobs of the message run at once."""
+        entry = self._bodies.get(message_id)
+        if entry is None:
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._bodies[message_id] = (fut, 1)
+            try:
+                async with self._conn() as conn:
+                    body = await conn.fetchval(
+                        "SELECT body FROM mail.messages WHERE id = $1", message_id
+                    )
+                if body is None:
+                    raise Unavailable(f"message {message_id} has no stored body", code="no_body")
+                fut.set_result(bytes(body))
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()
+        else:
+            fut = entry[0]
+            self._bodies[message_id] = (fut, entry[1] + 1)
+        try:
+            yield await asyncio.shield(fut)
+        finally:
+            f, refs = self._bodies[message_id]
+            if refs <= 1:
+                del self._bodies[message_id]
+            else:
+                self._bodies[message_id] = (f, refs - 1)
+
+    # --- rare paths ----------------------------------------------------------------------
+
+    async def snapshot(self, job_id: uuid.UUID) -> RecipientSnapshot | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, message_id, address, orcpt, state, status, diagnostic, attempts, "
+                "next_program, delay_notified_at, updated_at FROM mail.recipients WHERE id = $1",
+                job_id,
+            )
+            if row is None:
+                return None
+            run = await conn.fetchrow(
+                "SELECT program, position, exit_status, signal, timed_out, output_excerpt "
+                "FROM mail.program_runs WHERE recipient_id = $1 ORDER BY id DESC LIMIT 1",
+                job_id,
+            )
+        return RecipientSnapshot(
+            job_id=row["id"], message_id=row["message_id"], address=row["address"],
+            orcpt=row["orcpt"], state=row["state"], status=row["status"],
+            diagnostic=row["diagnostic"], attempts=row["attempts"],
+            next_program=row["next_program"], delay_notified_at=row["delay_notified_at"],
+            updated_at=row["updated_at"], last_run=dict(run) if run else None,
+        )
+
+    async def envelope(self, message_id: uuid.UUID) -> MessageEnvelope | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, sender, envid, ret, notify, size, received_at FROM mail.messages "
+                "WHERE id = $1",
+                message_id,
+            )
+        if row is None:
+            return None
+        return MessageEnvelope(
+            message_id=row["id"], sender=row["sender"], envid=row["envid"], ret=row["ret"],
+            notify=list(row["notify"] or []), size=row["size"], received_at=row["received_at"],
+        )
+
+    async def force_final(
+        self, job_id: uuid.UUID, state: str, status: str, diagnostic: str
+    ) -> bool:
+        """Record a final outcome for a job that can't run (poison, corrupt), if not final yet."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "UPDATE mail.recipients SET state = $2, status = $3, diagnostic = $4, "
+                "final_at = now(), updated_at = now() "
+                "WHERE id = $1 AND state NOT IN ('delivered', 'bounced') RETURNING id",
+                job_id, state, status, diagnostic,
+            )
+        return row is not None
