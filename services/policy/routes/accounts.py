@@ -160,7 +160,7 @@ async def put_programs(
                            warnings=warnings)
 
 
-@router.get("/{address:path}", response_model=Account)
+@router.get("/{address:raw}", response_model=Account)
 async def get_account(address: str, principal: AccountReaderDep, session: SessionDep) -> Account:
     key = normalize_address(address)
     ensure_own_account(principal, key)
@@ -172,7 +172,7 @@ async def get_account(address: str, principal: AccountReaderDep, session: Sessio
 
 
 @router.put(
-    "/{address:path}",
+    "/{address:raw}",
     response_model=AccountWritten,
     responses={201: {"description": "created"}, 200: {"description": "replaced"}},
 )
@@ -201,7 +201,7 @@ async def put_account(
     return AccountWritten(**to_account(row).model_dump(), warnings=warnings)
 
 
-@router.delete("/{address:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete("/{address:raw}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_account(
     address: str, principal: AdminDep, session: SessionDep, broker: BrokerDep
 ) -> Response:

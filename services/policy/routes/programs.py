@@ -91,7 +91,7 @@ async def program_content(name: str, principal: ReaderDep, session: SessionDep) 
     )
 
 
-@router.get("/{name:path}", response_model=ProgramMeta)
+@router.get("/{name:raw}", response_model=ProgramMeta)
 async def get_program(name: str, principal: ReaderDep, session: SessionDep) -> ProgramMeta:
     check_program_name(name)
     async with transaction(session):
@@ -102,7 +102,7 @@ async def get_program(name: str, principal: ReaderDep, session: SessionDep) -> P
 
 
 @router.put(
-    "/{name:path}",
+    "/{name:raw}",
     response_model=ProgramMeta,
     status_code=status.HTTP_200_OK,
     responses={201: {"description": "registered"}, 200: {"description": "replaced"},
@@ -159,7 +159,7 @@ async def put_program(
     return _meta(row)
 
 
-@router.delete("/{name:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete("/{name:raw}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_program(
     name: str, principal: AdminDep, session: SessionDep, broker: BrokerDep
 ) -> Response:
