@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, fmt, out
+from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, fmt, out, table
 
 app = typer.Typer(help="Messages accepted by ingest.", no_args_is_help=True)
 
@@ -41,14 +42,15 @@ def _result(run: dict[str, Any]) -> str:
 
 
 def render(msg: dict[str, Any]) -> None:
-    sender = msg.get("sender", msg.get("from"))
+    env = {**msg, **(msg.get("envelope") or {})}
+    sender = env.get("from", env.get("sender"))
     head = Table(show_header=False, title=f"message {msg.get('id')}")
     head.add_column("k", style="bold")
     head.add_column("v")
-    head.add_row("from", "<>" if sender == "" else fmt(sender))
+    head.add_row("from", "<>" if sender == "" else Text(fmt(sender)))
     for key in ("envid", "ret", "notify", "size", "received_at"):
-        if key in msg:
-            head.add_row(key, fmt(msg[key]))
+        if key in env:
+            head.add_row(key, Text(fmt(env[key])))
     out.print(head)
     t = Table(title="recipients and program runs")
     for col in (
@@ -67,15 +69,15 @@ def render(msg: dict[str, Any]) -> None:
         state = str(rcpt.get("state", "?"))
         styled = f"[{STATE_STYLE[state]}]{state}[/]" if STATE_STYLE.get(state) else state
         runs = _runs(rcpt)
-        first = [
-            fmt(rcpt.get("address")),
+        first: list[Text | str] = [
+            Text(fmt(rcpt.get("address"))),
             styled,
             fmt(rcpt.get("attempts")),
             fmt(rcpt.get("status")),
         ]
         diag = str(rcpt.get("diagnostic") or "")
         if not runs:
-            t.add_row(*first, "-", "-", "-", "-", diag or "-")
+            t.add_row(*first, "-", "-", "-", "-", Text(diag or "-"))
             continue
         for i, run in enumerate(runs):
             cells = first if i == 0 else ["", "", "", ""]
@@ -83,11 +85,11 @@ def render(msg: dict[str, Any]) -> None:
             note = excerpt[:200] if excerpt else (diag if i == len(runs) - 1 else "")
             t.add_row(
                 *cells,
-                fmt(run.get("program")),
+                Text(fmt(run.get("program"))),
                 fmt(run.get("attempt")),
                 _result(run),
                 fmt(run.get("duration_ms")),
-                note or "-",
+                Text(note or "-"),
             )
     out.print(t)
 
@@ -101,3 +103,28 @@ def show(message_id: str, token: TokenOpt = None, as_json: JsonOpt = False) -> N
         emit_json(msg)
     else:
         render(msg)
+
+
+@app.command("list")
+def list_(
+    recipient: Annotated[str | None, typer.Option(help="only messages for this account")] = None,
+    state: Annotated[str | None, typer.Option(help="only recipients in this state (e.g. deferred)")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many messages")] = 50,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent messages, newest first (admin)."""
+    params: dict[str, Any] = {"limit": min(limit, 500)}
+    if recipient:
+        params["recipient"] = recipient
+    if state:
+        params["state"] = state
+    with api(token) as client:
+        body = client.get("ingest", "/v1/messages", params=params)
+    items = body.get("messages", []) if isinstance(body, dict) else body
+    if as_json:
+        emit_json(items)
+    else:
+        out.print(
+            table(items, [("id", "id"), ("from", "from"), ("size", "bytes"), ("received_at", "received")])
+        )
