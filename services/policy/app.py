@@ -53,7 +53,7 @@ def create_policy_app() -> FastAPI:
         await asyncio.to_thread(interpreters.host_interpreter_hashes)
         await _load_gauges()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(connecting), timeout=5)
+            await asyncio.wait_for(asyncio.shield(connecting), timeout=3)
         try:
             yield
         finally:

@@ -73,10 +73,10 @@ async def put_program(
     at = now()
     values = dict(name=name, sha256=sha256, size=len(content), content=content,
                   interpreter=interpreter, registered_by=actor, registered_at=at, updated_at=at)
-    stmt = pg_insert(t.programs).values(**values)
-    stmt = stmt.on_conflict_do_update(
+    ins = pg_insert(t.programs).values(**values)
+    stmt = ins.on_conflict_do_update(
         index_elements=[t.programs.c.name],
-        set_={k: stmt.excluded[k] for k in values if k not in ("name", "registered_at")},
+        set_={k: ins.excluded[k] for k in values if k not in ("name", "registered_at")},
     ).returning(*PROGRAM_META)
     return (await s.execute(stmt)).mappings().one()
 
@@ -114,10 +114,10 @@ async def get_account(s: AsyncSession, address: str, *, for_update: bool = False
 
 async def put_account(s: AsyncSession, address: str, fields: dict[str, Any]) -> RowMapping:
     at = now()
-    stmt = pg_insert(t.accounts).values(address=address, created_at=at, updated_at=at, **fields)
-    stmt = stmt.on_conflict_do_update(
+    ins = pg_insert(t.accounts).values(address=address, created_at=at, updated_at=at, **fields)
+    stmt = ins.on_conflict_do_update(
         index_elements=[t.accounts.c.address],
-        set_={**{k: stmt.excluded[k] for k in fields}, "updated_at": at},
+        set_={**{k: ins.excluded[k] for k in fields}, "updated_at": at},
     ).returning(t.accounts)
     return (await s.execute(stmt)).mappings().one()
 

@@ -18,7 +18,7 @@ DASH = Path("/bin/dash").read_bytes()
 async def test_serve_policy_process(
     services: Any, clean_db: None, admin_headers: dict[str, str], service_headers: dict[str, str]
 ) -> None:
-    policy = services("policy")
+    policy = services("policy", extra_env={"MAILEXEC_MAX_PROGRAM_BYTES": "200000"})
     async with httpx.AsyncClient(base_url=policy.url, timeout=10) as c:
         assert (await c.get("/healthz")).json() == {"status": "ok"}
         r = await c.get("/readyz")
@@ -35,6 +35,9 @@ async def test_serve_policy_process(
                         headers={**admin_headers, "Content-Type": "application/octet-stream"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "interpreter_refused"
         assert (await c.get("/v1/status", headers=service_headers)).json()["program_delivery"] == "enabled"
+        r = await c.put("/v1/programs/big", content=b"\0" * 1_000_000,
+                        headers={**admin_headers, "Content-Type": "application/octet-stream"})
+        assert r.status_code == 413 and "200000" in r.json()["error"]["message"]
         r = await c.get("/v1/programs/mymail/content", headers=service_headers)
         assert r.content == SAMPLE_SCRIPT
         assert "mailexec_policy_programs 1.0" in (await c.get("/metrics")).text

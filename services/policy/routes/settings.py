@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import ValidationError
@@ -67,6 +67,7 @@ async def get_status(principal: ReaderDep, session: SessionDep) -> Status:
         current = await repo.load_settings(session)
         programs = await repo.count(session, t.programs)
         accounts = await repo.count(session, t.accounts)
+    state: Literal["enabled", "disabled", "suspended"]
     if current.suspended:
         state = "suspended"
     elif programs > 0 or current.mode == "insecure":
