@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from tests.executor.helpers import EventTap, Homes, Pipeline, message
+from tests.executor.helpers import (  # noqa: F401  (fixtures)
+    EventTap,
+    Homes,
+    Pipeline,
+    homes_fixture,
+    message,
+    pipe_fixture,
+    tap_fixture,
+    tprog_fixture,
+)
 
 
 def read(home: Path, name: str) -> str:
@@ -36,5 +46,3 @@ async def test_chain_runs_as_owner_with_exact_env_stdin_and_order(
     assert ev["recipients"][0]["status"] == "2.0.0"
     assert ev["recipients"][0]["action"] == "delivered"
 
-
-import os  # noqa: E402
