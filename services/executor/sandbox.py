@@ -42,8 +42,9 @@ What it does not do
       the launcher *after* the drop, unprivileged, with --unshare-all, read-only
       /usr and /etc, private /tmp, the home bound read-write when the user can
       reach it; there the program's argv[0] is ``/proc/self/fd/N`` because
-      bwrap 0.8 has no --argv0, and a program killed by a signal shows as bwrap's
-      exit status).
+      bwrap 0.8 has no --argv0, it is started through ``/usr/bin/env -u PWD``
+      because bwrap always exports PWD, and a program killed by a signal shows
+      as bwrap's exit status).
     - Reap children with a waitpid(-1) watcher running in the same process: such
       a watcher would steal exit statuses (asyncio's default watcher is fine).
 
@@ -235,12 +236,20 @@ def _kill_cgroup(cgroup: Path) -> None:
         pass
 
 
+def _is_stale_executor_dir(path: Path) -> bool:
+    """executor-<pid>-<random>, its process gone and nothing left running in it."""
+    parts = path.name.split("-")
+    if len(parts) != 3 or parts[0] != "executor" or not parts[1].isdigit():
+        return False
+    return not os.path.exists(f"/proc/{parts[1]}") and not _populated(path)
+
+
 def _prepare_cgroup_parent(root: Path) -> Path | None:
     """This worker's cgroup v2 directory, or None when the tree isn't usable."""
     try:
         root.mkdir(mode=0o755, exist_ok=True)
         for stale in root.iterdir():  # empty leftovers of executors that are gone
-            if stale.is_dir() and stale.name.startswith("executor-") and not _populated(stale):
+            if _is_stale_executor_dir(stale):
                 for child in stale.iterdir():
                     if child.is_dir():
                         child.rmdir()
@@ -290,7 +299,8 @@ def _bwrap_args(program_fd: int, home: str, uid: int, gid: int) -> list[str]:
     if home and os.path.isabs(home) and _uid_can_enter(home, uid, gid):
         # bwrap keeps the launcher's cwd (the home) when it exists inside.
         args += ["--bind", home, home]
-    args += ["--", f"/proc/self/fd/{program_fd}"]
+    # bwrap always exports PWD; env(1) removes it so the environment stays exactly TZ+AGENT.
+    args += ["--", "/usr/bin/env", "-u", "PWD", f"/proc/self/fd/{program_fd}"]
     return args
 
 

@@ -1,0 +1,427 @@
+"""The sandbox runs real programs as real throwaway uids: what a user would notice.
+
+No mocks: small C programs compiled here and ``#!/bin/sh`` scripts, run through the
+launcher, privilege drop, network namespace and cgroups of this machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.executor.errors import LaunchFailed
+from services.executor.programs import ExecHandle, open_insecure
+from services.executor.sandbox import RunLimits, RunResult, Sandbox, find_or_build_launcher
+from shared.settings import Settings
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+
+PROBE = r"""
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+extern char **environ;
+int main(void) {
+    char line[512], cwd[4096];
+    FILE *status = fopen("/proc/self/status", "r");
+    while (fgets(line, sizeof line, status))
+        if (!strncmp(line, "Uid:", 4) || !strncmp(line, "Gid:", 4) ||
+            !strncmp(line, "Groups:", 7) || !strncmp(line, "NoNewPrivs:", 11))
+            fputs(line, stdout);
+    fclose(status);
+    printf("cwd=%s\n", getcwd(cwd, sizeof cwd) ? cwd : "?");
+    for (char **e = environ; *e; e++) printf("env=%s\n", *e);
+    DIR *fds = opendir("/proc/self/fd");
+    struct dirent *d;
+    while ((d = readdir(fds)))
+        if (d->d_name[0] != '.' && atoi(d->d_name) != dirfd(fds)) printf("fd=%s\n", d->d_name);
+    closedir(fds);
+    printf("pgid_is_pid=%d sid_is_pid=%d\n", getpgrp() == getpid(), getsid(0) == getpid());
+    printf("setuid0=%d\n", setuid(0));
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(5672)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    int rc = connect(s, (struct sockaddr *) &a, sizeof a), err = rc ? errno : 0;
+    printf("connect=%d errno=%d\n", rc, err);
+    struct rlimit r;
+    getrlimit(RLIMIT_NOFILE, &r); printf("nofile=%llu\n", (unsigned long long) r.rlim_cur);
+    getrlimit(RLIMIT_FSIZE, &r); printf("fsize=%llu\n", (unsigned long long) r.rlim_cur);
+    getrlimit(RLIMIT_CORE, &r); printf("core=%llu\n", (unsigned long long) r.rlim_cur);
+    return 0;
+}
+"""
+
+PROGRAMS = {
+    "probe": PROBE,
+    "echo": r"""
+#include <unistd.h>
+int main(void) { char b[65536]; ssize_t n;
+  while ((n = read(0, b, sizeof b)) > 0) if (write(1, b, n) != n) return 1;
+  return 0; }""",
+    "true": "int main(void) { return 0; }",
+    "exit3": "int main(void) { return 3; }",
+    "forkbomb": r"""
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { int n = 0;
+  for (;;) { pid_t p = fork();
+    if (p == 0) { pause(); _exit(0); }
+    if (p < 0) { printf("forks=%d errno=%d\n", n, errno); return 0; }
+    if (++n > 10000) { printf("forks=%d unlimited\n", n); return 0; } } }""",
+    "memhog": r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) { char *p = malloc(512u << 20);
+  if (!p) { puts("malloc failed"); return 0; }
+  memset(p, 1, 512u << 20); puts("got 512 MiB"); return 0; }""",
+    "spin": "int main(void) { for (volatile unsigned long i = 0;; i++); }",
+    "sleeper": "#include <unistd.h>\nint main(void) { for (;;) pause(); }",
+    "escapee": r"""
+#include <unistd.h>
+int main(void) {
+  if (fork() == 0) { setsid(); if (fork() == 0) { close(0); close(1); close(2);
+      for (;;) pause(); } _exit(0); }
+  sleep(1); return 0; }""",
+    "bigout": r"""
+#include <string.h>
+#include <unistd.h>
+int main(void) { static char b[1 << 20]; memset(b, 'x', sizeof b);
+  for (int i = 0; i < 100; i++) { size_t off = 0;
+    while (off < sizeof b) { ssize_t n = write(1, b + off, sizeof b - off);
+      if (n < 0) return 1; off += n; } }
+  return 0; }""",
+    "earlyclose": r"""
+#include <unistd.h>
+int main(void) { char b[16]; if (read(0, b, sizeof b) <= 0) return 1; close(0); return 0; }""",
+}
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[Path]:
+    """A traversable scratch dir (mode 0755) for homes and compiled programs."""
+    base = Path(tempfile.mkdtemp(prefix="mailexec-sandbox-"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def binaries(world: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    bindir = world / "bin"
+    bindir.mkdir(mode=0o755)
+    for name, source in PROGRAMS.items():
+        src = bindir / f"{name}.c"
+        src.write_text(source)
+        out[name] = bindir / name
+        subprocess.run(["cc", "-O1", "-o", str(out[name]), str(src)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox.start(Settings())
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+def limits(**overrides: float) -> RunLimits:
+    values: dict[str, float] = dict(timeout_s=20, max_output_bytes=65536, cpu_s=10,
+                                    as_bytes=1 << 30, nproc=64, fsize_bytes=1 << 20,
+                                    nofile=64)
+    values.update(overrides)
+    return RunLimits(**values)  # type: ignore[arg-type]
+
+
+def make_home(world: Path, uid: int, mode: int = 0o755) -> Path:
+    home = world / f"home-{uid}"
+    home.mkdir()
+    os.chown(home, uid, uid)
+    os.chmod(home, mode)
+    return home
+
+
+async def run(
+    box: Sandbox, handle: ExecHandle, uid: int, home: str | Path = "/nonexistent",
+    prefix: bytes = b"", body: bytes = b"", **limit_overrides: float,
+) -> RunResult:
+    with handle:
+        return await box.run(handle.fd, "prog", uid, uid, str(home), prefix, body,
+                             limits(**limit_overrides))
+
+
+def report(result: RunResult) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for line in result.output.decode().splitlines():
+        status_line = line.split(":")[0] in ("Uid", "Gid", "Groups", "NoNewPrivs")
+        key, _, value = line.partition(":" if status_line else "=")
+        fields.setdefault(key, []).append(value.strip())
+    return fields
+
+
+def processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        if int(uids[1]) == uid and "State:\tZ" not in status:
+            found.append(int(entry))
+    return found
+
+
+async def test_runs_as_the_user_with_nothing_else(
+    sandbox: Sandbox, binaries: dict[str, Path], world: Path
+) -> None:
+    home = make_home(world, 64001)
+    result = await run(sandbox, open_insecure(str(binaries["probe"])), 64001, home)
+    assert result.exit_status == 0 and result.launch_error is None
+    seen = report(result)
+    assert seen["Uid"] == ["64001\t64001\t64001\t64001"]
+    assert seen["Gid"] == ["64001\t64001\t64001\t64001"]
+    assert seen["Groups"] == [""]
+    assert seen["NoNewPrivs"] == ["1"]
+    assert seen["cwd"] == [str(home)]
+    assert sorted(seen["env"]) == ["AGENT=mailexec", "TZ=UTC"]
+    assert seen["fd"] == ["0", "1", "2"]
+    assert seen["pgid_is_pid"] == ["1 sid_is_pid=1"]
+    assert seen["setuid0"] == ["-1"]
+    assert seen["nofile"] == ["64"] and seen["fsize"] == [str(1 << 20)] and seen["core"] == ["0"]
+    # no network at all: lo is down in the shared empty namespace
+    assert seen["connect"] == [f"-1 errno={errno.ENETUNREACH}"]
+    assert not result.ok  # it wrote output
+
+
+async def test_without_netns_the_broker_is_reachable(binaries: dict[str, Path]) -> None:
+    """Proves the no-network assertion above is meaningful on this machine."""
+    box = Sandbox.start(Settings(sandbox_network=False))
+    try:
+        result = await run(box, open_insecure(str(binaries["probe"])), 64002)
+    finally:
+        box.close()
+    assert report(result)["connect"] == ["0 errno=0"]
+
+
+@pytest.mark.parametrize("case", ["missing", "unreachable"])
+async def test_cwd_falls_back_to_tmp(
+    sandbox: Sandbox, binaries: dict[str, Path], world: Path, case: str
+) -> None:
+    uid = 64003 if case == "missing" else 64004
+    home: str | Path = "/nonexistent/home"
+    if case == "unreachable":
+        home = make_home(world, uid, mode=0o700)
+        os.chown(home, 64999, 64999)  # someone else's, mode 0700
+    result = await run(sandbox, open_insecure(str(binaries["probe"])), uid, home)
+    assert report(result)["cwd"] == ["/tmp"]
+
+
+async def test_stdin_is_prefix_then_body_exactly(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    prefix = b"Return-Path: <a@example.net>\nDelivered-To: b@example.org\n"
+    body = bytes(range(256)) * 4096 + b"\r\nend\x00"
+    result = await run(sandbox, open_insecure(str(binaries["echo"])), 64005,
+                       prefix=prefix, body=body, max_output_bytes=2 << 20)
+    assert result.exit_status == 0
+    assert result.output == prefix + body
+    assert result.output_bytes_total == len(prefix) + len(body)
+
+
+async def test_success_and_failure_status(sandbox: Sandbox, binaries: dict[str, Path]) -> None:
+    good = await run(sandbox, open_insecure(str(binaries["true"])), 64006, body=b"hi\n")
+    assert good.ok and good.exit_status == 0 and good.output == b""
+    bad = await run(sandbox, open_insecure(str(binaries["exit3"])), 64006)
+    assert bad.exit_status == 3 and not bad.ok and bad.launch_error is None
+
+
+async def test_fork_bomb_is_contained_by_nproc(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    result = await run(sandbox, open_insecure(str(binaries["forkbomb"])), 64007, nproc=20)
+    forks, _, err = result.output.decode().strip().partition(" ")
+    assert int(forks.removeprefix("forks=")) < 20
+    assert err == f"errno={errno.EAGAIN}"
+    assert processes_of(64007) == []  # the paused children died with the delivery
+
+
+async def test_memory_hog_is_stopped_by_as_limit(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    result = await run(sandbox, open_insecure(str(binaries["memhog"])), 64008,
+                       as_bytes=64 << 20)
+    assert result.output == b"malloc failed\n"
+
+
+async def test_cpu_spin_is_stopped_by_cpu_limit(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    result = await run(sandbox, open_insecure(str(binaries["spin"])), 64009, cpu_s=1)
+    assert result.signal in (signal.SIGXCPU, signal.SIGKILL)
+    assert not result.timed_out and result.exit_status is None and not result.ok
+
+
+async def test_sleep_forever_is_killed_by_the_timeout(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    started = time.monotonic()
+    result = await run(sandbox, open_insecure(str(binaries["sleeper"])), 64010, timeout_s=0.5)
+    assert result.timed_out and result.signal == signal.SIGKILL and not result.ok
+    assert time.monotonic() - started < 5
+
+
+async def test_setsid_double_fork_escapee_is_killed(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    assert sandbox.isolation["cgroup_kill"], "this machine has a writable cgroup v2 tree"
+    result = await run(sandbox, open_insecure(str(binaries["escapee"])), 64011)
+    assert result.exit_status == 0 and result.ok
+    assert processes_of(64011) == []
+
+
+async def test_huge_output_is_capped_not_killed_and_still_fails(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    result = await run(sandbox, open_insecure(str(binaries["bigout"])), 64012)
+    assert result.exit_status == 0 and result.signal is None and not result.timed_out
+    assert result.output == b"x" * 65536
+    assert result.output_bytes_total == 100 << 20
+    assert not result.ok
+
+
+async def test_program_that_stops_reading_early_succeeds(
+    sandbox: Sandbox, binaries: dict[str, Path]
+) -> None:
+    body = b"y" * (10 << 20)
+    result = await run(sandbox, open_insecure(str(binaries["earlyclose"])), 64013,
+                       prefix=b"Delivered-To: x\n", body=memoryview(body))
+    assert result.ok, result
+
+
+async def test_uid_zero_is_refused(sandbox: Sandbox, binaries: dict[str, Path]) -> None:
+    with pytest.raises(LaunchFailed, match="uid 0"):
+        await run(sandbox, open_insecure(str(binaries["probe"])), 0)
+
+
+def test_launcher_itself_refuses_root_and_reports_on_the_status_pipe(
+    binaries: dict[str, Path],
+) -> None:
+    launcher = find_or_build_launcher()
+    status_r, status_w = os.pipe()
+    with open_insecure(str(binaries["probe"])) as handle:
+        done = subprocess.run(
+            [str(launcher), "--status-fd", str(status_w), "--exec-fd", str(handle.fd),
+             "--uid", "0", "--gid", "64014", "--home", "/", "--", "probe"],
+            pass_fds=(status_w, handle.fd), capture_output=True, check=False,
+        )
+    os.close(status_w)
+    with os.fdopen(status_r, "rb") as status:
+        assert status.read() == f"refuse-root {errno.EPERM}\n".encode()
+    assert done.returncode == 127 and done.stdout == b"" and done.stderr == b""
+
+
+def test_launcher_netns_fd_option_enters_the_namespace(
+    binaries: dict[str, Path], sandbox: Sandbox
+) -> None:
+    launcher = find_or_build_launcher()
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY)  # any netns fd proves the plumbing
+    status_r, status_w = os.pipe()
+    with open_insecure(str(binaries["probe"])) as handle:
+        done = subprocess.run(
+            [str(launcher), "--status-fd", str(status_w), "--exec-fd", str(handle.fd),
+             "--netns-fd", str(netns), "--uid", "64015", "--gid", "64015", "--home", "/",
+             "--", "probe"],
+            pass_fds=(status_w, handle.fd, netns), capture_output=True, check=False,
+        )
+    os.close(status_w)
+    os.close(netns)
+    with os.fdopen(status_r, "rb") as status:
+        assert status.read() == b""
+    assert done.returncode == 0
+    assert b"fd=3" not in done.stdout  # the netns fd was closed before exec
+
+
+async def test_execute_permission_is_enforced_for_the_user_as_a_launch_error(
+    sandbox: Sandbox, binaries: dict[str, Path], world: Path
+) -> None:
+    owner_only = world / "owner-only"
+    shutil.copy(binaries["true"], owner_only)
+    os.chmod(owner_only, 0o744)  # root may execute, the user may not
+    result = await run(sandbox, open_insecure(str(owner_only)), 64016)
+    assert result.launch_error is not None and "exec" in result.launch_error
+    assert "Permission denied" in result.launch_error
+    assert result.output == b"" and result.exit_status is None and not result.ok
+
+
+async def test_shell_script_runs_through_its_fd(sandbox: Sandbox, world: Path) -> None:
+    script = world / "script.sh"
+    script.write_text('#!/bin/sh\nread first\necho "$(id -u) $first $(pwd)"\n')
+    os.chmod(script, 0o755)
+    handle = open_insecure(str(script))
+    assert handle.is_script
+    result = await run(sandbox, handle, 64017, body=b"hello\nrest\n")
+    assert result.output == b"64017 hello /tmp\n" and result.exit_status == 0
+
+
+async def test_many_runs_concurrently(sandbox: Sandbox, binaries: dict[str, Path]) -> None:
+    import asyncio
+
+    body = b"z" * 200_000
+    with open_insecure(str(binaries["echo"])) as handle:
+        results = await asyncio.gather(*(
+            sandbox.run(handle.fd, "echo", 64100 + i % 8, 64100 + i % 8, "/", b"P\n", body,
+                        limits(max_output_bytes=1 << 20))
+            for i in range(64)
+        ))
+    assert all(r.output == b"P\n" + body and r.exit_status == 0 for r in results)
+
+
+async def test_bubblewrap_mode(binaries: dict[str, Path], world: Path) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap not installed")
+    box = Sandbox.start(Settings(sandbox_bwrap=True))
+    home = make_home(world, 64018)
+    script = world / "bwrap.sh"
+    marker = Path(tempfile.mkstemp(prefix="mailexec-marker-", dir="/tmp")[1])
+    script.write_text(f'#!/bin/sh\necho "$(id -u) $(pwd) $(test -e {marker} && echo shared '
+                      '|| echo private)"\ntouch /tmp/x ./made-here\n')
+    os.chmod(script, 0o755)
+    try:
+        assert box.isolation["bwrap"]
+        probe = await run(box, open_insecure(str(binaries["probe"])), 64018, home)
+        shell = await run(box, open_insecure(str(script)), 64018, home)
+    finally:
+        box.close()
+        os.unlink(marker)
+    seen = report(probe)
+    assert seen["Uid"] == ["64018\t64018\t64018\t64018"] and seen["NoNewPrivs"] == ["1"]
+    assert seen["connect"] == [f"-1 errno={errno.ENETUNREACH}"]
+    assert sorted(seen["env"]) == ["AGENT=mailexec", "TZ=UTC"]
+    assert shell.output == f"64018 {home} private\n".encode() and shell.exit_status == 0
+    made = home / "made-here"
+    assert made.exists() and made.stat().st_uid == 64018  # files are the user's, not root's
