@@ -9,7 +9,7 @@ for the duration of the command and stops it afterwards.
     python tools/image.py base                  # debootstrap bookworm + python3, import
     python tools/image.py build [--base IMAGE]  # deploy/Dockerfile
     python tools/image.py check                 # run it the way the chart runs it; size
-    python tools/image.py local                 # base + build + check (make image-check)
+    python tools/image.py local                 # base (if missing) + build + check
 """
 
 from __future__ import annotations
@@ -188,15 +188,31 @@ def build_base(client: docker.DockerClient, tag: str, suite: str, mirror: str) -
         repository, _, version = tag.rpartition(":")
         say(f"importing {tag} through the engine API")
         client.api.import_image_from_file(str(archive), repository=repository, tag=version)
-    image = client.images.get(tag)
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        # podman's compat API ignores the tag of an import and names it :latest.
+        image = client.images.get(f"{repository}:latest")
+        image.tag(repository, version)
     say(f"base {tag}: {image.attrs['Size'] / 1e6:.0f} MB")
 
 
 # -------------------------------------------------------------------------------- build
 
 
+def _has_image(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def build(client: docker.DockerClient, tag: str, base: str | None) -> Any:
     buildargs = {"REVISION": _revision()}
+    extra_ca = _extra_ca_certs()
+    if extra_ca:
+        buildargs["EXTRA_CA_CERTS"] = extra_ca
     if base:
         buildargs["BASE_IMAGE"] = base
     say(f"building {tag} from deploy/Dockerfile ({base or 'default base'})")
@@ -219,6 +235,13 @@ def build(client: docker.DockerClient, tag: str, base: str | None) -> Any:
     image = client.images.get(tag)
     say(f"built {tag} in {time.monotonic() - started:.0f}s")
     return image
+
+
+def _extra_ca_certs() -> str:
+    """Local trust anchors of this host (a TLS-intercepting proxy in front of the package
+    index, say): the build stage needs them to install from the lock."""
+    certs = sorted(Path("/usr/local/share/ca-certificates").glob("**/*.crt"))
+    return "\n".join(path.read_text().strip() for path in certs)
 
 
 def _revision() -> str:
@@ -252,7 +275,9 @@ def check(client: docker.DockerClient, tag: str) -> None:
     image = client.images.get(tag)
     config = image.attrs["Config"]
     assert config.get("User") == "10001:10001", f"default user {config.get('User')!r}"
-    assert config.get("Healthcheck"), "no HEALTHCHECK"
+    # podman's compat inspect leaves Healthcheck out of Config; the history keeps it.
+    history = " ".join(str(layer.get("CreatedBy", "")) for layer in image.history())
+    assert config.get("Healthcheck") or "HEALTHCHECK" in history, "no HEALTHCHECK"
     assert "org.opencontainers.image.title" in (config.get("Labels") or {})
 
     say("mailexec --help (default non-root user, read-only root filesystem)")
@@ -278,7 +303,12 @@ def check(client: docker.DockerClient, tag: str) -> None:
         "cap_add": EXECUTOR_CAPS,
         "security_opt": ["no-new-privileges"],
         "network_mode": "none",
-        "environment": {"MAILEXEC_SANDBOX_NETWORK": "false", "MAILEXEC_SANDBOX_BWRAP": "false"},
+        "environment": {
+            "MAILEXEC_SANDBOX_NETWORK": "false",
+            "MAILEXEC_SANDBOX_BWRAP": "false",
+            # The executor refuses to start without it (it could not read policy).
+            "MAILEXEC_SERVICE_TOKEN": "image-check",
+        },
     }
     try:
         out = run(client, tag, ["serve", "executor", "--self-check"], **executor)
@@ -309,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--base-tag", default=LOCAL_BASE)
         p.add_argument("--suite", default="bookworm")
         p.add_argument("--mirror", default="http://deb.debian.org/debian")
+    local.add_argument("--rebuild-base", action="store_true")
     for p in (build_p, check_p, local):
         p.add_argument("--tag", default=DEFAULT_TAG)
     build_p.add_argument("--base", default=None, help="BASE_IMAGE build argument")
@@ -325,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "check":
             check(client, args.tag)
         else:
-            build_base(client, args.base_tag, args.suite, args.mirror)
+            if args.rebuild_base or not _has_image(client, args.base_tag):
+                build_base(client, args.base_tag, args.suite, args.mirror)
+            else:
+                say(f"reusing base {args.base_tag} (--rebuild-base to make it anew)")
             build(client, args.tag, args.base_tag)
             check(client, args.tag)
     return 0
