@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.executor.errors import LaunchFailed, SandboxUnavailable
+from services.executor.programs import sealed_memfd
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -673,3 +674,84 @@ class Sandbox:
             duration_s=duration,
             launch_error=launch_error,
         )
+
+
+_CHECK_SCRIPT = b"""#!/bin/sh
+grep -E '^(Uid|Gid|Groups|NoNewPrivs):' /proc/self/status
+echo "ifaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')"
+echo "uid_map: $(cat /proc/self/uid_map)"
+setsid sleep 3117.5 </dev/null >/dev/null 2>&1 &
+sleep 0.2
+exit 0
+"""
+_CHECK_UID = 65534
+_ESCAPEE_CMDLINE = b"sleep\x003117.5\x00"
+
+
+def _escapees() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if cmdline.read() == _ESCAPEE_CMDLINE:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+async def async_self_check(settings: Settings) -> dict[str, object]:
+    """Run a ``#!/bin/sh`` probe as uid 65534 through the real path; report what works."""
+    report: dict[str, object] = {"ok": False}
+    try:
+        sandbox = Sandbox.start(settings)
+    except SandboxUnavailable as exc:
+        report["error"] = str(exc)
+        return report
+    report["isolation"] = sandbox.isolation
+    fd = sealed_memfd("self-check", _CHECK_SCRIPT)
+    try:
+        limits = RunLimits.from_settings(settings, timeout_s=10, max_output_bytes=65536)
+        result = await sandbox.run(fd, "self-check", _CHECK_UID, _CHECK_UID, "/nonexistent",
+                                   b"", b"", limits)
+    finally:
+        os.close(fd)
+        sandbox.close()
+    report["launch_error"] = result.launch_error
+    lines = dict(line.partition(":")[::2] for line in result.output.decode().splitlines())
+    ids = f"{_CHECK_UID}\t{_CHECK_UID}\t{_CHECK_UID}\t{_CHECK_UID}"
+    report["privilege_drop"] = (lines.get("Uid", "").strip() == ids
+                                and lines.get("Gid", "").strip() == ids
+                                and lines.get("Groups", "").strip() == "")
+    report["no_new_privs"] = lines.get("NoNewPrivs", "").strip() == "1"
+    report["netns"] = lines.get("ifaces", "").split() == ["lo"] if settings.sandbox_network \
+        else None
+    # in bwrap's user namespace only the user's own uid is mapped
+    report["bwrap"] = ("4294967295" not in lines.get("uid_map", "4294967295")
+                       if settings.sandbox_bwrap else None)
+    for _ in range(40):  # a SIGKILLed escapee disappears once init reaps it
+        if not (leftovers := _escapees()):
+            break
+        await asyncio.sleep(0.05)
+    report["escapee_killed"] = not leftovers
+    for pid in leftovers:  # the check must not leave its own escapee behind
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    report["cgroup_kill"] = bool(sandbox.isolation["cgroup_kill"]) and report["escapee_killed"]
+    report["ok"] = (result.exit_status == 0 and result.launch_error is None
+                    and all(report[k] is not False for k in
+                            ("privilege_drop", "no_new_privs", "netns", "bwrap")))
+    return report
+
+
+def self_check(settings: Settings) -> dict[str, object]:
+    """What the sandbox can do here, for ``mailexec serve executor --self-check``.
+
+    Keys: ok, isolation, launch_error, privilege_drop, no_new_privs, netns (None
+    when not configured), bwrap (None when not configured), escapee_killed,
+    cgroup_kill, and error when the sandbox could not start at all.
+    """
+    return asyncio.run(async_self_check(settings))

@@ -165,7 +165,7 @@ def make_home(world: Path, uid: int, mode: int = 0o755) -> Path:
 
 async def run(
     box: Sandbox, handle: ExecHandle, uid: int, home: str | Path = "/nonexistent",
-    prefix: bytes = b"", body: bytes = b"", **limit_overrides: float,
+    prefix: bytes = b"", body: bytes | memoryview = b"", **limit_overrides: float,
 ) -> RunResult:
     with handle:
         return await box.run(handle.fd, "prog", uid, uid, str(home), prefix, body,

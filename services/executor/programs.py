@@ -1,0 +1,296 @@
+"""Resolving what a delivery runs, as a file descriptor the launcher can fexecve.
+
+What it does
+    Secure mode (:meth:`ProgramStore.open_trusted`): the executor keeps a local,
+    root-owned copy of every registered program it has run, one file per SHA-256
+    under ``settings.trusted_dir`` (written to a temp file, fsync'd, renamed; mode
+    0755, owner root). For exec it hands out a descriptor of a *sealed memfd*
+    (``memfd_create`` + write + ``F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL``)
+    holding those bytes, cached per SHA-256.
+    Insecure mode (:func:`open_insecure`): an absolute path, links followed, that
+    must be a regular file with an execute bit, opened once; that descriptor is
+    what is executed.
+
+What it guarantees
+    - Secure mode runs exactly the registered bytes: the memfd's content is hashed
+      after sealing and must equal the registry's SHA-256; the seals make it
+      immutable from then on (nobody, root included, can write, truncate or grow
+      it, or remove the seals), so it is *not* re-hashed at each exec. Replacing
+      or editing the disk copy, or the path the user named, cannot change what
+      runs. A disk copy that does not match is replaced by one refetch from the
+      registry; if the registry's bytes don't match either,
+      :class:`ProgramUnresolved` is raised.
+    - Only the basename-free registry name is used; no user path is ever opened
+      in secure mode.
+    - :class:`ProgramStore` refuses to start (:class:`SandboxUnavailable`) when
+      the trusted directory or any parent is not owned by root or is writable by
+      anyone else (a root-owned sticky directory such as ``/tmp`` is accepted as a
+      parent: others can't rename or remove entries they don't own).
+    - Every :class:`ExecHandle` owns its descriptor (close-on-exec in the
+      executor; the launcher decides what the program inherits).
+
+What it does not do
+    - Check that the *target uid* may execute an insecure-mode file: the kernel
+      does that at ``fexecve`` after the privilege drop, and the launcher reports
+      it as a launch error (``exec: Permission denied``), not as program output.
+    - Decide whether a program is an interpreter (policy does that at
+      registration), or evict disk copies of programs no longer registered.
+
+Settings
+    ``trusted_dir`` (where the copies live). The memfd cache holds at most
+    ``cache_size`` programs (constructor argument, LRU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import stat
+import tempfile
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from services.executor.errors import ProgramUnresolved, SandboxUnavailable
+
+log = logging.getLogger(__name__)
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MFD_EXEC = 0x0010  # Linux >= 6.3: say explicitly that this memfd is executable
+_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_ANY_EXEC = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+@dataclass
+class ExecHandle:
+    """A descriptor to fexecve, owned by the holder: close it (or use ``with``)."""
+
+    fd: int
+    is_script: bool
+    name: str
+    sha256: str | None = None
+    closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+    def __enter__(self) -> ExecHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _starts_with_shebang(fd: int) -> bool:
+    return os.pread(fd, 2, 0) == b"#!"
+
+
+def open_insecure(path: str) -> ExecHandle:
+    """Open an insecure-mode program: absolute path, links followed, regular, executable."""
+    if not path or not os.path.isabs(path):
+        raise ProgramUnresolved(f"{path!r} is not an absolute path")
+    try:
+        # O_NONBLOCK: a FIFO put there must not hang the executor.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise ProgramUnresolved(f"{path}: no such file") from None
+    except NotADirectoryError:
+        raise ProgramUnresolved(f"{path}: no such file (a path component is not a directory)") from None
+    except OSError as exc:
+        raise ProgramUnresolved(f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProgramUnresolved(f"{path}: not a regular file")
+        if not st.st_mode & _ANY_EXEC:
+            raise ProgramUnresolved(f"{path}: not executable (no execute permission bit)")
+        return ExecHandle(fd=fd, is_script=_starts_with_shebang(fd), name=path)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_root_owned_path(directory: Path) -> None:
+    """Raise SandboxUnavailable unless ``directory`` and its parents are root's alone."""
+    real = Path(os.path.realpath(directory))
+    for current in (real, *real.parents):
+        try:
+            st = os.lstat(current)
+        except OSError as exc:
+            raise SandboxUnavailable(f"trusted dir check: {current}: {exc.strerror}") from None
+        if st.st_uid != 0:
+            raise SandboxUnavailable(
+                f"unsafe trusted dir {real}: {current} is owned by uid {st.st_uid}, not root"
+            )
+        writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky_parent = current != real and st.st_mode & stat.S_ISVTX
+        if writable_by_others and not sticky_parent:
+            raise SandboxUnavailable(
+                f"unsafe trusted dir {real}: {current} is writable by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o})"
+            )
+
+
+def sealed_memfd(name: str, content: bytes) -> int:
+    try:
+        fd = os.memfd_create(
+            f"mailexec:{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | _MFD_EXEC
+        )
+    except OSError:  # kernel older than 6.3 knows no MFD_EXEC; memfds are executable there
+        fd = os.memfd_create(f"mailexec:{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+class ProgramStore:
+    """The executor's root-owned local copy of the trusted-program registry."""
+
+    def __init__(self, trusted_dir: str | Path, *, cache_size: int = 128) -> None:
+        self.dir = Path(trusted_dir)
+        if os.geteuid() != 0:
+            raise SandboxUnavailable("the program store must be run by root")
+        if not self.dir.exists():
+            missing = [self.dir, *(p for p in self.dir.parents if not p.exists())]
+            check_root_owned_path(missing[-1].parent)  # the nearest existing ancestor
+            try:
+                for directory in reversed(missing):
+                    directory.mkdir(mode=0o755)
+                    os.chmod(directory, 0o755)  # whatever the umask
+            except OSError as exc:
+                raise SandboxUnavailable(f"cannot create trusted dir {self.dir}: {exc}") from None
+        check_root_owned_path(self.dir)
+        self._cache_size = cache_size
+        self._memfds: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def open_trusted(
+        self, name: str, sha256: str, fetch: Callable[[], Awaitable[bytes]]
+    ) -> ExecHandle:
+        """A descriptor of exactly the registered bytes of ``name`` (``sha256``).
+
+        ``fetch`` returns the program's bytes from the registry; it is called only
+        when there is no good local copy. Its own exceptions propagate unchanged.
+        """
+        sha256 = sha256.lower()
+        if not _SHA256_RE.match(sha256):
+            raise ProgramUnresolved(f"program {name!r}: invalid sha256 {sha256!r}")
+        cached = self._cached(sha256, name)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(sha256, asyncio.Lock())
+        async with lock:
+            cached = self._cached(sha256, name)
+            if cached is not None:
+                return cached
+            fd = await asyncio.to_thread(self._memfd_from_disk, name, sha256)
+            if fd is None:
+                content = await fetch()
+                fd = await asyncio.to_thread(self._store_and_seal, name, sha256, content)
+            self._remember(sha256, fd)
+        self._locks.pop(sha256, None)
+        handle = self._cached(sha256, name)
+        assert handle is not None
+        return handle
+
+    def close(self) -> None:
+        while self._memfds:
+            _, (fd, _) = self._memfds.popitem()
+            os.close(fd)
+
+    def forget(self, sha256: str) -> None:
+        """Drop the cached memfd of ``sha256`` (the next open re-reads and re-verifies)."""
+        entry = self._memfds.pop(sha256.lower(), None)
+        if entry is not None:
+            os.close(entry[0])
+
+    def _cached(self, sha256: str, name: str) -> ExecHandle | None:
+        entry = self._memfds.get(sha256)
+        if entry is None:
+            return None
+        self._memfds.move_to_end(sha256)
+        # A dup per handle: evicting the cache entry can never close an fd in use.
+        return ExecHandle(fd=os.dup(entry[0]), is_script=entry[1], name=name, sha256=sha256)
+
+    def _remember(self, sha256: str, fd: int) -> None:
+        self._memfds[sha256] = (fd, _starts_with_shebang(fd))
+        while len(self._memfds) > self._cache_size:
+            _, (old_fd, _) = self._memfds.popitem(last=False)
+            os.close(old_fd)
+
+    def _memfd_from_disk(self, name: str, sha256: str) -> int | None:
+        path = self.dir / sha256
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(content).hexdigest() != sha256:
+            log.warning("local copy %s of program %r does not match its sha256; refetching",
+                        path, name)
+            return None
+        return self._seal_verified(name, sha256, content)
+
+    def _store_and_seal(self, name: str, sha256: str, content: bytes) -> int:
+        got = hashlib.sha256(content).hexdigest()
+        if got != sha256:
+            raise ProgramUnresolved(
+                f"program {name!r}: the registry's bytes have sha256 {got}, expected {sha256}; "
+                "refusing to run it"
+            )
+        tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{sha256}.", dir=self.dir)
+        try:
+            os.fchmod(tmp_fd, 0o755)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(tmp_fd, view) :]
+            os.fsync(tmp_fd)
+        except BaseException:
+            os.close(tmp_fd)
+            os.unlink(tmp_name)
+            raise
+        os.close(tmp_fd)
+        os.rename(tmp_name, self.dir / sha256)
+        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return self._seal_verified(name, sha256, content)
+
+    @staticmethod
+    def _seal_verified(name: str, sha256: str, content: bytes) -> int:
+        fd = sealed_memfd(name, content)
+        got = _hash_fd(fd)  # what will run, read back after sealing
+        if got != sha256:
+            os.close(fd)
+            raise ProgramUnresolved(f"program {name!r}: sealed copy has sha256 {got}, "
+                                    f"expected {sha256}")
+        return fd
