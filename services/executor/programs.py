@@ -20,8 +20,9 @@ What it guarantees
       runs. A disk copy that does not match is replaced by one refetch from the
       registry; if the registry's bytes don't match either,
       :class:`ProgramUnresolved` is raised.
-    - Only the basename-free registry name is used; no user path is ever opened
-      in secure mode.
+    - Secure mode takes a registry name and SHA-256, never a path: no
+      user-supplied path is ever opened (the caller reduces entries to their
+      basename, SPEC §3.5).
     - :class:`ProgramStore` refuses to start (:class:`SandboxUnavailable`) when
       the trusted directory or any parent is not owned by root or is writable by
       anyone else (a root-owned sticky directory such as ``/tmp`` is accepted as a
@@ -123,23 +124,23 @@ def open_insecure(path: str) -> ExecHandle:
         raise
 
 
-def check_root_owned_path(directory: Path) -> None:
+def check_root_owned_path(directory: Path, what: str = "trusted dir") -> None:
     """Raise SandboxUnavailable unless ``directory`` and its parents are root's alone."""
     real = Path(os.path.realpath(directory))
     for current in (real, *real.parents):
         try:
             st = os.lstat(current)
         except OSError as exc:
-            raise SandboxUnavailable(f"trusted dir check: {current}: {exc.strerror}") from None
+            raise SandboxUnavailable(f"{what} check: {current}: {exc.strerror}") from None
         if st.st_uid != 0:
             raise SandboxUnavailable(
-                f"unsafe trusted dir {real}: {current} is owned by uid {st.st_uid}, not root"
+                f"unsafe {what} {real}: {current} is owned by uid {st.st_uid}, not root"
             )
         writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         sticky_parent = current != real and st.st_mode & stat.S_ISVTX
         if writable_by_others and not sticky_parent:
             raise SandboxUnavailable(
-                f"unsafe trusted dir {real}: {current} is writable by group or others "
+                f"unsafe {what} {real}: {current} is writable by group or others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o})"
             )
 

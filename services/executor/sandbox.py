@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.executor.errors import LaunchFailed, SandboxUnavailable
-from services.executor.programs import sealed_memfd
+from services.executor.programs import check_root_owned_path, sealed_memfd
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def find_or_build_launcher() -> Path:
         fresh = st.st_mtime >= LAUNCHER_SOURCE.stat().st_mtime
         safe = st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if fresh and safe:
+            check_root_owned_path(target.parent, "launcher dir")
             return target
     except FileNotFoundError:
         pass
@@ -107,6 +108,8 @@ def find_or_build_launcher() -> Path:
             f"{target} {LAUNCHER_SOURCE}"
         )
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # root executes this file: nobody else may be able to replace it
+    check_root_owned_path(target.parent, "launcher dir")
     fd, tmp = tempfile.mkstemp(prefix=".mailexec-launch.", dir=target.parent)
     os.close(fd)
     try:

@@ -20,7 +20,13 @@ import pytest
 
 from services.executor.errors import LaunchFailed
 from services.executor.programs import ExecHandle, open_insecure
-from services.executor.sandbox import RunLimits, RunResult, Sandbox, find_or_build_launcher
+from services.executor.sandbox import (
+    RunLimits,
+    RunResult,
+    Sandbox,
+    async_self_check,
+    find_or_build_launcher,
+)
 from shared.settings import Settings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
@@ -425,3 +431,11 @@ async def test_bubblewrap_mode(binaries: dict[str, Path], world: Path) -> None:
     assert shell.output == f"64018 {home} private\n".encode() and shell.exit_status == 0
     made = home / "made-here"
     assert made.exists() and made.stat().st_uid == 64018  # files are the user's, not root's
+
+
+async def test_self_check_reports_every_layer_working_here() -> None:
+    report = await async_self_check(Settings())
+    assert report["ok"] and report["launch_error"] is None
+    assert report["privilege_drop"] and report["no_new_privs"] and report["netns"]
+    assert report["cgroup_kill"] and report["escapee_killed"]
+    assert report["bwrap"] is None  # not configured
