@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata as md
+import json
 import os
 import re
 import shutil
@@ -257,8 +258,8 @@ def _revision() -> str:
 # -------------------------------------------------------------------------------- check
 
 
-def run(client: docker.DockerClient, tag: str, command: list[str], **options: Any) -> str:
-    """Run a command in a fresh container; its output, or SystemExit when it fails."""
+def run(client: docker.DockerClient, tag: str, command: list[str], **options: Any) -> tuple[int, str]:
+    """Run a command in a fresh container: (exit status, output)."""
     container = client.containers.create(tag, command=command, ulimits=ULIMITS, **options)
     try:
         container.start()
@@ -266,9 +267,38 @@ def run(client: docker.DockerClient, tag: str, command: list[str], **options: An
         output = container.logs(stdout=True, stderr=True).decode(errors="replace")
     finally:
         container.remove(force=True)
-    if result["StatusCode"] != 0:
-        raise SystemExit(f"`{' '.join(command)}` exited {result['StatusCode']} in {tag}:\n{output}")
+    return int(result["StatusCode"]), output
+
+
+def run_ok(client: docker.DockerClient, tag: str, command: list[str], **options: Any) -> str:
+    """Run a command in a fresh container; its output, or SystemExit when it fails."""
+    status, output = run(client, tag, command, **options)
+    if status != 0:
+        raise SystemExit(f"`{' '.join(command)}` exited {status} in {tag}:\n{output}")
     return output
+
+
+# Without a delegated cgroup v2 tree (any unprivileged container) the executor kills by
+# process group only, so a setsid'd escapee survives: documented, not an image defect.
+CGROUP_ONLY = {"cgroup_kill", "escapee_killed"}
+
+
+def self_check_verdict(status: int, output: str) -> tuple[bool, str]:
+    """Judge `serve executor --self-check`: its exit status, or its JSON report when the
+    only failures are the cgroup ones a container cannot have."""
+    if status == 0:
+        return True, "passed"
+    # The report is the pretty-printed JSON object; log lines are one-line JSON objects.
+    match = re.search(r"^\{\n", output, flags=re.M)
+    try:
+        report, _ = json.JSONDecoder().raw_decode(output[match.start() :] if match else "")
+    except ValueError:
+        return False, f"exited {status}"
+    inner = report.get("self_check") or {}
+    failed = {key for key, value in inner.items() if value is False}
+    if inner.get("ok") is True and failed <= CGROUP_ONLY:
+        return True, f"passed, killing by process group only ({', '.join(sorted(failed))} false)"
+    return False, f"exited {status}; failed: {', '.join(sorted(failed)) or 'see report'}"
 
 
 def check(client: docker.DockerClient, tag: str) -> None:
@@ -288,11 +318,11 @@ def check(client: docker.DockerClient, tag: str) -> None:
         "security_opt": ["no-new-privileges"],
         "network_mode": "none",
     }
-    out = run(client, tag, ["--help"], **unprivileged)
+    out = run_ok(client, tag, ["--help"], **unprivileged)
     for command in ("migrate", "serve", "up"):
         assert command in out, f"`mailexec --help` does not list {command}"
-    run(client, tag, ["migrate", "--help"], **unprivileged)
-    run(client, tag, ["serve", "--help"], **unprivileged)
+    run_ok(client, tag, ["migrate", "--help"], **unprivileged)
+    run_ok(client, tag, ["serve", "--help"], **unprivileged)
 
     say("executor self-check as the chart runs it: uid 0, only SETUID SETGID KILL")
     executor = {
@@ -310,16 +340,17 @@ def check(client: docker.DockerClient, tag: str) -> None:
             "MAILEXEC_SERVICE_TOKEN": "image-check",
         },
     }
-    try:
-        out = run(client, tag, ["serve", "executor", "--self-check"], **executor)
-        print(out, end="")
-    except SystemExit as failed:
-        if "no self-check" not in str(failed):
-            raise
+    status, out = run(client, tag, ["serve", "executor", "--self-check"], **executor)
+    print(out, end="")
+    if status == 64 and "no self-check" in out:
         say("`serve executor --self-check` is not there yet: importing the sandbox instead")
         probe = "import services.executor.sandbox as s; print('launcher', s.find_or_build_launcher())"
-        out = run(client, tag, ["-c", probe], entrypoint=["python3"], **executor)
-        print(out, end="")
+        print(run_ok(client, tag, ["-c", probe], entrypoint=["python3"], **executor), end="")
+    else:
+        ok, verdict = self_check_verdict(status, out)
+        say(f"executor self-check: {verdict}")
+        if not ok:
+            raise SystemExit(f"executor self-check failed in {tag}")
     size = image.attrs["Size"]
     say(f"image {tag}: {size / 1e6:.0f} MB ({size} bytes)")
 

@@ -1,0 +1,87 @@
+"""deploy/Dockerfile and its lock file, read statically (building the image is
+`make image-check`, not part of the default test run)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "deploy" / "Dockerfile").read_text()
+LOCK = REPO / "deploy" / "requirements.lock"
+
+
+def stages() -> dict[str, str]:
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", DOCKERFILE, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def locked() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_base_image_is_a_build_argument_defaulting_to_slim_python() -> None:
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", DOCKERFILE, flags=re.M)
+    assert set(stages()) == {"build", "runtime"}
+    assert DOCKERFILE.count("FROM ${BASE_IMAGE}") == 2
+
+
+def test_dependencies_come_from_the_lock_only() -> None:
+    build = stages()["build"]
+    assert "pip install --no-deps -r /tmp/requirements.lock" in build
+    assert "pip install --no-deps /src" in build
+    assert "pip check" in build
+
+
+def test_runtime_stage_is_compiler_free_non_root_and_has_bubblewrap() -> None:
+    runtime = stages()["runtime"]
+    assert "bubblewrap" in runtime
+    assert not re.search(r"\b(gcc|libc6-dev|build-essential)\b", runtime)
+    assert re.search(r"^USER 10001:10001$", runtime, flags=re.M)
+    assert re.search(r"^HEALTHCHECK ", runtime, flags=re.M)
+    assert "org.opencontainers.image.title" in runtime
+    assert 'ENTRYPOINT ["mailexec"]' in runtime
+
+
+def test_launcher_is_built_where_the_executor_looks_for_it() -> None:
+    # services/executor/sandbox.py: <sys.prefix>/libexec/mailexec-launch, venv at /opt/venv.
+    build = stages()["build"]
+    assert "python3 -m venv /opt/venv" in build
+    assert "-o /opt/venv/libexec/mailexec-launch" in build
+    assert "COPY --from=build /opt/venv /opt/venv" in stages()["runtime"]
+
+
+def test_lock_pins_every_runtime_dependency_at_the_project_version() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = locked()
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} missing from {LOCK.name}"
+        assert req.specifier.contains(pins[name]), (req.name, pins[name])
+
+
+def test_lock_holds_no_test_or_tooling_packages() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    test_only = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["test"]}
+    test_only |= {canonicalize_name(n) for n in ("pytest", "ruff", "mypy", "mailexec", "pip")}
+    assert not test_only & set(locked())
+
+
+def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, flags=re.M):
+        for path in source.split():
+            assert path.rstrip("/") in allowed, path
+            assert (REPO / path).exists(), path
