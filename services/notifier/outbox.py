@@ -56,6 +56,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._gauge_task: asyncio.Task[None] | None = None
         self._idle_s = min(MAX_IDLE_S, max(0.05, settings.notifier_retry_base_s))
 
     def wake(self) -> None:
@@ -63,12 +64,14 @@ class Sender:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(n)) for n in range(WORKERS)]
-        self._tasks.append(asyncio.create_task(self._refresh_gauge()))
+        self._gauge_task = asyncio.create_task(self._refresh_gauge())
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let in-flight sends finish (so their outcome is recorded), then stop."""
         self._stopping = True
         self._wake.set()
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=timeout)
