@@ -30,3 +30,34 @@ lint: $(STAMP)  ## ruff + mypy
 
 clean:          ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# ---- deployment (deploy/, charts/mailexec, tools/image.py) ----
+IMAGE ?= localhost/mailexec:dev
+LOCAL_BASE ?= localhost/mailexec-base:bookworm
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+             elif command -v podman-compose >/dev/null; then echo podman-compose; \
+             else echo "docker compose"; fi)
+
+.PHONY: image image-deps image-local image-check compose-up chart-lint
+
+image: $(STAMP) ## build deploy/Dockerfile on its default base (python:3.11-slim; needs a registry)
+	$(BIN)/python tools/image.py build --tag $(IMAGE)
+
+image-deps:     ## podman, runc and debootstrap (installed from Debian when root)
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; \
+	else echo "install podman, runc and debootstrap (Debian: apt-get install -y podman runc debootstrap)"; exit 1; fi
+
+image-local: $(STAMP) image-deps ## local Debian bookworm base (debootstrap + python3), imported as $(LOCAL_BASE)
+	$(BIN)/python tools/image.py base --base-tag $(LOCAL_BASE)
+
+image-check: $(STAMP) image-deps ## build on the local base, run --help and the executor self-check, print the size
+	$(BIN)/python tools/image.py local --base-tag $(LOCAL_BASE) --tag $(IMAGE)
+
+compose-up:     ## the whole pipeline in containers (deploy/compose.yaml), health-gated
+	MAILEXEC_IMAGE=$(IMAGE) $(COMPOSE) -f deploy/compose.yaml up -d --build --wait
+	@echo "ingest :8025  policy :8026  notifier :8027  executor metrics :8028  DSNs (mailpit) :8029  RabbitMQ UI :15672"
+
+chart-lint: $(STAMP) ## helm lint (Helm's Go SDK), Kubernetes schema validation, chart docs up to date
+	$(BIN)/python deploy/chart_lint.py
