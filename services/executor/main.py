@@ -29,7 +29,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import uuid
 from contextlib import nullcontext
 from typing import Any
 
@@ -173,7 +175,10 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
     dead_ch = await broker.new_channel(prefetch=4)
     dead_q = await dead_ch.declare_queue(topology.DELIVERIES_DEAD, passive=True)
     pol_ch = await broker.new_channel(prefetch=16)
-    pol_q = await pol_ch.declare_queue(exclusive=True, auto_delete=True)
+    # Named by us: a robust channel re-declares it after a reconnect, and a server-named
+    # (amq.gen-*) queue can't be re-declared by name.
+    pol_name = f"executor.policy.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    pol_q = await pol_ch.declare_queue(pol_name, exclusive=True, auto_delete=True)
     await pol_q.bind(topology.POLICY_EXCHANGE, routing_key="")
     await pol_q.consume(on_policy_changed)
     await dead_q.consume(dead.on_message)

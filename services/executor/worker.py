@@ -75,19 +75,19 @@ class Worker:
     # --- entry point (aio-pika consumer callback) -------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            async with self._sem:
-                JOBS_IN_FLIGHT.inc()
-                try:
-                    await self.handle(message)
-                finally:
-                    JOBS_IN_FLIGHT.dec()
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
+        """Start the job in a task of our own: aiormq cancels its consumer tasks when the
+        channel dies, and a job must finish (record its outcome) even then."""
+        task = asyncio.get_running_loop().create_task(self._run(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, message: AbstractIncomingMessage) -> None:
+        async with self._sem:
+            JOBS_IN_FLIGHT.inc()
+            try:
+                await self.handle(message)
+            finally:
+                JOBS_IN_FLIGHT.dec()
 
     async def drain(self, timeout: float) -> None:
         """Wait for the jobs in flight (shutdown)."""

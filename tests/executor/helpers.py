@@ -104,6 +104,24 @@ class Pipeline:
         self.procs[key or name] = sp
         return sp
 
+    async def astart(self, name: str, extra_env: dict[str, str] | None = None,
+                     key: str | None = None, timeout: float = 30.0) -> ServiceProcess:
+        """Like start(), but waits without blocking the loop (a TcpProxy may live in it)."""
+        sp = self.start(name, extra_env, wait=False, key=key)
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as c:
+            while time.monotonic() < deadline:
+                assert sp.proc is not None
+                if sp.proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {sp.log_tail()}")
+                try:
+                    if (await c.get(sp.url + "/readyz")).status_code == 200:
+                        return sp
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{name} not ready: {sp.log_tail()}")
+
     def stop_all(self) -> None:
         for sp in reversed(list(self.procs.values())):
             sp.stop()
@@ -256,7 +274,7 @@ def message(subject: str = "test", body: str = "hello\n", *, crlf: bool = False,
 # --- fixtures (imported by the test modules) ----------------------------------------------
 
 PROGRAM_NAMES = ("probe", "probe2", "probe3", "exit1", "exit65", "exit67", "exit75", "say",
-                 "chatty", "sig", "sleeper", "flaky", "early", "hostile", "true")
+                 "chatty", "sig", "sleeper", "flaky", "early", "hostile", "true", "slowonce", "nap")
 
 
 @pytest.fixture(scope="module", name="tprog")
@@ -300,3 +318,52 @@ async def tap_fixture(mx_env: dict[str, str]) -> AsyncIterator[EventTap]:
 @pytest.fixture(name="log_dir")
 def log_dir_fixture(pipe: Pipeline) -> Path:
     return pipe.log_dir
+
+
+class TcpProxy:
+    """A TCP forwarder we control: ``cut()`` drops every connection and refuses new ones."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+        except asyncio.CancelledError:
+            pass
+        self._writers -= {writer, up_w}
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        await self.start()

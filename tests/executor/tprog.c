@@ -12,6 +12,8 @@
  *   early    exits 0 without reading stdin
  *   hostile  setuid(0) (result in ./hostile.setuid), 500 forks that sleep, 100 MB to
  *            stdout, then sleeps forever
+ *   slowonce the first time (no ./slowonce.once yet) sleeps 20 s, then exits 0; later runs 0
+ *   nap      reads stdin, sleeps 2 s, exits 0
  *   anything else (e.g. "true"): reads stdin to EOF, exits 0
  */
 #define _GNU_SOURCE
@@ -102,6 +104,20 @@ int main(int argc, char **argv) {
             if (f) fclose(f);
             return 75;
         }
+        return 0;
+    }
+    if (strcmp(name, "slowonce") == 0) {
+        drain(NULL);
+        if (access("slowonce.once", F_OK) != 0) {
+            FILE *f = fopen("slowonce.once", "w");
+            if (f) fclose(f);
+            sleep(20);
+        }
+        return 0;
+    }
+    if (strcmp(name, "nap") == 0) {
+        drain(NULL);
+        sleep(2);
         return 0;
     }
     if (strcmp(name, "early") == 0) {

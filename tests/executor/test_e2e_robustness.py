@@ -1,0 +1,234 @@
+"""End to end: crashes, broker outages, duplicates, hostile programs, poison and corrupt jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aio_pika
+import httpx
+import orjson
+
+from tests.conftest import db_conn
+from tests.executor.helpers import (  # noqa: F401  (fixtures)
+    EventTap,
+    Homes,
+    Pipeline,
+    TcpProxy,
+    homes_fixture,
+    message,
+    pipe_fixture,
+    tap_fixture,
+    tprog_fixture,
+)
+
+
+def ran(home: Path) -> list[str]:
+    log = home / "order.log"
+    return log.read_text().split() if log.exists() else []
+
+
+async def job_json(mid: str) -> bytes:
+    conn = await db_conn()
+    try:
+        r = await conn.fetchrow(
+            "SELECT r.id, r.address, m.sender, m.notify, m.received_at, m.size, m.body "
+            "FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id "
+            "WHERE m.id = $1", uuid.UUID(mid))
+    finally:
+        await conn.close()
+    import base64
+
+    return orjson.dumps({
+        "v": 1, "job_id": str(r["id"]), "message_id": mid, "recipient": r["address"],
+        "attempt": 0, "next_program": 0, "sender": r["sender"], "notify": list(r["notify"]),
+        "arrival": r["received_at"].isoformat(), "size": r["size"],
+        "body_b64": base64.b64encode(r["body"]).decode(),
+    })
+
+
+async def publish(amqp_url: str, exchange: str, routing_key: str, body: bytes,
+                  headers: dict | None = None) -> None:
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(exchange) if exchange else ch.default_exchange
+        await ex.publish(aio_pika.Message(body, headers=headers or {},
+                                          delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                         routing_key=routing_key)
+    finally:
+        await conn.close()
+
+
+async def metric(pipe: Pipeline, name: str, label: str) -> float:
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(pipe.procs["executor"].url + "/metrics", timeout=5)).text
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{outcome="{label}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_duplicate_job_of_a_recorded_outcome_does_not_run_again(
+    pipe: Pipeline, homes: Homes
+) -> None:
+    uid, gid, home = homes.make()
+    address = f"dup{uid}@example.org"
+    await pipe.account(address, uid, gid, home, ["probe"])
+    mid = await pipe.submit(address, message())
+    assert (await pipe.wait_state(mid))["state"] == "delivered"
+    before = await metric(pipe, "mailexec_deliveries_total", "skipped")
+    body = await job_json(mid)
+    await publish(pipe.env["MAILEXEC_AMQP_URL"], "deliveries", "deliveries", body)
+    await publish(pipe.env["MAILEXEC_AMQP_URL"], "deliveries", "deliveries", body)
+    for _ in range(50):
+        if await metric(pipe, "mailexec_deliveries_total", "skipped") >= before + 2:
+            break
+        await asyncio.sleep(0.1)
+    assert await metric(pipe, "mailexec_deliveries_total", "skipped") >= before + 2
+    assert ran(home) == ["probe"]
+    rcpt = (await pipe.message(mid))["recipients"][0]
+    assert (rcpt["state"], rcpt["attempts"]) == ("delivered", 1)
+
+
+async def test_worker_killed_mid_run_runs_the_job_again_on_restart(
+    pipe: Pipeline, homes: Homes
+) -> None:
+    uid, gid, home = homes.make()
+    address = f"crash{uid}@example.org"
+    await pipe.account(address, uid, gid, home, ["probe", "slowonce"])
+    mid = await pipe.submit(address, message())
+    for _ in range(100):
+        if (home / "slowonce.once").exists():
+            break
+        await asyncio.sleep(0.1)
+    assert (home / "slowonce.once").exists(), "slowonce never started"
+    assert (await pipe.message(mid))["recipients"][0]["state"] == "running"
+    pipe.procs["executor"].kill()  # SIGKILL, mid-run
+    await asyncio.to_thread(subprocess.run, ["pkill", "-KILL", "-u", str(uid)], check=False)
+    pipe.start("executor")
+    rcpt = await pipe.wait_state(mid, timeout=20)
+    assert rcpt["state"] == "delivered", rcpt
+    assert ran(home) == ["probe", "slowonce", "probe", "slowonce"]  # at-least-once
+
+
+async def test_broker_connection_cut_during_a_run_recovers(
+    pipe: Pipeline, homes: Homes, tap: EventTap
+) -> None:
+    proxy = TcpProxy(5672)
+    await proxy.start()
+    url = pipe.env["MAILEXEC_AMQP_URL"].replace(":5672/", f":{proxy.port}/")
+    pipe.procs["executor"].stop()
+    await pipe.astart("executor", {"MAILEXEC_AMQP_URL": url})
+    try:
+        uid, gid, home = homes.make()
+        address = f"cut{uid}@example.org"
+        await pipe.account(address, uid, gid, home, ["nap", "probe"])
+        mid = await pipe.submit(address, message(), notify="SUCCESS")
+        for _ in range(100):
+            if ran(home) == ["nap"]:
+                break
+            await asyncio.sleep(0.05)
+        assert ran(home) == ["nap"]
+        await proxy.cut()
+        await asyncio.sleep(3)  # the chain finishes and records while the broker is away
+        await proxy.restore()
+        rcpt = await pipe.wait_state(mid, timeout=30)
+        assert rcpt["state"] == "delivered"
+        assert ran(home) == ["nap", "probe"]  # exactly once: redelivery saw the recorded outcome
+        await tap.event(mid, "delivered", timeout=30)  # re-announced after the reconnect
+        mid2 = await pipe.submit(address, message())
+        assert (await pipe.wait_state(mid2, timeout=30))["state"] == "delivered"
+    finally:
+        pipe.procs["executor"].stop()
+        await proxy.cut()
+        pipe.start("executor")
+
+
+async def test_hostile_program_leaves_the_worker_healthy(
+    pipe: Pipeline, homes: Homes, tap: EventTap
+) -> None:
+    uid, gid, home = homes.make()
+    address = f"hostile{uid}@example.org"
+    await pipe.account(address, uid, gid, home, ["hostile"])
+    await pipe.settings(program_timeout_s=3)
+    try:
+        mid = await pipe.submit(address, message())
+        rcpt = await pipe.wait_state(mid, timeout=30)
+    finally:
+        await pipe.settings(program_timeout_s=60)
+    assert rcpt["state"] == "bounced"
+    run = rcpt["programs"][0]
+    assert run["timed_out"] is True
+    rc, euid = (home / "hostile.setuid").read_text().split()
+    assert rc == "-1" and euid == str(uid)
+    notice = await tap.event(mid, "admin_notice")
+    assert len(notice["recipients"][0]["output_excerpt"]) <= 65536
+    left: list[str] = []
+    for _ in range(50):  # killing and reaping 255 processes takes a moment
+        pgrep = await asyncio.to_thread(subprocess.run, ["pgrep", "-u", str(uid)],
+                                        capture_output=True, text=True)
+        left = pgrep.stdout.split()
+        if not left:
+            break
+        await asyncio.sleep(0.2)
+    assert left == [], f"processes of uid {uid} survived: {left}"
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(pipe.procs["executor"].url + "/healthz")).status_code == 200
+    uid2, gid2, home2 = homes.make()
+    await pipe.account(f"after{uid2}@example.org", uid2, gid2, home2, ["probe"])
+    mid2 = await pipe.submit(f"after{uid2}@example.org", message())
+    assert (await pipe.wait_state(mid2))["state"] == "delivered"
+
+
+async def test_corrupt_job_becomes_an_admin_notice(pipe: Pipeline, tap: EventTap) -> None:
+    marker = uuid.uuid4().hex
+    await publish(pipe.env["MAILEXEC_AMQP_URL"], "deliveries", "deliveries",
+                  b'{"v": 1, "garbage": "' + marker.encode() + b'"}')
+    ev = await tap.wait_for(lambda e: e["kind"] == "admin_notice"
+                            and e["notice"]["reason"] == "corrupt"
+                            and marker in e["notice"]["detail"])
+    assert ev["message_id"] is None
+
+
+async def test_poison_job_is_bounced_with_admin_notice(
+    pipe: Pipeline, homes: Homes, tap: EventTap
+) -> None:
+    uid, gid, home = homes.make()
+    address = f"poison{uid}@example.org"
+    await pipe.account(address, uid, gid, home, ["probe"])
+    await pipe.settings(suspended=True)
+    try:
+        mid = await pipe.submit(address, message())
+        await pipe.wait_state(mid, ("suspended",))
+        await publish(pipe.env["MAILEXEC_AMQP_URL"], "deliveries.dlx", "", await job_json(mid),
+                      headers={"x-death": [{"reason": "delivery_limit", "queue": "deliveries",
+                                            "count": 5}]})
+        rcpt = await pipe.wait_state(mid, ("bounced",))
+    finally:
+        await pipe.settings(suspended=False)
+    assert rcpt["status"] == "5.3.0"
+    await tap.event(mid, "bounce")
+    notice = await tap.event(mid, "admin_notice")
+    assert notice["notice"]["reason"] == "poison"
+    await asyncio.sleep(1.5)  # the held copy comes back and is skipped
+    assert ran(home) == []
+    assert (await pipe.message(mid))["recipients"][0]["state"] == "bounced"
+
+
+async def test_refuses_to_start_on_unsafe_trusted_dir(pipe: Pipeline, tmp_path: Path) -> None:
+    unsafe = tmp_path / "trusted"
+    unsafe.mkdir()
+    os.chmod(unsafe, 0o777)
+    env = dict(pipe.env, MAILEXEC_TRUSTED_DIR=str(unsafe))
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "mailexec", "serve", "executor"], env=env,
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 78
+    assert "refusing to start" in proc.stderr and "writable" in proc.stderr
+
+
