@@ -72,7 +72,8 @@ log = logging.getLogger("mailexec.ingest")
 MAX_BATCH_MESSAGES = 100
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 BATCH_LINGER_S = 0.002
-MAX_INFLIGHT_BATCHES = 4
+MAX_INFLIGHT_BATCHES = 8
+MARK_FLUSH_S = 0.01
 PUBLISH_TIMEOUT_S = 5.0
 DUPLICATE_WAIT_S = 5.0
 
@@ -151,6 +152,8 @@ class Outbox:
         self._by_key: dict[str, _Submission] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._collector: asyncio.Task[None] | None = None
+        self._to_mark: list[uuid.UUID] = []
+        self._marker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._collector = asyncio.create_task(self._collect(), name="ingest-batcher")
@@ -162,6 +165,8 @@ class Outbox:
                 await self._collector
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._marker is not None:
+            await asyncio.gather(self._marker, return_exceptions=True)
 
     async def submit(self, envelope: Envelope, body: bytes, idempotency_key: str | None) -> Accepted:
         """Store and queue one message; returns once every job is confirmed (or raises)."""
@@ -281,11 +286,7 @@ class Outbox:
             else:
                 confirmed.append(rid)
                 published_count[sub.message.id] = published_count.get(sub.message.id, 0) + 1
-        try:
-            await self.db.mark_published(confirmed)
-        except Exception as exc:  # stays unpublished; the relay republishes, executor dedupes
-            log.warning("could not mark jobs published; the relay will publish them again",
-                        extra={"error": str(exc), "jobs": len(confirmed)})
+        self._mark_later(confirmed)
         withdrawn = [s for s in batch
                      if s.message.id in failed_subs and s.message.id not in published_count]
         if withdrawn:
@@ -315,6 +316,29 @@ class Outbox:
                 code="broker_unavailable",
             )
             self._finish(sub, answer)
+
+    def _mark_later(self, recipient_ids: list[uuid.UUID]) -> None:
+        """Coalesce ``published = true`` updates of many batches into one UPDATE.
+
+        The 202 does not wait for it: the jobs are already confirmed by the broker. If
+        the process dies first, the relay publishes them again and the executor, which
+        claims jobs in the database, runs each once.
+        """
+        if not recipient_ids:
+            return
+        self._to_mark.extend(recipient_ids)
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._flush_marks())
+
+    async def _flush_marks(self) -> None:
+        while self._to_mark:
+            await asyncio.sleep(MARK_FLUSH_S)
+            ids, self._to_mark = self._to_mark, []
+            try:
+                await self.db.mark_published(ids)
+            except Exception as exc:
+                log.warning("could not mark jobs published; the relay will publish them again",
+                            extra={"error": str(exc), "jobs": len(ids)})
 
     async def _resolve_duplicate(self, sub: _Submission) -> None:
         """Another process owns this Idempotency-Key: wait for its jobs, answer its id."""
