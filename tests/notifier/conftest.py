@@ -124,9 +124,11 @@ class SmtpSink:
         return [r for r in self.received if rcpt in r.rcpt_tos]
 
 
-def accept_any_login(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+def accept_any_login(
+    server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+) -> AuthResult:
     ok = getattr(data, "login", None) == b"dsn" and getattr(data, "password", None) == b"s3cret"
-    return AuthResult(success=ok, handled=False)
+    return AuthResult(success=ok, handled=False, auth_data=data)
 
 
 @pytest.fixture
@@ -177,7 +179,13 @@ async def store_message(
         await conn.execute(
             "INSERT INTO mail.messages (id, sender, envid, ret, notify, size, body) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            message_id, sender, envid, ret, list(notify), len(body), body,
+            message_id,
+            sender,
+            envid,
+            ret,
+            list(notify),
+            len(body),
+            body,
         )
     finally:
         await conn.close()
@@ -186,17 +194,37 @@ async def store_message(
 def recipient(address: str, kind: str = "bounce", **kw: Any) -> EventRecipient:
     now = datetime.now(UTC)
     defaults: dict[str, Any] = {
-        "bounce": {"action": "failed", "status": "5.3.0", "program": "mymail", "exit_status": 1,
-                   "diagnostic": "program mymail exited with status 1: cannot open spool",
-                   "output_excerpt": "cannot open spool\n"},
-        "delayed": {"action": "delayed", "status": "4.3.0", "program": "mymail", "exit_status": 75,
-                    "diagnostic": "program mymail exited with status 75 (tempfail)",
-                    "will_retry_until": now + timedelta(days=5)},
-        "delivered": {"action": "delivered", "status": "2.0.0", "program": "mymail", "exit_status": 0,
-                      "diagnostic": "delivered to program mymail"},
-        "admin_notice": {"action": "failed", "status": "5.3.0", "program": "mymail", "exit_status": 1,
-                         "diagnostic": "program mymail exited with status 1",
-                         "output_excerpt": "cannot open spool\n"},
+        "bounce": {
+            "action": "failed",
+            "status": "5.3.0",
+            "program": "mymail",
+            "exit_status": 1,
+            "diagnostic": "program mymail exited with status 1: cannot open spool",
+            "output_excerpt": "cannot open spool\n",
+        },
+        "delayed": {
+            "action": "delayed",
+            "status": "4.3.0",
+            "program": "mymail",
+            "exit_status": 75,
+            "diagnostic": "program mymail exited with status 75 (tempfail)",
+            "will_retry_until": now + timedelta(days=5),
+        },
+        "delivered": {
+            "action": "delivered",
+            "status": "2.0.0",
+            "program": "mymail",
+            "exit_status": 0,
+            "diagnostic": "delivered to program mymail",
+        },
+        "admin_notice": {
+            "action": "failed",
+            "status": "5.3.0",
+            "program": "mymail",
+            "exit_status": 1,
+            "diagnostic": "program mymail exited with status 1",
+            "output_excerpt": "cannot open spool\n",
+        },
     }[kind]
     data = {"address": address, "last_attempt": now, **defaults, **kw}
     return EventRecipient(**data)
@@ -254,8 +282,12 @@ Publish = Callable[..., Awaitable[None]]
 def publish(broker: Broker) -> Publish:
     async def go(event: Event | bytes, routing_key: str | None = None) -> None:
         if isinstance(event, Event):
-            await broker.publish(topology.EVENTS_EXCHANGE, routing_key or event.kind, event.to_json(),
-                                 message_id=str(event.event_id))
+            await broker.publish(
+                topology.EVENTS_EXCHANGE,
+                routing_key or event.kind,
+                event.to_json(),
+                message_id=str(event.event_id),
+            )
         else:
             await broker.publish(topology.EVENTS_EXCHANGE, routing_key or "bounce", event)
 
@@ -298,6 +330,7 @@ async def notifier(clean_db: None, broker: Broker) -> AsyncIterator[StartNotifie
         runtime = Runtime(notifier_settings(smtp_url, **overrides))
         await runtime.start()
         runtimes.append(runtime)
+
         async def all_ready() -> bool:
             return all((await runtime.ready()).values())
 

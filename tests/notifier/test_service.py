@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from email.message import EmailMessage
 
 import orjson
 from flufl.bounce import scan_message
@@ -26,7 +27,9 @@ from tests.notifier.conftest import (
 )
 
 
-async def test_bounce_is_a_complete_rfc3464_dsn(notifier: StartNotifier, sink: SmtpSink, publish: Publish) -> None:
+async def test_bounce_is_a_complete_rfc3464_dsn(
+    notifier: StartNotifier, sink: SmtpSink, publish: Publish
+) -> None:
     await notifier(sink.url)
     mid = uuid.uuid4()
     await store_message(mid, sender="alice@example.net", envid="ENV-42", ret="FULL")
@@ -48,7 +51,11 @@ async def test_bounce_is_a_complete_rfc3464_dsn(notifier: StartNotifier, sink: S
     assert msg.get_param("report-type") == "delivery-status"
 
     parts = list(msg.iter_parts())
-    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "message/rfc822"]
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "message/rfc822",
+    ]
     human = parts[0].get_content()
     assert "bob@example.org" in human and "mymail" in human and "cannot open spool" in human
 
@@ -66,7 +73,10 @@ async def test_bounce_is_a_complete_rfc3464_dsn(notifier: StartNotifier, sink: S
     assert block["Will-Retry-Until"] is None and block["Remote-MTA"] is None
     assert block["Original-Recipient"] is None
 
-    returned = parts[2].get_payload()[0]
+    payload = parts[2].get_payload()
+    assert isinstance(payload, list)
+    returned = payload[0]
+    assert isinstance(returned, EmailMessage)
     assert returned["Subject"] == "quarterly numbers"
     assert "BODY-MARKER-LINE" in returned.get_content()
 
@@ -75,7 +85,12 @@ async def test_bounce_is_a_complete_rfc3464_dsn(notifier: StartNotifier, sink: S
     rows = await notifications(mid)
     assert len(rows) == 1
     row = rows[0]
-    assert (row["kind"], row["rcpt"], row["state"], row["attempts"]) == ("bounce", "alice@example.net", "sent", 1)
+    assert (row["kind"], row["rcpt"], row["state"], row["attempts"]) == (
+        "bounce",
+        "alice@example.net",
+        "sent",
+        1,
+    )
     assert row["event_ids"] == [str(event.event_id)]
     assert row["sent_at"] is not None
 
@@ -102,7 +117,9 @@ async def test_three_recipients_failing_together_get_one_dsn(
     assert len(rows) == 1 and sorted(rows[0]["event_ids"]) == sorted(str(e.event_id) for e in events)
 
 
-async def test_notify_rules_and_null_sender(notifier: StartNotifier, sink: SmtpSink, publish: Publish) -> None:
+async def test_notify_rules_and_null_sender(
+    notifier: StartNotifier, sink: SmtpSink, publish: Publish
+) -> None:
     await notifier(sink.url)
     silent = [
         make_event("bounce", uuid.uuid4(), [recipient("bob@example.org")], sender=""),
@@ -110,13 +127,23 @@ async def test_notify_rules_and_null_sender(notifier: StartNotifier, sink: SmtpS
         make_event("bounce", uuid.uuid4(), [recipient("bob@example.org")], notify=["DELAY"]),
         make_event("delivered", uuid.uuid4(), [recipient("bob@example.org", "delivered")]),
         make_event("delayed", uuid.uuid4(), [recipient("bob@example.org", "delayed")], notify=["FAILURE"]),
-        make_event("delivered", uuid.uuid4(), [recipient("bob@example.org", "delivered")], sender="",
-                   notify=["SUCCESS"]),
+        make_event(
+            "delivered",
+            uuid.uuid4(),
+            [recipient("bob@example.org", "delivered")],
+            sender="",
+            notify=["SUCCESS"],
+        ),
     ]
     for ev in silent:
         await publish(ev)
-    control = make_event("bounce", uuid.uuid4(), [recipient("bob@example.org")], sender="control@example.net",
-                         notify=["FAILURE"])
+    control = make_event(
+        "bounce",
+        uuid.uuid4(),
+        [recipient("bob@example.org")],
+        sender="control@example.net",
+        notify=["FAILURE"],
+    )
     await publish(control)
 
     await wait_for(lambda: sink.received, what="the control DSN")
@@ -131,10 +158,16 @@ async def test_success_and_delay_reports(notifier: StartNotifier, sink: SmtpSink
     delivered_mid, delayed_mid = uuid.uuid4(), uuid.uuid4()
     await store_message(delivered_mid, sender="alice@example.net", notify=("SUCCESS",))
     await store_message(delayed_mid, sender="erin@example.net")
-    await publish(make_event("delivered", delivered_mid, [recipient("bob@example.org", "delivered")],
-                             notify=["SUCCESS"]))
-    await publish(make_event("delayed", delayed_mid, [recipient("bob@example.org", "delayed")],
-                             sender="erin@example.net"))
+    await publish(
+        make_event(
+            "delivered", delivered_mid, [recipient("bob@example.org", "delivered")], notify=["SUCCESS"]
+        )
+    )
+    await publish(
+        make_event(
+            "delayed", delayed_mid, [recipient("bob@example.org", "delayed")], sender="erin@example.net"
+        )
+    )
 
     await wait_for(lambda: len(sink.received) >= 2, what="both reports")
     success = sink.to("alice@example.net")[0].message
@@ -152,10 +185,16 @@ async def test_success_and_delay_reports(notifier: StartNotifier, sink: SmtpSink
 
     # A second delay warning for the same recipient within the warning interval: nothing.
     # A new recipient of the same message still gets its warning.
-    await publish(make_event("delayed", delayed_mid, [recipient("bob@example.org", "delayed")],
-                             sender="erin@example.net"))
-    await publish(make_event("delayed", delayed_mid, [recipient("frank@example.org", "delayed")],
-                             sender="erin@example.net"))
+    await publish(
+        make_event(
+            "delayed", delayed_mid, [recipient("bob@example.org", "delayed")], sender="erin@example.net"
+        )
+    )
+    await publish(
+        make_event(
+            "delayed", delayed_mid, [recipient("frank@example.org", "delayed")], sender="erin@example.net"
+        )
+    )
     await wait_for(lambda: len(sink.received) >= 3, what="the second warning")
     await asyncio.sleep(0.5)
     warnings = sink.to("erin@example.net")
@@ -164,7 +203,9 @@ async def test_success_and_delay_reports(notifier: StartNotifier, sink: SmtpSink
     assert block["Final-Recipient"] == "rfc822; frank@example.org"
 
 
-async def test_ret_hdrs_returns_only_headers(notifier: StartNotifier, sink: SmtpSink, publish: Publish) -> None:
+async def test_ret_hdrs_returns_only_headers(
+    notifier: StartNotifier, sink: SmtpSink, publish: Publish
+) -> None:
     await notifier(sink.url)
     mid = uuid.uuid4()
     await store_message(mid, sender="alice@example.net", ret="HDRS")
@@ -202,12 +243,19 @@ async def test_malformed_events_are_dead_lettered_and_consumer_survives(
     good = make_event("bounce", uuid.uuid4(), [recipient("bob@example.org")])
     body = orjson.loads(good.to_json())
     injected = dict(body, event_id=str(uuid.uuid4()))
-    injected["recipients"] = [dict(body["recipients"][0], address="bob@example.org\r\nBcc: victim@example.com")]
+    injected["recipients"] = [
+        dict(body["recipients"][0], address="bob@example.org\r\nBcc: victim@example.com")
+    ]
     bad_sender = dict(body, event_id=str(uuid.uuid4()))
     bad_sender["envelope"] = dict(body["envelope"], sender="alice@example.net\nBcc: victim@example.com")
     missing = {k: v for k, v in body.items() if k != "recipients"}
-    for raw in (b"{not json", orjson.dumps(missing), orjson.dumps(injected), orjson.dumps(bad_sender),
-                orjson.dumps(dict(body, v=2))):
+    for raw in (
+        b"{not json",
+        orjson.dumps(missing),
+        orjson.dumps(injected),
+        orjson.dumps(bad_sender),
+        orjson.dumps(dict(body, v=2)),
+    ):
         await publish(raw)
     await publish(good)
 
@@ -255,13 +303,21 @@ async def test_admin_notices_go_to_postmaster_rate_limited(
     await store_message(mid, sender="alice@example.net")
 
     def notice_event():
-        return make_event("admin_notice", mid, [recipient("bob@example.org", "admin_notice")],
-                          notice=program_failed_notice())
+        return make_event(
+            "admin_notice",
+            mid,
+            [recipient("bob@example.org", "admin_notice")],
+            notice=program_failed_notice(),
+        )
 
     for _ in range(3):
         await publish(notice_event())
-    other = make_event("admin_notice", mid, [recipient("carol@example.org", "admin_notice")],
-                       notice=program_failed_notice("carol@example.org"))
+    other = make_event(
+        "admin_notice",
+        mid,
+        [recipient("carol@example.org", "admin_notice")],
+        notice=program_failed_notice("carol@example.org"),
+    )
     await publish(other)
     await wait_for(lambda: len(sink.received) >= 2, what="two notices")
     await asyncio.sleep(0.3)

@@ -30,7 +30,9 @@ async def _bounce(publish: Publish, sender: str = "alice@example.net") -> uuid.U
     return mid
 
 
-async def test_relay_down_then_up_delivers_once_after_backoff(notifier: StartNotifier, publish: Publish) -> None:
+async def test_relay_down_then_up_delivers_once_after_backoff(
+    notifier: StartNotifier, publish: Publish
+) -> None:
     sink = SmtpSink()  # not listening yet
     await notifier(sink.url)
     mid = await _bounce(publish)
@@ -129,7 +131,9 @@ async def test_notifications_api_is_admin_only(
         assert len(page1["items"]) == 2 and page1["next_cursor"]
         page2 = (
             await client.get(
-                "/v1/notifications", params={"limit": 2, "cursor": page1["next_cursor"]}, headers=admin_headers
+                "/v1/notifications",
+                params={"limit": 2, "cursor": page1["next_cursor"]},
+                headers=admin_headers,
             )
         ).json()
         assert len(page2["items"]) == 1 and page2["next_cursor"] is None
@@ -156,4 +160,3 @@ async def test_notifications_api_is_admin_only(
         metrics = (await client.get("/metrics")).text
         assert 'mailexec_dsns_total{kind="bounce",state="sent"}' in metrics
         assert "mailexec_notifier_outbox_pending" in metrics and "mailexec_smtp_send_seconds" in metrics
-
