@@ -15,6 +15,7 @@ from tests.notifier.conftest import (
     SmtpSink,
     make_event,
     notifications,
+    program_failed_notice,
     recipient,
     store_message,
     wait_for,
@@ -90,3 +91,40 @@ async def test_kill_9_mid_send_then_restart_sends_the_rest_once(
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(second.url + "/metrics")).text
     assert "mailexec_dsns_total" in metrics
+
+
+async def test_settings_come_from_the_policy_service(
+    notifier: Any,
+    services: Any,
+    sink: SmtpSink,
+    publish: Publish,
+    admin_headers: dict[str, str],
+) -> None:
+    policy = services("policy", wait=False)
+    await _ready(policy)
+    async with httpx.AsyncClient() as client:
+        r = await client.patch(
+            policy.url + "/v1/settings",
+            json={"dsn_include_output": False, "postmaster": "ops@example.org"},
+            headers=admin_headers,
+        )
+        assert r.status_code == 200, r.text
+    await notifier(sink.url, policy_url=policy.url)
+
+    mid = uuid.uuid4()
+    await store_message(mid, sender="alice@example.net")
+    secret = recipient("bob@example.org", output_excerpt="SECRET-OUTPUT-LINE\n")
+    await publish(make_event("bounce", mid, [secret]))
+    await publish(
+        make_event(
+            "admin_notice",
+            mid,
+            [recipient("bob@example.org", "admin_notice", output_excerpt="SECRET-OUTPUT-LINE\n")],
+            notice=program_failed_notice(),
+        )
+    )
+    await wait_for(lambda: len(sink.received) >= 2, what="DSN and notice")
+    dsn = sink.to("alice@example.net")[0]
+    assert b"SECRET-OUTPUT-LINE" not in dsn.data  # dsn_include_output: false
+    notice = sink.to("ops@example.org")[0]  # the configured postmaster
+    assert b"SECRET-OUTPUT-LINE" in notice.data  # the postmaster always sees the output
