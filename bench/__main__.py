@@ -81,9 +81,11 @@ def table(res: dict[str, Any]) -> str:
             L.append(f"mailexec {label}: ERROR {d['error'][:60]}")
             continue
         L.append(row(f"mailexec {label}", d.get("deliveries_per_s"), unit="deliveries/s"))
+        if key == "latency_half_peak" and d.get("reps"):
+            L.append(f"  offered {d['reps'][0].get('offered_rate', 0):.0f} msgs/s, open loop")
         for lk, lname in (("latency_ms", "submit"), ("latency_ms_db", "db")):
             lat = d.get(lk)
-            if lat:
+            if lat and key == "latency_half_peak":  # closed-loop runs measure the backlog
                 for pctl in ("p50", "p95", "p99"):
                     L.append(row(f"  latency {lname}->program exit {pctl}", lat.get(pctl), 1, 1, "ms"))
         cpu = d.get("cpu_s_per_delivery", {})

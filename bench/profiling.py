@@ -56,16 +56,18 @@ def stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def _module(file: str) -> str:
+    """'asyncpg/connection.py' -> 'asyncpg'; 'services/executor/x.py' -> 'services.executor';
+    'subprocess.py' -> 'subprocess'; '<frozen runpy>' stays."""
     f = file.replace("\\", "/")
     for marker in ("site-packages/", "lib/python3.11/"):
         if marker in f:
-            rest = f.split(marker, 1)[1]
-            return rest.split("/", 1)[0].removesuffix(".py")
-    for top in ("services/", "shared/", "mailexec/"):
-        if top in f:
-            rest = f.split(top, 1)[1]
-            return top.rstrip("/") + "." + rest.split("/", 1)[0].removesuffix(".py")
-    return f.rsplit("/", 1)[-1]
+            f = f.split(marker, 1)[1]
+    parts = f.split("/")
+    if parts[0] in ("services", "shared", "mailexec", "bench") and len(parts) > 2:
+        return parts[0] + "." + parts[1]
+    if len(parts) > 1:
+        return parts[0]
+    return parts[0].removesuffix(".py")
 
 
 def summarize(path: Path, top: int = 12) -> dict[str, Any]:
