@@ -85,12 +85,22 @@ async def run(args: argparse.Namespace) -> None:
     try:
         subprocess.run([sys.executable, "-m", "mailexec", "migrate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, cwd=ROOT)
-        for name, port in (("policy", "POLICY"), ("ingest", "INGEST"), ("executor", "EXECUTOR_METRICS")):
+        def start(name: str, port: str) -> None:
             log = open(work / f"{name}.log", "wb")  # noqa: SIM115
-            p = subprocess.Popen([sys.executable, "-m", "mailexec", "serve", name], env=env,
+            cmd = [sys.executable, "-m", "mailexec", "serve", name]
+            pyspy = os.environ.get("E2E_PYSPY")  # profile the executor: path of py-spy
+            if pyspy and name == "executor":
+                cmd = [pyspy, "record", "-r", "200", "-f", "speedscope", "-o",
+                       str(work / "executor.prof.json"), "--"] + cmd
+            p = subprocess.Popen(cmd, env=env,
                                  stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             procs.append(p)
             wait_ready(f"http://127.0.0.1:{ports[port]}", p)
+
+        start("policy", "POLICY")
+        start("ingest", "INGEST")
+        if not args.executor_only:
+            start("executor", "EXECUTOR_METRICS")
         (work / "prog.c").write_bytes(PROGRAM_C)
         subprocess.run(["cc", "-O2", "-o", str(work / "prog"), str(work / "prog.c")], check=True)
         home = work / "home"
@@ -124,9 +134,13 @@ async def run(args: argparse.Namespace) -> None:
                 if r.status_code != 202:
                     raise SystemExit(f"ingest answered {r.status_code}: {r.text}")
 
+        if args.executor_only:
+            await asyncio.gather(*(post(i) for i in range(args.n)))
+            print(f"queued {args.n} jobs; starting the executor")
+            start("executor", "EXECUTOR_METRICS")
         print(f"posting {args.n} messages of {len(body)} bytes, concurrency {args.concurrency}")
         t0 = time.monotonic()
-        posting = asyncio.gather(*(post(i) for i in range(args.n)))
+        posting = asyncio.gather(*(post(i) for i in range(0 if args.executor_only else args.n)))
         done = 0
         while done < args.n:
             await asyncio.sleep(0.2)
@@ -149,7 +163,7 @@ async def run(args: argparse.Namespace) -> None:
               f"(accept→delivered p50 {pct(.5):.0f} ms, p99 {pct(.99):.0f} ms)")
     finally:
         for p in reversed(procs):
-            p.terminate()
+            p.send_signal(2)
         for p in procs:
             try:
                 p.wait(15)
@@ -170,6 +184,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--executor-only", action="store_true",
+                    help="queue every job first, then time the executor alone draining them")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the executor drops to the bench uid)")
