@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.cli.helpers import mx, mx_json
-
-pytestmark = pytest.mark.usefixtures("clean_db")
+from tests.conftest import free_port
 
 
 def _true_copy(path: Path) -> Path:
@@ -20,10 +16,7 @@ def _true_copy(path: Path) -> Path:
     return path
 
 
-def test_programs_accounts_tokens_settings(services: Any, tmp_path: Path) -> None:
-    services("policy")
-    env = services.env
-
+def test_programs_accounts_tokens_settings(env: dict[str, str], tmp_path: Path) -> None:
     prog = _true_copy(tmp_path / "mymail")
     r = mx(env, "programs", "add", "mymail", str(prog))
     assert r.returncode == 0, r.stderr
@@ -149,27 +142,21 @@ def test_programs_accounts_tokens_settings(services: Any, tmp_path: Path) -> Non
     assert mx(env, "accounts", "show", "u0@example.org").returncode == 66
 
 
-def test_errors_explain_the_status(services: Any) -> None:
-    policy = services("policy")
-    env = services.env
+def test_errors_explain_the_status(env: dict[str, str]) -> None:
     r = mx(env, "programs", "list", "--token", "wrong")
     assert r.returncode == 77
     assert "HTTP 401" in r.stderr and "set MAILEXEC_ADMIN_TOKEN or --token" in r.stderr
     r = mx(env, "programs", "list", extra_env={"MAILEXEC_ADMIN_TOKEN": ""})
     assert r.returncode == 77
-    policy.stop()
-    r = mx(env, "status")
+    r = mx(env, "status", extra_env={"MAILEXEC_POLICY_URL": f"http://127.0.0.1:{free_port()}"})
     assert r.returncode == 69
     assert "cannot reach policy" in r.stderr and "mailexec serve policy" in r.stderr
 
 
-def test_token_from_config_file(services: Any, tmp_path: Path, mx_env: dict[str, str]) -> None:
-    services("policy")
+def test_token_from_config_file(env: dict[str, str], tmp_path: Path) -> None:
     cfg = tmp_path / "cli.toml"
-    cfg.write_text(
-        f'policy_url = "{services.env["MAILEXEC_POLICY_URL"]}"\ntoken = "{mx_env["MAILEXEC_ADMIN_TOKEN"]}"\n'
-    )
-    env = {k: v for k, v in services.env.items() if k not in ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_POLICY_URL")}
+    cfg.write_text(f'policy_url = "{env["MAILEXEC_POLICY_URL"]}"\ntoken = "{env["MAILEXEC_ADMIN_TOKEN"]}"\n')
+    env = {k: v for k, v in env.items() if k not in ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_POLICY_URL")}
     r = mx(env, "programs", "list", extra_env={"MAILEXEC_CLI_CONFIG": str(cfg)})
     assert r.returncode == 0, r.stderr
     cfg.write_text("token = [unclosed")

@@ -6,13 +6,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.cli.helpers import mx, mx_json
-
-pytestmark = pytest.mark.usefixtures("clean_db")
 
 
 def _classic_dir(tmp_path: Path) -> Path:
@@ -38,9 +33,7 @@ def _classic_dir(tmp_path: Path) -> Path:
     return d
 
 
-def test_import_classic_directory(services: Any, tmp_path: Path) -> None:
-    services("policy")
-    env = services.env
+def test_import_classic_directory(env: dict[str, str], tmp_path: Path) -> None:
     d = _classic_dir(tmp_path)
 
     dry = mx(env, "import-trusted-dir", str(d), "--dry-run", "--json")
@@ -82,9 +75,7 @@ def test_import_classic_directory(services: Any, tmp_path: Path) -> None:
     assert "mysh" in {p["name"] for p in mx_json(env, "programs", "list")}
 
 
-def test_import_without_flag_files_leaves_settings(services: Any, tmp_path: Path) -> None:
-    services("policy")
-    env = services.env
+def test_import_without_flag_files_leaves_settings(env: dict[str, str], tmp_path: Path) -> None:
     d = tmp_path / "t"
     d.mkdir()
     shutil.copy2("/bin/true", d / "only")

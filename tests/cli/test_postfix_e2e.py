@@ -14,24 +14,22 @@ Proves, with Debian's postfix in a private instance on a free loopback port:
 from __future__ import annotations
 
 import os
-import shutil
 import smtplib
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli.conftest import Pipeline
 from tests.cli.helpers import ROOT, mx
 from tests.cli.postfix import PostfixInstance, ensure_postfix
-from tests.conftest import free_port
 
-pytestmark = [pytest.mark.usefixtures("clean_db"), pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 HERE = Path(__file__).resolve().parent
 HOSTNAME = "mx.test.example"
@@ -56,12 +54,9 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, on_fail: Calla
 
 
 @pytest.fixture
-def workdir() -> Iterator[Path]:
+def workdir(world_dir: Path) -> Path:
     """World-searchable (the pipe runs as nobody; programs as the account's uid)."""
-    d = Path(tempfile.mkdtemp(prefix="mailexec-e2e-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    return world_dir
 
 
 def _compile(src: Path, out: Path) -> bytes:
@@ -69,32 +64,17 @@ def _compile(src: Path, out: Path) -> bytes:
     return out.read_bytes()
 
 
-def test_postfix_pipe_to_program_and_bounce_back(services: Any, workdir: Path, tmp_path: Path) -> None:
+def test_postfix_pipe_to_program_and_bounce_back(
+    pipeline: Pipeline, env: dict[str, str], workdir: Path
+) -> None:
     reason = ensure_postfix()
     if reason:
         pytest.skip(reason)
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip("no /usr/bin/python3 for the pipe user (the venv's python is private to root)")
 
-    smtp_port = free_port()
-    cgroup_root = f"/sys/fs/cgroup/unified/mailexec-clitest-{os.getpid()}"
-    services(
-        "policy",
-        "ingest",
-        "executor",
-        "notifier",
-        extra_env={
-            "MAILEXEC_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
-            "MAILEXEC_REPORTING_MTA": HOSTNAME,
-            "MAILEXEC_DSN_AGGREGATE_WINDOW_S": "0.5",
-            "MAILEXEC_SANDBOX_CGROUP_ROOT": cgroup_root,
-            "MAILEXEC_EXECUTOR_RETRY_DELAYS_S": "1,1,2",
-            "MAILEXEC_EXECUTOR_HELD_RECHECK_S": "1",
-            "MAILEXEC_LOG_LEVEL": "info",
-        },
-    )
-    env = services.env
-    ingest_url = f"http://127.0.0.1:{env['MAILEXEC_INGEST_PORT']}"
+    smtp_port = pipeline.smtp_port  # the notifier's MAILEXEC_SMTP_URL points here
+    ingest_url = env["MAILEXEC_INGEST_URL"]
 
     # what a packaged /usr/bin/mailexec is: the CLI config file holds the mta token
     cli_toml = workdir / "cli.toml"
@@ -141,7 +121,17 @@ def test_postfix_pipe_to_program_and_bounce_back(services: Any, workdir: Path, t
             "--no-mailbox",
         )
         assert r.returncode == 0, r.stderr
-    assert mx(env, "settings", "set", "postmaster=postmaster@sender.test").returncode == 0
+    r = mx(
+        env,
+        "settings",
+        "set",
+        "postmaster=postmaster@sender.test",
+        "dsn_include_output=true",
+        "mode=secure",
+        "suspended=false",
+        "valid_shells=/bin/sh",
+    )
+    assert r.returncode == 0, r.stderr
 
     pipe_service = (
         "mailexec  unix  -       n       n       -       4       pipe\n"
@@ -149,13 +139,9 @@ def test_postfix_pipe_to_program_and_bounce_back(services: Any, workdir: Path, t
         " --from=${sender} --to=${recipient} --idempotency-key=${queue_id}"
     )
     pf = PostfixInstance(smtp_port, pipe_service, ["alice@sender.test", "postmaster@sender.test"], HOSTNAME)
-    logs_dir = tmp_path
 
     def diagnostics() -> str:
-        parts = [f"--- maillog\n{pf.log()[-6000:]}"]
-        for f in sorted(logs_dir.glob("*.log")):
-            parts.append(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}")
-        return "\n".join(parts)
+        return f"--- maillog\n{pf.log()[-6000:]}\n{pipeline.logs()}"
 
     try:
         pf.start()
@@ -189,7 +175,13 @@ def test_postfix_pipe_to_program_and_bounce_back(services: Any, workdir: Path, t
         assert f"by {HOSTNAME} (Postfix)" in delivered  # it really went through Postfix
         assert "Subject: e2e via postfix" in delivered
         assert os.stat(mbox).st_uid == UID  # written by the account's uid
-        assert "relay=mailexec" in pf.log() and "status=sent" in pf.log()
+        # pipe(8) logs after `mailexec submit` exited 0, which may be after the program ran
+        wait_for(
+            "Postfix's log of the pipe delivery",
+            lambda: "relay=mailexec" in pf.log() and "status=sent (delivered via mailexec" in pf.log(),
+            15,
+            diagnostics,
+        )
 
         # 2. failure: the program's bounce comes back through Postfix to alice's mailbox
         msg = EmailMessage()
@@ -226,8 +218,3 @@ def test_postfix_pipe_to_program_and_bounce_back(services: Any, workdir: Path, t
             sys.stderr.write(f"postfix instance kept in {pf.base}\n")
         else:
             pf.cleanup()
-        for child in sorted(Path(cgroup_root).glob("**/"), key=lambda p: -len(p.parts)):
-            try:
-                child.rmdir()
-            except OSError:
-                pass

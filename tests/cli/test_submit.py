@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.cli.helpers import mx, mx_json
 from tests.conftest import free_port
-
-pytestmark = pytest.mark.usefixtures("clean_db")
 
 MSG = b"From: alice@example.net\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -18,10 +14,7 @@ def submit(env: dict[str, str], *args: str, body: bytes = MSG, **kw: Any) -> Any
     return mx(env, "submit", *args, input=body, subprocess_=True, **kw)
 
 
-def test_submit_exit_codes(services: Any) -> None:
-    services("policy", "ingest", extra_env={"MAILEXEC_MAX_MESSAGE_BYTES": "2000"})
-    env = services.env
-
+def test_submit_exit_codes(env: dict[str, str]) -> None:
     r = submit(
         env,
         "--from",
@@ -44,7 +37,8 @@ def test_submit_exit_codes(services: Any) -> None:
     assert msg["envelope"]["from"] == "alice@example.net" and msg["envelope"]["ret"] == "HDRS"
     assert sorted(x["address"] for x in msg["recipients"]) == ["bob@example.org", "carol@example.org"]
     human = mx(env, "messages", "show", msg_id)
-    assert human.returncode == 0 and "bob@example.org" in human.stdout and "queued" in human.stdout
+    assert human.returncode == 0 and "bob@example.org" in human.stdout
+    assert any(state in human.stdout for state in ("queued", "running", "bounced"))  # no such account
     assert msg_id in mx(env, "messages", "list").stdout
 
     # null sender, as Postfix passes it with null_sender= (or its default MAILER-DAEMON)
@@ -82,7 +76,7 @@ def test_submit_exit_codes(services: Any) -> None:
     # 65: ingest refuses the data
     r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", body=b"")
     assert r.returncode == 65 and "HTTP 400" in r.stderr
-    r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", body=MSG + b"x" * 3000)
+    r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", body=MSG + b"x" * 5000)
     assert r.returncode == 65 and r.stderr.startswith("5.2.3 ") and "413" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -98,9 +92,8 @@ def test_submit_exit_codes(services: Any) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_submit_tempfails_when_ingest_is_down(services: Any) -> None:
-    env = dict(services.env)
-    env["MAILEXEC_INGEST_PORT"] = str(free_port())  # nothing listens there
+def test_submit_tempfails_when_ingest_is_down(env: dict[str, str]) -> None:
+    env["MAILEXEC_INGEST_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     r = submit(env, "--from", "a@example.net", "--to", "bob@example.org")
     assert r.returncode == 75
     assert r.stderr.startswith("4.3.0 ") and "cannot reach ingest" in r.stderr and "retry" in r.stderr
