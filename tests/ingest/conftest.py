@@ -7,6 +7,7 @@ process (DB or broker behind a proxy) use the `services` fixture of tests/confte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -63,6 +64,11 @@ async def drain_jobs(amqp_url: str, *, expect: int = 0, timeout: float = 5.0) ->
 async def jobs_queue(mx_env: dict[str, str]) -> AsyncIterator[str]:
     """Empty `deliveries` before the test; yields the AMQP URL to drain it with."""
     url = mx_env["MAILEXEC_AMQP_URL"]
+    conn = await aio_pika.connect(url)
+    try:
+        await topology.declare(await conn.channel())  # the queue may not exist yet
+    finally:
+        await conn.close()
     await drain_jobs(url)
     yield url
 
@@ -94,11 +100,13 @@ class TcpProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
             writer.close()
+            await writer.wait_closed()
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
+            await writer.wait_closed()
             return
         self._writers.update((writer, up_writer))
 
@@ -111,6 +119,8 @@ class TcpProxy:
                 pass
             finally:
                 dst.close()
+                with contextlib.suppress(OSError):
+                    await dst.wait_closed()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
@@ -133,12 +143,23 @@ class TcpProxy:
     def restore(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "up", True)
 
-    def close(self) -> None:
-        self.cut()
+    async def _shutdown(self) -> None:
+        self.up = False
         if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.sleep(0.05)  # let the transports finish closing
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
 
 @pytest.fixture
