@@ -316,6 +316,13 @@ def _bwrap_args(program_fd: int, home: str, uid: int, gid: int) -> list[str]:
     return args
 
 
+def _kill_and_reap(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL and reap a launcher we can't watch (the wait is microseconds)."""
+    os.kill(proc.pid, signal.SIGKILL)
+    os.waitpid(proc.pid, 0)
+    proc.returncode = -signal.SIGKILL
+
+
 class _Run:
     """The I/O state of one running program, driven by loop callbacks."""
 
@@ -499,7 +506,16 @@ class Sandbox:
             exec_fd, argv0, uid, gid, home, limits
         )
         chunks = [memoryview(part) for part in (stdin_prefix, stdin_body) if len(part)]
-        run = _Run(loop, proc, stdin_w, output_r, chunks, limits.max_output_bytes)
+        try:
+            run = _Run(loop, proc, stdin_w, output_r, chunks, limits.max_output_bytes)
+        except OSError as exc:  # e.g. no fd left for the pidfd: don't leave it running
+            _kill_and_reap(proc)
+            for fd in (stdin_w, output_r, status_r):
+                os.close(fd)
+            if cgroup is not None:
+                _kill_cgroup(cgroup)
+                await self._remove_cgroup(cgroup, True)
+            raise LaunchFailed(f"cannot watch the launched program: {exc}") from exc
         timed_out = False
 
         def on_timeout() -> None:
@@ -566,11 +582,12 @@ class Sandbox:
         as soon as the launcher has been exec'd (microseconds), not when it's done.
         """
         pass_fds = [fd for fd in (exec_fd, self._bwrap_fd) if fd is not None]
-        stdin_r, stdin_w = os.pipe()
-        output_r, output_w = os.pipe()
-        status_r, status_w = os.pipe()
+        opened: list[int] = []
         cgroup = None
         try:
+            for _ in range(3):
+                opened += os.pipe()
+            stdin_r, stdin_w, output_r, output_w, status_r, status_w = opened
             cgroup = self._new_cgroup()
             argv = self._argv(status_w, exec_fd, argv0, uid, gid, home, limits, cgroup)
             if self._netns_fd is not None:
@@ -588,7 +605,7 @@ class Sandbox:
                 if self._own_netns_fd is not None:
                     self._return_to_own_netns()
         except (OSError, LaunchFailed) as exc:
-            for fd in (stdin_r, stdin_w, output_r, output_w, status_r, status_w):
+            for fd in opened:
                 os.close(fd)
             if cgroup is not None:
                 cgroup.rmdir()
