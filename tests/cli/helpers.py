@@ -27,8 +27,8 @@ def mx(
     e["COLUMNS"] = "200"
     if extra_env:
         e.update(extra_env)
-    if not subprocess_ and input is None:
-        return _in_process(e, list(args))
+    if not subprocess_:
+        return _in_process(e, list(args), input)
     proc = subprocess.run(
         [sys.executable, "-m", "mailexec", *args],
         env=e,
@@ -48,7 +48,9 @@ def mx_json(env: dict[str, str], *args: str, **kw: Any) -> Any:
     return json.loads(r.stdout)
 
 
-def _in_process(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
+def _in_process(
+    env: dict[str, str], args: list[str], input: bytes | None
+) -> subprocess.CompletedProcess[str]:
     from typer.testing import CliRunner
 
     from mailexec.cli import app
@@ -63,7 +65,7 @@ def _in_process(env: dict[str, str], args: list[str]) -> subprocess.CompletedPro
             overrides[k] = None
     get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(app, args, env=overrides, catch_exceptions=False)
+        result = CliRunner().invoke(app, args, input=input, env=overrides, catch_exceptions=False)
     finally:
         get_settings.cache_clear()
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)

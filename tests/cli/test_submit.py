@@ -10,8 +10,9 @@ from tests.conftest import free_port
 MSG = b"From: alice@example.net\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 
 
-def submit(env: dict[str, str], *args: str, body: bytes = MSG, **kw: Any) -> Any:
-    return mx(env, "submit", *args, input=body, subprocess_=True, **kw)
+def submit(env: dict[str, str], *args: str, body: bytes = MSG, real: bool = True, **kw: Any) -> Any:
+    """`mailexec submit` as the MTA runs it (a process); real=False: in-process, same code."""
+    return mx(env, "submit", *args, input=body, subprocess_=real, **kw)
 
 
 def test_submit_exit_codes(env: dict[str, str]) -> None:
@@ -43,13 +44,15 @@ def test_submit_exit_codes(env: dict[str, str]) -> None:
 
     # null sender, as Postfix passes it with null_sender= (or its default MAILER-DAEMON)
     for null in ("--from=", "--from=<>", "--from=MAILER-DAEMON"):
-        r = submit(env, null, "--to=bob@example.org", "--verbose")
+        r = submit(env, null, "--to=bob@example.org", "--verbose", real=False)
         assert r.returncode == 0, r.stderr
         assert mx_json(env, "messages", "show", r.stdout.split()[-1])["envelope"]["from"] == ""
 
     # the same idempotency key and message: one id; a different message with it: another id
     ids = {
-        submit(env, "-f", "a@example.net", "-t", "b@example.org", "--idempotency-key", "Q1", "-v").stdout
+        submit(
+            env, "-f", "a@example.net", "-t", "b@example.org", "--idempotency-key", "Q1", "-v", real=False
+        ).stdout
         for _ in range(2)
     }
     assert len(ids) == 1
@@ -63,18 +66,19 @@ def test_submit_exit_codes(env: dict[str, str]) -> None:
         "Q1",
         "-v",
         body=MSG + b"x\r\n",
+        real=False,
     ).stdout
     assert other not in ids
 
     # 64: usage
     assert submit(env, "--to", "bob@example.org").returncode == 64
-    assert submit(env, "--from", "a@example.net").returncode == 64
+    assert submit(env, "--from", "a@example.net", real=False).returncode == 64
     assert submit(env, "--from", "a@example.net", "--to", "bob@example.org", "--bogus").returncode == 64
-    r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", "--ret", "SOME")
+    r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", "--ret", "SOME", real=False)
     assert r.returncode == 64 and r.stderr.startswith("5.3.5 ")
 
     # 65: ingest refuses the data
-    r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", body=b"")
+    r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", body=b"", real=False)
     assert r.returncode == 65 and "HTTP 400" in r.stderr
     r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", body=MSG + b"x" * 5000)
     assert r.returncode == 65 and r.stderr.startswith("5.2.3 ") and "413" in r.stderr
@@ -84,11 +88,28 @@ def test_submit_exit_codes(env: dict[str, str]) -> None:
     r = submit(env, "--from", "a@example.net", "--to", "bob@example.org", "--token", "nope")
     assert r.returncode == 77 and "MAILEXEC_INGEST_TOKEN" in r.stderr
     r = submit(
-        env, "--from", "a@example.net", "--to", "bob@example.org", "--token", "nope", "--defer-auth-errors"
+        env,
+        "--from",
+        "a@example.net",
+        "--to",
+        "bob@example.org",
+        "--token",
+        "nope",
+        "--defer-auth-errors",
+        real=False,
     )
     assert r.returncode == 75 and r.stderr.startswith("4.7.0 ")
     # an admin token is not an mta token... but admin may do everything: accepted
-    r = submit(env, "-f", "a@example.net", "-t", "bob@example.org", "--token", env["MAILEXEC_ADMIN_TOKEN"])
+    r = submit(
+        env,
+        "-f",
+        "a@example.net",
+        "-t",
+        "bob@example.org",
+        "--token",
+        env["MAILEXEC_ADMIN_TOKEN"],
+        real=False,
+    )
     assert r.returncode == 0, r.stderr
 
 
