@@ -37,6 +37,11 @@ EVENT_KINDS = ("bounce", "delayed", "delivered", "admin_notice")
 
 POLICY_EXCHANGE = "policy.changed"
 
+# Quorum queues dead-letter at-most-once by default: a poison job could vanish on the way
+# to its dead-letter queue. At-least-once dead-lettering (RabbitMQ >= 3.10) needs the
+# reject-publish overflow mode.
+AT_LEAST_ONCE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
 
 def retry_queue_for(attempt: int) -> tuple[str, int]:
     """The retry queue (and its delay) for a job that has been deferred ``attempt`` times."""
@@ -60,6 +65,7 @@ async def declare(channel: AbstractChannel) -> dict[str, AbstractExchange]:
             "x-queue-type": "quorum",
             "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": DELIVERIES_DLX,
+            **AT_LEAST_ONCE_DEAD_LETTERING,
         },
     )
     await q.bind(deliveries, DELIVERIES_ROUTING_KEY)
@@ -93,6 +99,7 @@ async def declare(channel: AbstractChannel) -> dict[str, AbstractExchange]:
             "x-queue-type": "quorum",
             "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": EVENTS_DLX,
+            **AT_LEAST_ONCE_DEAD_LETTERING,
         },
     )
     await nq.bind(events, "#")
