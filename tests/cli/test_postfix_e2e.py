@@ -147,7 +147,7 @@ def test_postfix_pipe_to_program_and_bounce_back(
         pf.start()
 
         # 1. success: smtp-source → Postfix → pipe → submit → ingest → executor → program
-        r = subprocess.run(
+        sent = subprocess.run(
             [
                 "smtp-source",
                 "-f",
@@ -163,7 +163,7 @@ def test_postfix_pipe_to_program_and_bounce_back(
             capture_output=True,
             timeout=30,
         )
-        assert r.returncode == 0, r.stderr
+        assert sent.returncode == 0, sent.stderr
         mbox = homes["bob"] / "delivered.mbox"
         delivered = wait_for(
             "the program's delivery into bob's home",
