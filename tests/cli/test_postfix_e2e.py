@@ -13,6 +13,7 @@ Proves, with Debian's postfix in a private instance on a free loopback port:
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import subprocess
@@ -210,8 +211,13 @@ def test_postfix_pipe_to_program_and_bounce_back(
         assert "carol@prog.test" in notice
 
         # the operator's view of it
-        show = mx(env, "messages", "list", "--recipient", "carol@prog.test", "--json")
+        listed = mx(env, "messages", "list", "--recipient", "carol@prog.test", "--json")
+        assert listed.returncode == 0, listed.stderr
+        mid = json.loads(listed.stdout)[0]["id"]
+        show = mx(env, "messages", "show", mid)
         assert show.returncode == 0, show.stderr
+        for text in ("carol@prog.test", "bounced", "5.2.0", "refuse", "exit 73", "mailbox quota exceeded"):
+            assert text in show.stdout, show.stdout
     finally:
         pf.stop()
         if os.environ.get("MAILEXEC_KEEP_POSTFIX"):
