@@ -93,7 +93,7 @@ def table(res: dict[str, Any]) -> str:
         for comp, s in cpu.items():
             if _med(s) and _med(s) > 0.000005:
                 L.append(row(f"  CPU/delivery {comp}", s, 1e3, 3, "ms"))
-                if comp != "pg_background":
+                if comp not in ("pg_background", "executor_self"):
                     total += _med(s)
         L.append(f"{'  CPU/delivery total (services+pg backends+rabbitmq)':<58} {total * 1e3:>10.3f} {'':>10} {'':>10} ms")
         rss = d.get("peak_rss_kib", {})
@@ -121,7 +121,7 @@ def ratios(res: dict[str, Any]) -> dict[str, float | None]:
     pf_cpu = _med(res.get("postfix", {}).get("cpu_s_per_delivery"))
     mx_cpu = None
     if mx.get("cpu_s_per_delivery"):
-        mx_cpu = sum(_med(s) or 0.0 for k, s in mx["cpu_s_per_delivery"].items() if k != "pg_background")
+        mx_cpu = sum(_med(s) or 0.0 for k, s in mx["cpu_s_per_delivery"].items() if k not in ("pg_background", "executor_self"))
     div = lambda a, b: (a / b) if a and b else None  # noqa: E731
     ncpu = os.cpu_count() or 1
     return {

@@ -246,6 +246,12 @@ def cpu_ticks(pid: int) -> int:
     return int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
 
 
+def self_cpu_s(pid: int) -> float:
+    """utime+stime of the process alone (its threads, not its children)."""
+    f = _stat_fields(pid)
+    return (int(f[11]) + int(f[12])) / CLK_TCK if f else 0.0
+
+
 def tree_cpu_s(roots: list[int]) -> float:
     """CPU seconds of the process trees under ``roots`` (living processes, plus what
     they reaped). The difference of two readings is the CPU spent in between,

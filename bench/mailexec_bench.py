@@ -24,7 +24,7 @@ import httpx
 
 from bench.common import (
     ROOT, Config, Counter, Workdir, build_program, cmdline, comm, loadavg, machine_cpu_s,
-    percentiles, pids_cpu_s, say, summary, tree, tree_cpu_s, tree_vm_hwm_kib, vm_hwm_kib,
+    percentiles, pids_cpu_s, say, self_cpu_s, summary, tree, tree_cpu_s, tree_vm_hwm_kib, vm_hwm_kib,
 )
 
 DB = os.environ.get("BENCH_DB", "mailexec_bench")
@@ -194,6 +194,13 @@ class Pipeline:
             if svc:
                 svc.stop()
 
+    def restart_fresh(self) -> None:
+        self.stop()
+        rabbitmqctl("delete_vhost", VHOST, check=False)
+        rabbitmqctl("add_vhost", VHOST)
+        rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+        self.start()
+
     def drop(self) -> None:
         try:
             pg(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', db=PG_ADMIN)
@@ -231,6 +238,9 @@ class Pipeline:
 
     def cpu_snapshot(self) -> dict[str, float]:
         snap = {name: tree_cpu_s([svc.pid]) for name, svc in self.services.items()}
+        if "executor" in self.services:
+            # the executor's own Python process, without the launchers/programs it reaped
+            snap["executor_self"] = self_cpu_s(self.services["executor"].pid)
         for k, pids in infra_pids().items():
             snap[k] = pids_cpu_s(pids) if k != "rabbitmq" else tree_cpu_s(pids)
         snap["machine"] = machine_cpu_s()
@@ -314,6 +324,13 @@ class Pipeline:
         return {name: svc.pid for name, svc in self.services.items()}
 
 
+def _short(exc: BaseException, limit: int = 400) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    text = lines[0] + (" ... " + lines[-1] if len(lines) > 1 else "")
+    return text[:limit]
+
+
 def _rep_line(label: str, r: dict[str, Any]) -> str:
     cpu = r["cpu_s_per_delivery"]
     parts = ", ".join(f"{k} {v * 1e3:.2f}" for k, v in cpu.items() if v > 0.00001)
@@ -364,11 +381,11 @@ def run(cfg: Config, uid: int, gid: int, profile_hook: Any = None) -> dict[str, 
         peak = None
         for scen in wanted:
             try:
-                if scen != wanted[0] or True:
-                    # fresh processes per scenario so peak RSS belongs to that scenario
-                    p.stop()
-                    p.start()
-                    p.run_once("warm", min(200, cfg.n), 1024, 1, cfg.concurrency)
+                # fresh processes (and a fresh, empty vhost) per scenario: peak RSS
+                # belongs to that scenario, and a topology changed by a concurrent
+                # commit does not clash with the queues of an earlier scenario
+                p.restart_fresh()
+                p.run_once("warm", min(200, cfg.n), 1024, 1, cfg.concurrency)
                 reps: list[dict[str, Any]] = []
                 for rep in range(cfg.reps):
                     label = f"{scen}-{rep}"
@@ -406,15 +423,14 @@ def run(cfg: Config, uid: int, gid: int, profile_hook: Any = None) -> dict[str, 
                         profile_hook(p)
                 out["scenarios"][scen] = agg
             except Exception as exc:  # never fail on a number: record and go on
-                say(f"scenario {scen} failed: {exc!r}")
-                out["scenarios"][scen] = {"error": repr(exc)[:2000]}
+                say(f"scenario {scen} failed: {_short(exc)}")
+                out["scenarios"][scen] = {"error": _short(exc, 2000)}
                 try:
-                    p.stop()
-                    p.start()
+                    p.restart_fresh()
                 except Exception as exc2:
                     say(f"restart failed: {exc2!r}")
     except Exception as exc:
-        say(f"mailexec part failed: {exc!r}")
+        say(f"mailexec part failed: {_short(exc)}")
         out["error"] = repr(exc)[:4000]
     finally:
         keep = os.environ.get("BENCH_KEEP_LOGS")
