@@ -123,3 +123,67 @@ def any_json(r: httpx.Response) -> Any:
         return r.json()
     except ValueError:
         return None
+
+
+HERE = Path(__file__).resolve().parent
+HOSTILE_SOURCE = HERE / "hostile.c"
+# Tight limits so every attack ends in seconds; the defaults are documented in README.
+HOSTILE_EXECUTOR_ENV = {
+    "MAILEXEC_RLIMIT_CPU_S": "2",
+    "MAILEXEC_RLIMIT_AS_BYTES": str(256 * 1024 * 1024),
+    "MAILEXEC_RLIMIT_NPROC": "64",
+}
+
+
+def build_hostile(out_dir: Path, trusted_dir: str, homes_base: Path) -> bytes:
+    out = out_dir / "hostile"
+    import subprocess
+
+    subprocess.run(["cc", "-O2", "-Wall", f'-DTRUSTED_DIR="{trusted_dir}"',
+                    f'-DHOMES_BASE="{homes_base}"', "-o", str(out), str(HOSTILE_SOURCE)],
+                   check=True)
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+async def executor(stack: Pipeline, homes: Homes, tmp_path_factory: pytest.TempPathFactory,
+                   mx_env: dict[str, str]) -> AsyncIterator[Any]:
+    """An executor for this module (stopped at its end) plus the hostile programs, all
+    registered as trusted under the names hostile.c switches on."""
+    if os.geteuid() != 0:
+        pytest.skip("the executor must run as root")
+    # A trusted directory the attackers can see into (root-owned, 0755, under the sticky
+    # /tmp): the run's default one sits below a 0700 directory, which would hide the
+    # files instead of showing that their ownership protects them.
+    import tempfile
+
+    trusted = Path(tempfile.mkdtemp(prefix="mailexec-trusted-", dir="/tmp"))
+    os.chmod(trusted, 0o755)
+    binary = build_hostile(tmp_path_factory.mktemp("hostile"), str(trusted), homes.base)
+    proc = stack.start("executor", extra_env={**HOSTILE_EXECUTOR_ENV,
+                                              "MAILEXEC_TRUSTED_DIR": str(trusted)},
+                       key="executor")
+    proc.trusted_dir = trusted  # type: ignore[attr-defined]
+    await stack.settings(mode="secure", suspended=False, safe_user=None, program_timeout_s=4,
+                         dsn_include_output=True, max_output_bytes=65536)
+    for name in HOSTILE_NAMES:
+        await stack.register(name, binary)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        stack.procs.pop("executor", None)
+        for root in stack.cgroup_roots:
+            for child in sorted(root.glob("**/"), key=lambda p: -len(p.parts)):
+                try:
+                    child.rmdir()
+                except OSError:
+                    pass
+        await stack.settings(program_timeout_s=60)
+        import shutil
+
+        shutil.rmtree(trusted, ignore_errors=True)
+
+
+HOSTILE_NAMES = ("ok", "copy", "privesc", "procspy", "escape", "netcat", "forkbomb", "memhog",
+                 "spin", "sleeper", "escapee", "flood", "earlyclose", "replace")
