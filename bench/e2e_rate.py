@@ -65,9 +65,9 @@ async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="mailexec-bench-"))
     os.chmod(work, 0o755)
     await pg(f'CREATE DATABASE "{db}"')
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True)
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "set_permissions", "-p", vhost,
+                                             "guest", ".*", ".*", ".*"], check=True)
     admin, mta, service = (f"bench-{k}-{uuid.uuid4().hex}" for k in ("admin", "mta", "svc"))
     trusted = work / "trusted"
     ports = {k: free_port() for k in ("INGEST", "POLICY", "NOTIFIER", "EXECUTOR_METRICS")}
@@ -83,8 +83,9 @@ async def run(args: argparse.Namespace) -> None:
     })
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        subprocess.run([sys.executable, "-m", "mailexec", "migrate"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, cwd=ROOT)
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mailexec", "migrate"],
+                                env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+
         def start(name: str, port: str) -> None:
             log = open(work / f"{name}.log", "wb")  # noqa: SIM115
             cmd = [sys.executable, "-m", "mailexec", "serve", name]
@@ -102,7 +103,8 @@ async def run(args: argparse.Namespace) -> None:
         if not args.executor_only:
             start("executor", "EXECUTOR_METRICS")
         (work / "prog.c").write_bytes(PROGRAM_C)
-        subprocess.run(["cc", "-O2", "-o", str(work / "prog"), str(work / "prog.c")], check=True)
+        await asyncio.to_thread(subprocess.run, ["cc", "-O2", "-o", str(work / "prog"),
+                                                 str(work / "prog.c")], check=True)
         home = work / "home"
         home.mkdir(mode=0o700)
         os.chown(home, 64999, 64999)
@@ -171,7 +173,8 @@ async def run(args: argparse.Namespace) -> None:
                 p.kill()
         if not args.keep:
             await pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+            await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "delete_vhost", vhost],
+                                    check=False)
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept: db {db}, vhost {vhost}, logs in {work}")
