@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # Listening
     bind_host: str = "127.0.0.1"
     ingest_port: int = 8025
+    # ingest HTTP worker processes (each with its own batcher and relay); 1 = one process
+    ingest_workers: int = 1
     policy_port: int = 8026
     notifier_port: int = 8027
     executor_metrics_port: int = 8028
