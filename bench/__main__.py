@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from bench import mailexec_bench, postfix_bench, profiling, raw_bench
+from bench import mailexec_bench, postfix_bench, profiling, raw_bench, scaleout
 from bench.common import BENCH_DIR, ROOT, Config, ensure_user, loadavg, say
 
 
@@ -168,6 +168,7 @@ def main() -> int:
     res["ratios"] = ratios(res)
     if os.environ.get("BENCH_PROFILE", "") not in ("", "0"):
         res["profiles"] = profiling.summaries()
+    res["scaleout"] = scaleout.derive(res)
     res["meta"]["loadavg_end"] = loadavg()
     res["meta"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     out = BENCH_DIR / "results" / "latest.json"
@@ -175,6 +176,9 @@ def main() -> int:
     out.write_text(json.dumps(res, indent=1, default=str) + "\n")
     print()
     print(table(res))
+    if res.get("scaleout"):
+        print("\nscale-out (bench/scaleout.py):")
+        print(scaleout.render(res["scaleout"]))
     if res.get("profiles"):
         print()
         print(profiling.render(res["profiles"]))

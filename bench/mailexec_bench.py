@@ -230,6 +230,13 @@ class Pipeline:
            "notifier.notifications, notifier.seen_events CASCADE")
         self.counter.reset()
 
+    def wal_lsn(self) -> int | None:
+        try:
+            rows = pg("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS b", fetch=True)
+            return int(rows[0]["b"])
+        except Exception:
+            return None
+
     def states(self) -> dict[str, int]:
         rows = pg("SELECT state, count(*) AS n FROM mail.recipients GROUP BY state", fetch=True)
         return {r["state"]: r["n"] for r in rows}
@@ -264,6 +271,7 @@ class Pipeline:
         self.reset()
         expected = n * rcpts
         timings = self.wd.path / f"timings-{label}.txt"
+        wal0 = self.wal_lsn()
         before = self.cpu_snapshot()
         t0 = time.monotonic()
         gen = self.loadgen(n, size, rcpts, label, conc, rate, timings)
@@ -280,6 +288,7 @@ class Pipeline:
             st = self.states()
         t_db = time.monotonic()
         after = self.cpu_snapshot()
+        wal1 = self.wal_lsn()
         delivered = st.get("delivered", 0)
         elapsed = t_db - t0
         res: dict[str, Any] = {
@@ -295,6 +304,8 @@ class Pipeline:
             "machine_cpu_s_per_delivery": (after["machine"] - before["machine"]) / max(1, delivered),
             "client_cpu_s_per_delivery": lg["client_cpu_s"] / max(1, delivered),
             "loadavg": loadavg(),
+            # the whole cluster's WAL (other databases' writes included: an upper bound)
+            "wal_bytes_per_delivery": (wal1 - wal0) / max(1, delivered) if wal0 is not None and wal1 is not None else None,
         }
         if latency:
             self.counter.poll(keep=True)
@@ -347,7 +358,8 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     if not reps:
         return out
     for key in ("deliveries_per_s", "program_runs_per_s", "ingest_accepted_per_s",
-                "machine_cpu_s_per_delivery", "client_cpu_s_per_delivery", "loadavg"):
+                "machine_cpu_s_per_delivery", "client_cpu_s_per_delivery", "loadavg",
+                "wal_bytes_per_delivery"):
         out[key] = summary([r.get(key) for r in reps])
     comps = sorted({k for r in reps for k in r["cpu_s_per_delivery"]})
     out["cpu_s_per_delivery"] = {c: summary([r["cpu_s_per_delivery"].get(c, 0.0) for r in reps]) for c in comps}
