@@ -169,7 +169,7 @@ GRANT SELECT ON mail.recipients TO mailexec_policy;
 GRANT USAGE ON SCHEMA mail TO mailexec_policy;
 
 GRANT USAGE ON SCHEMA mail TO mailexec_ingest, mailexec_executor, mailexec_notifier;
-GRANT SELECT, INSERT, UPDATE ON mail.messages, mail.recipients TO mailexec_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mail.messages, mail.recipients TO mailexec_ingest;
 GRANT SELECT ON mail.program_runs TO mailexec_ingest;
 GRANT SELECT ON mail.messages TO mailexec_executor;
 GRANT SELECT, UPDATE ON mail.recipients TO mailexec_executor;
