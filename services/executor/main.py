@@ -224,6 +224,7 @@ def self_check() -> int:
         sandbox.close()
         store.close()
     print(json.dumps(report, indent=2, default=str))
-    ok = all(v is not False for v in (report.get("self_check") or {}).values()
-             if isinstance(v, bool))
+    # The sandbox's own verdict: privilege drop and no_new_privs are required; cgroup kill
+    # and network namespaces are optional layers (containers often lack them).
+    ok = bool((report.get("self_check") or {}).get("ok", False))
     return 0 if ok else 1

@@ -256,6 +256,22 @@ def _is_stale_executor_dir(path: Path) -> bool:
     return not os.path.exists(f"/proc/{parts[1]}") and not _populated(path)
 
 
+_REQUIRED_CAPS = {5: "CAP_KILL", 6: "CAP_SETGID", 7: "CAP_SETUID"}
+
+
+def _missing_capabilities() -> list[str]:
+    """Required capabilities absent from this process's effective set."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    eff = int(line.split()[1], 16)
+                    return [name for bit, name in _REQUIRED_CAPS.items() if not eff >> bit & 1]
+    except OSError:
+        pass
+    return []
+
+
 def _prepare_cgroup_parent(root: Path) -> Path | None:
     """This worker's cgroup v2 directory, or None when the tree isn't usable."""
     try:
@@ -414,10 +430,14 @@ class _Run:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        except PermissionError:  # start() checks CAP_KILL; say so loudly if it was lost
+            log.error("cannot kill program pid %d: CAP_KILL missing", self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
             pass
+        except PermissionError:
+            log.error("cannot kill process group %d: CAP_KILL missing", self.proc.pid)
 
     def reap(self) -> int | None:
         """The wait status; the pid stays reserved (zombie) until this call."""
@@ -470,6 +490,13 @@ class Sandbox:
         """Build the launcher and the shared isolation; SandboxUnavailable if not possible."""
         if os.geteuid() != 0:
             raise SandboxUnavailable("the executor sandbox needs root (to drop to account uids)")
+        missing = _missing_capabilities()
+        if missing:
+            raise SandboxUnavailable(
+                f"the executor lacks {', '.join(missing)}: it needs CAP_SETUID and CAP_SETGID to "
+                "drop to account uids and CAP_KILL to stop programs that overrun their timeout; "
+                "grant them (Kubernetes: securityContext.capabilities.add)"
+            )
         launcher = find_or_build_launcher()
         netns_fd = _create_empty_netns() if settings.sandbox_network else None
         bwrap_fd = None

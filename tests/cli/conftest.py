@@ -1,6 +1,7 @@
 """One pipeline (policy, ingest, executor, notifier as real processes) shared by the CLI tests.
 
-Service start-up dominates these tests, so the four start once per session, in parallel.
+Service start-up dominates these tests, so the four start once for this package, in
+parallel, and stop when it ends (so they never consume other packages' queues).
 Tests still get a clean database (``clean_db``); settings they rely on are set through the
 API so the services' caches hear about it (policy.changed).
 """
@@ -42,7 +43,7 @@ class Pipeline:
         return "\n".join(parts)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pipeline(mx_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     log_dir = tmp_path_factory.mktemp("cli-pipeline")
     smtp_port = free_port()  # the Postfix test's instance listens here; until then DSNs wait
