@@ -45,11 +45,25 @@ def message_parts(size: int, bench_id: str, to: str) -> tuple[bytes, bytes]:
 _BODY_CACHE: dict[int, bytes] = {}
 
 
+BODY_KIND = os.environ.get("BENCH_BODY", "base64")
+
+
 def body_of(size: int, head_len: int) -> bytes:
+    """The body: base64 lines of (seeded) random bytes, like an attachment — it does
+    not compress, as most real mail bodies above a few KiB don't. BENCH_BODY=x gives
+    lines of 'x' (compresses ~100:1; flatters PostgreSQL's TOAST)."""
     n = max(0, size - head_len - 2)
     if n not in _BODY_CACHE:
-        line = b"x" * 76 + b"\r\n"
-        _BODY_CACHE[n] = (line * (n // len(line) + 1))[:n] + b"\r\n"
+        if BODY_KIND == "x":
+            line = b"x" * 76 + b"\r\n"
+            text = line * (n // len(line) + 1)
+        else:
+            import base64
+            import random
+
+            raw = random.Random(n).randbytes(n * 3 // 4 + 64)
+            text = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+        _BODY_CACHE[n] = text[:n] + b"\r\n"
     return _BODY_CACHE[n]
 
 
