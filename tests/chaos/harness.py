@@ -164,8 +164,8 @@ class Chaos:
 
     async def setup(self) -> None:
         await self._admin_sql(f'CREATE DATABASE "{self.db}"')
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.vhost], check=True, timeout=120)
-        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest",
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.vhost], check=True, timeout=120)  # noqa: ASYNC221
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest",  # noqa: ASYNC221
                         ".*", ".*", ".*"], check=True, timeout=120)
         self.pg_proxy = CuttableProxy("127.0.0.1", 5432)
         self.amqp_proxy = CuttableProxy("127.0.0.1", 5672) if self.rabbit == "proxy" else None
@@ -197,7 +197,7 @@ class Chaos:
         })
         env["MAILEXEC_POLICY_URL"] = f"http://127.0.0.1:{env['MAILEXEC_POLICY_PORT']}"
         self.env = env
-        subprocess.run([sys.executable, "-m", "mailexec", "migrate"], env={
+        subprocess.run([sys.executable, "-m", "mailexec", "migrate"], env={  # noqa: ASYNC221
             **env, "MAILEXEC_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db}"},
             cwd=ROOT, check=True, capture_output=True, timeout=120)
         for name in ("policy", "ingest", "notifier"):
@@ -207,7 +207,7 @@ class Chaos:
         self.policy = httpx.AsyncClient(base_url=env["MAILEXEC_POLICY_URL"], timeout=30,
                                         headers={"Authorization": f"Bearer {self.tokens['admin']}"})
         prog = self.log_dir / "chaosprog"
-        subprocess.run(["cc", "-O2", "-o", str(prog), str(HERE / "chaosprog.c")], check=True)
+        subprocess.run(["cc", "-O2", "-o", str(prog), str(HERE / "chaosprog.c")], check=True)  # noqa: ASYNC221
         for name in ACCOUNTS:
             r = await self.policy.put(f"/v1/programs/{name}", content=prog.read_bytes(),
                                       headers={"Content-Type": "application/octet-stream"})
@@ -264,7 +264,7 @@ class Chaos:
             if client is not None:
                 await client.aclose()
         await self._admin_sql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], timeout=120)
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], timeout=120)  # noqa: ASYNC221
         shutil.rmtree(self.base, ignore_errors=True)
         shutil.rmtree(self.trusted, ignore_errors=True)
 
@@ -477,7 +477,7 @@ class Chaos:
                 lg.dsn_duplicated += len(got) - 1
                 lg.details.append(f"message {mid}: {len(got)} DSNs {got}")
         runs: Counter[tuple[str, str]] = Counter()
-        for name, home in self.homes.items():
+        for home in self.homes.values():
             log = home / "runs.log"
             for line in (log.read_text().splitlines() if log.exists() else []):
                 prog, seq, _ = line.split()

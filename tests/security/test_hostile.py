@@ -48,7 +48,7 @@ async def attack(stack: Pipeline, homes: Homes, executor: ServiceProcess, progra
     rcpt = await stack.wait_state(mid, states=states, timeout=timeout)
     left = await wait_no_processes(uid, timeout=10)
     assert not left, f"{program}: processes of uid {uid} still alive: {left}"
-    r = httpx.get(executor.url + "/readyz", timeout=5)
+    r = httpx.get(executor.url + "/readyz", timeout=5)  # noqa: ASYNC210
     assert r.status_code == 200, f"executor not ready after {program}: {r.text}"
     assert executor.proc is not None and executor.proc.poll() is None, "executor died"
     # the next ordinary delivery
@@ -101,7 +101,7 @@ async def test_executor_environment_fds_memory_unreadable(
     assert executor.proc is not None
     # the parent is the executor itself (or a process of it): the secrets it holds are
     # exactly what the attack aimed at
-    assert ppid == executor.proc.pid or Path(f"/proc/{ppid}/status").exists()
+    assert ppid == executor.proc.pid or Path(f"/proc/{ppid}/status").exists()  # noqa: ASYNC240
 
 
 async def test_writing_outside_home_refused(stack: Pipeline, homes: Homes, executor: Any,
@@ -118,7 +118,7 @@ async def test_writing_outside_home_refused(stack: Pipeline, homes: Homes, execu
     for d in ("/", "/etc", str(executor.trusted_dir), "/var/lib", str(homes.base)):
         assert not (Path(d) / leaf).exists()
     # /tmp is writable without MAILEXEC_SANDBOX_BWRAP (documented); clean it up
-    Path("/tmp", leaf).unlink(missing_ok=True)
+    Path("/tmp", leaf).unlink(missing_ok=True)  # noqa: ASYNC240
 
 
 async def test_no_network_not_even_loopback(stack: Pipeline, homes: Homes, executor: Any) -> None:
@@ -166,7 +166,7 @@ async def test_setsid_double_fork_escapee_is_killed(stack: Pipeline, homes: Home
     rcpt, home, uid = await attack(stack, homes, executor, "escapee")
     assert rcpt["state"] == "delivered", rcpt
     pid = int((home / "escapee.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or pid not in own_processes(uid)
+    assert not Path(f"/proc/{pid}").exists() or pid not in own_processes(uid)  # noqa: ASYNC240
 
 
 async def test_one_gib_to_stdout(stack: Pipeline, homes: Homes, executor: ServiceProcess) -> None:

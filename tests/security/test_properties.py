@@ -92,7 +92,7 @@ def _check_canonical(out: str) -> None:
     assert normalize_account(out) == out.lower()
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_text)
 def test_parse_mailbox_any_text_is_rejected_clearly_or_canonical(s: str) -> None:
     try:
@@ -104,7 +104,7 @@ def test_parse_mailbox_any_text_is_rejected_clearly_or_canonical(s: str) -> None
     _check_canonical(out)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(well_formed)
 def test_well_formed_addresses_are_accepted(addr: str) -> None:
     if len(addr.encode()) > MAX_ADDRESS_OCTETS or len(addr.rsplit("@", 1)[0].encode()) > MAX_LOCAL_OCTETS:
@@ -125,7 +125,8 @@ notify_value = st.one_of(
 fuzz_params = st.fixed_dictionaries({
     "from": st.one_of(st.none(), st.just(""), query_value),
     "to": st.lists(query_value, max_size=4),
-    "envid": st.one_of(st.none(), st.text(max_size=110), st.from_regex(r"[!-*,-<>-~]{1,100}", fullmatch=True)),
+    "envid": st.one_of(st.none(), st.text(max_size=110),
+                       st.from_regex(r"[!-*,-<>-~]{1,100}", fullmatch=True)),
     "ret": st.one_of(st.none(), st.sampled_from(["FULL", "HDRS", "full", "x", ""])),
     "notify": notify_value,
 })
@@ -152,7 +153,7 @@ async def test_envelope_through_real_ingest_is_202_or_400(stack: Pipeline) -> No
     seen = {"202": 0, "400": 0}
     failures: list[str] = []
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(envelope_params)
     def run(params: dict[str, Any]) -> None:
         query: list[tuple[str, str]] = []
@@ -255,7 +256,8 @@ def events(draw: Any) -> Event:
             "sender": draw(valid_address),
             "envid": draw(st.one_of(st.none(), st.from_regex(r"[\x20-\x7e]{0,100}", fullmatch=True))),
             "ret": draw(st.sampled_from([None, "FULL", "HDRS"])),
-            "notify": draw(st.sampled_from([["FAILURE", "DELAY"], ["SUCCESS"], ["SUCCESS", "FAILURE", "DELAY"]])),
+            "notify": draw(st.sampled_from([["FAILURE", "DELAY"], ["SUCCESS"],
+                                            ["SUCCESS", "FAILURE", "DELAY"]])),
             "arrival_date": now.isoformat(),
         },
         "recipients": rcpts,
@@ -277,7 +279,7 @@ def _decode_final(value: str) -> str:
     return addr
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(events(), originals, st.booleans(), st.integers(0, 100_000))
 def test_render_dsn_reads_back_with_same_recipients_and_no_injection(
