@@ -28,6 +28,12 @@ lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/ruff check mailexec shared services migrations tests
 	$(BIN)/mypy mailexec shared services
 
+chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ)
+	$(BIN)/python -m tests.chaos
+
+soak: $(STAMP)  ## hold SOAK_RATE msg/s for SOAK_MINUTES (10); RSS, DB connections, queue depth
+	$(BIN)/python -m tests.chaos.soak
+
 clean:          ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 

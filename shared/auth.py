@@ -8,7 +8,8 @@ What it guarantees:
   account only), ``service`` (executor/notifier reading policy). A missing or wrong token
   is 401, a wrong role 403.
 - A client that presents many bad tokens is slowed down: after ``BAD_TOKEN_LIMIT``
-  failures in ``BAD_TOKEN_WINDOW_S`` from one address it gets 429 until the window passes.
+  failures in ``BAD_TOKEN_WINDOW_S`` from one address its bad tokens get 429 until the
+  window passes; valid tokens from that address still pass (shared proxies).
 
 Settings: ``MAILEXEC_ADMIN_TOKEN``, ``MAILEXEC_INGEST_TOKEN`` (role mta),
 ``MAILEXEC_SERVICE_TOKEN``; empty means that bootstrap token does not exist.
@@ -131,16 +132,20 @@ def forget_token(digest: str) -> None:
 
 async def authenticate(request: Request) -> Principal:
     client = request.client.host if request.client else "?"
-    _check_rate(client)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        _check_rate(client)
         raise Unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>'", code="missing_token"
         )
     digest = hash_token(token.strip())
     principal = _bootstrap(digest) or await _lookup(digest)
     if principal is None:
+        # Only failures are limited: behind a shared proxy every client has one address, and
+        # one client guessing tokens must not lock the MTA (and so all mail) out. Guessing a
+        # 256-bit token is hopeless anyway; the limit keeps floods out of logs and the DB cache.
+        _check_rate(client)
         _note_failure(client)
         raise Unauthorized("invalid or revoked token", code="invalid_token")
     return principal

@@ -39,6 +39,28 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+class RejectNulBytes:
+    """400 for a NUL byte anywhere in the path or query string, before any route runs.
+
+    No field of ours may hold one, and PostgreSQL refuses them in text (it would be a 500).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+            query = scope.get("query_string", b"")
+            if any(b"\x00" in part or b"%00" in part.lower() for part in (raw, query)):
+                response = error_response(
+                    400, "nul_byte", "NUL bytes are not allowed in the path or query string"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     *,
     title: str,
@@ -48,6 +70,7 @@ def create_app(
     version: str = "0.1.0",
 ) -> FastAPI:
     app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app.add_middleware(RejectNulBytes)
 
     @app.exception_handler(MailexecError)
     async def _our_errors(request: Request, exc: MailexecError) -> JSONResponse:

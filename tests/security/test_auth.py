@@ -133,9 +133,6 @@ async def test_repeated_bad_tokens_are_rate_limited(fresh: dict[str, ServiceProc
             assert r.status_code == 429, (name, r.status_code)
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the bad-token limit also refuses valid tokens "
-                   "from the limited address (shared/auth.py authenticate: _check_rate runs "
-                   "before the token is checked); docs/security.md 'Authentication'")
 async def test_rate_limited_address_still_accepts_a_valid_token(
     fresh: dict[str, ServiceProcess]
 ) -> None:
