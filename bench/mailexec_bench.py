@@ -40,6 +40,7 @@ PORT_VAR = {
     "executor": "MAILEXEC_EXECUTOR_METRICS_PORT",
 }
 N_ACCOUNTS = 10
+EXECUTORS = max(1, int(os.environ.get("BENCH_EXECUTORS", "1") or 1))
 
 
 def free_port() -> int:
@@ -187,8 +188,17 @@ class Pipeline:
     def start(self, *names: str) -> None:
         for name in names or SERVICES:
             self.services[name] = Service(name, dict(self.env), self.log_dir).start()
+            if name == "executor":
+                # BENCH_EXECUTORS=k: k executor processes (k event loops) on this machine
+                for extra in range(2, EXECUTORS + 1):
+                    env = dict(self.env, MAILEXEC_EXECUTOR_METRICS_PORT=str(free_port()))
+                    svc = Service("executor", env, self.log_dir)
+                    svc.log_path = self.log_dir / f"executor{extra}.log"
+                    self.services[f"executor{extra}"] = svc.start()
 
     def stop(self, *names: str) -> None:
+        if "executor" in names:
+            names = names + tuple(k for k in self.services if k.startswith("executor") and k != "executor")
         for name in names or reversed(list(self.services)):
             svc = self.services.pop(name, None)
             if svc:
@@ -377,7 +387,7 @@ SCENARIOS = ("1k_x1", "1k_x10", "1m_x1", "latency_half_peak", "ingest_only_1k")
 def run(cfg: Config, uid: int, gid: int, profile_hook: Any = None) -> dict[str, Any]:
     wd = Workdir("mxbench-mailexec.")
     p = Pipeline(cfg, uid, gid, wd)
-    out: dict[str, Any] = {"scenarios": {}, "n": cfg.n, "n_large": cfg.n_large}
+    out: dict[str, Any] = {"scenarios": {}, "n": cfg.n, "n_large": cfg.n_large, "executors": EXECUTORS}
     wanted = [s for s in SCENARIOS if not os.environ.get("BENCH_SCENARIOS")
               or s in os.environ["BENCH_SCENARIOS"].split(",")]
     try:
