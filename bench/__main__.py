@@ -5,7 +5,7 @@ writes bench/results/latest.json. See bench/README.md.
 Environment: BENCH_N (5000), BENCH_N_LARGE (300), BENCH_REPS (3), BENCH_QUICK=1
 (N=500, N_LARGE=50, 1 rep), BENCH_CONCURRENCY (64), BENCH_ONLY=raw,postfix,mailexec,
 BENCH_SCENARIOS=1k_x1,1k_x10,1m_x1,latency_half_peak,ingest_only_1k,
-BENCH_PROFILE=1 (py-spy the services during one extra 1 KiB run), BENCH_KEEP_LOGS=DIR.
+BENCH_EXECUTORS=k, BENCH_BODY=base64|x, BENCH_PROFILE=1 (py-spy the services during one extra 1 KiB run), BENCH_KEEP_LOGS=DIR.
 Never exits non-zero because of a figure."""
 
 from __future__ import annotations

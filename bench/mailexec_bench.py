@@ -24,7 +24,7 @@ import httpx
 
 from bench.common import (
     ROOT, Config, Counter, Workdir, build_program, cmdline, comm, loadavg, machine_cpu_s,
-    percentiles, pids_cpu_s, say, self_cpu_s, summary, tree, tree_cpu_s, tree_vm_hwm_kib, vm_hwm_kib,
+    percentiles, pids_cpu_s, say, self_cpu_s, summary, tree_cpu_s, tree_vm_hwm_kib, vm_hwm_kib,
 )
 
 DB = os.environ.get("BENCH_DB", "mailexec_bench")
