@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test test-fast lint bench chaos soak clean
+.PHONY: help venv run test lint bench bench-quick chaos soak clean
 help:           ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
 
@@ -27,6 +27,14 @@ test: $(STAMP)  ## the whole test suite against the local PostgreSQL and RabbitM
 lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/ruff check mailexec shared services migrations tests
 	$(BIN)/mypy mailexec shared services
+
+bench: $(STAMP)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(8) vs raw spawn (root, ~10 min); BENCH_PROFILE=1 adds py-spy
+	$(BIN)/python -m mailexec.devrun --services-only
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP) ## the same with N=500, 1 repetition (~3-4 min)
+	$(BIN)/python -m mailexec.devrun --services-only
+	BENCH_QUICK=1 $(BIN)/python -m bench
 
 chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ)
 	$(BIN)/python -m tests.chaos
