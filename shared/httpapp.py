@@ -54,7 +54,7 @@ class RejectNulBytes:
             query = scope.get("query_string", b"")
             if any(b"\x00" in part or b"%00" in part.lower() for part in (raw, query)):
                 response = error_response(
-                    400, "nul_byte", "NUL bytes are not allowed in the path or query string"
+                    400, "bad_nul_byte", "NUL bytes are not allowed in the path or query string"
                 )
                 await response(scope, receive, send)
                 return
