@@ -28,10 +28,12 @@ DEMO_UID = 64000
 DEMO_HOME = Path("/var/lib/mailexec/demo/home")
 SINK_PORT = int(os.environ.get("MAILEXEC_DEV_SMTP_PORT", "2525"))
 
+# Programs get exactly TZ and AGENT in their environment (no HOME, no PATH) and start in
+# the owner's home directory, so the demo program works relative to its cwd.
 DEMO_PROGRAM = b"""#!/bin/sh
-# savemail: store each message in $HOME/inbox (a trusted demo program; it prints nothing)
+# savemail: store each message in ~/inbox (a trusted demo program; it prints nothing)
 umask 077
-mkdir -p "$HOME/inbox" && cat > "$HOME/inbox/$(date +%s.%N).eml"
+mkdir -p inbox && exec /bin/cat > "inbox/$(/bin/date +%s.%N).eml"
 """
 
 
