@@ -13,9 +13,11 @@ at once), sends it, and records the outcome in the same transaction:
   "DSN undeliverable" is queued in the same transaction.
 
 The one window where a notification can go out twice: the relay answered 250 to DATA
-and this process died (or lost the database) before the ``sent`` update committed,
-a few milliseconds. The row is still pending and is sent again after restart; the
-alternative order (mark first, send after) would lose it instead.
+and this process died before the ``sent`` update committed, a few milliseconds. The row
+is still pending and is sent again after restart; the alternative order (mark first,
+send after) would lose it instead. Losing the *database* in that window does not re-send:
+the process remembers what the relay accepted and records it as sent (never sending it
+again) once the database is back.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -58,6 +61,8 @@ class Sender:
         self._tasks: list[asyncio.Task[None]] = []
         self._gauge_task: asyncio.Task[None] | None = None
         self._idle_s = min(MAX_IDLE_S, max(0.05, settings.notifier_retry_base_s))
+        # accepted by the relay, but the database went away before we could record it
+        self._sent_unrecorded: set[uuid.UUID] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -114,10 +119,14 @@ class Sender:
 
     async def send_one(self) -> bool:
         """Send the next due notification, if any; True if one was processed."""
+        if self._sent_unrecorded:
+            await self._record_sent_unrecorded()
         async with session_scope() as session:
             row = await repo.claim_due(session)
             if row is None:
                 return False
+            if row.id in self._sent_unrecorded:  # another worker is about to record it
+                return True
             started = time.monotonic()
             try:
                 reply = await send(self._target, row.rcpt, row.content)
@@ -127,8 +136,10 @@ class Sender:
                 reply = str(exc)
             else:
                 metrics.SMTP_SEND_SECONDS.observe(time.monotonic() - started)
+                self._sent_unrecorded.add(row.id)
                 await repo.mark_sent(session, row.id)
                 state = "sent"
+        self._sent_unrecorded.discard(row.id)
         metrics.DSNS.labels(kind=row.kind, state=state).inc()
         extra = {"notification_id": str(row.id), "message_id": str(row.message_id), "kind": row.kind,
                  "rcpt": row.rcpt, "attempt": row.attempts + 1, "relay": reply[:300]}
@@ -139,6 +150,16 @@ class Sender:
         else:
             log.error("notification failed", extra=extra)
         return True
+
+    async def _record_sent_unrecorded(self) -> None:
+        """Record as sent what the relay accepted while the database was unreachable."""
+        pending = list(self._sent_unrecorded)
+        async with session_scope() as session:
+            for nid in pending:
+                await repo.mark_sent(session, nid)
+        self._sent_unrecorded.difference_update(pending)
+        log.info("recorded notifications sent while the database was away",
+                 extra={"count": len(pending)})
 
     async def _failed_attempt(self, session: AsyncSession, row: repo.Outgoing, exc: SmtpError) -> str:
         error = f"{self._target.describe()}: {exc}"

@@ -25,7 +25,8 @@ async def _fetch(db: str, sql: str) -> list[asyncpg.Record]:
 def _mailexec(db: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MAILEXEC_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}")
     return subprocess.run(
-        [sys.executable, "-m", "mailexec", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mailexec", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
 
 
