@@ -144,9 +144,12 @@ def binaries(world: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    box = Sandbox.start(Settings())
+@pytest.fixture(scope="module", params=["spawner", "launcher"])
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Every test runs through both paths: the persistent spawner (default) and the
+    launcher per run (the fallback, and the bwrap path)."""
+    box = Sandbox.start(Settings(), spawner=request.param == "spawner")
+    assert (box.isolation["spawner"] is not None) == (request.param == "spawner")
     try:
         yield box
     finally:
@@ -163,7 +166,7 @@ def limits(**overrides: float) -> RunLimits:
 
 def make_home(world: Path, uid: int, mode: int = 0o755) -> Path:
     home = world / f"home-{uid}"
-    home.mkdir()
+    home.mkdir(exist_ok=True)  # the sandbox fixture runs each test twice (both paths)
     os.chown(home, uid, uid)
     os.chmod(home, mode)
     return home

@@ -1,0 +1,163 @@
+"""The persistent spawner (spawner.c) specifically: restarts, cgroup pool reuse, load.
+
+The guarantees every run must have are tested through both paths in
+test_sandbox.py; these are the spawner's own failure modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.executor.errors import LaunchFailed
+from services.executor.programs import sealed_memfd
+from services.executor.sandbox import RunLimits, RunResult, Sandbox
+from shared.settings import Settings
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+
+LIMITS = RunLimits(timeout_s=20, max_output_bytes=65536, cpu_s=10, as_bytes=1 << 30,
+                   nproc=64, fsize_bytes=1 << 20, nofile=64)
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    sandbox = Sandbox.start(Settings())
+    assert sandbox.isolation["spawner"], "the spawner is the default here"
+    assert sandbox.isolation["cgroup_kill"], "this machine has a writable cgroup v2 tree"
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+def processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        if int(uids[1]) == uid and "State:\tZ" not in status:
+            found.append(int(entry))
+    return found
+
+
+async def script_run(box: Sandbox, text: bytes, uid: int, body: bytes = b"") -> RunResult:
+    fd = sealed_memfd("test", text)
+    try:
+        return await box.run(fd, "prog", uid, uid, "/nonexistent", b"", body, LIMITS)
+    finally:
+        os.close(fd)
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())
+
+
+async def test_spawner_killed_mid_run_fails_retryably_and_restarts(box: Sandbox) -> None:
+    spawner = box._spawner
+    assert spawner is not None and spawner.pid is not None
+    first_pid = spawner.pid
+    task = asyncio.create_task(script_run(box, b"#!/bin/sh\nexec sleep 30\n", 64201))
+    assert await wait_for(lambda: processes_of(64201) != [])
+    os.kill(first_pid, signal.SIGKILL)
+    with pytest.raises(LaunchFailed, match="spawner died"):
+        await asyncio.wait_for(task, 10)
+    assert await wait_for(lambda: processes_of(64201) == []), "the orphaned program was killed"
+    result = await script_run(box, b"#!/bin/sh\necho again\n", 64201)
+    assert result.output == b"again\n" and result.exit_status == 0
+    assert spawner.starts == 2 and spawner.pid not in (None, first_pid)
+
+
+async def test_reused_cgroups_never_carry_a_previous_escapee(box: Sandbox) -> None:
+    where = b"#!/bin/sh\ngrep ^0:: /proc/self/cgroup\n"
+    first = await script_run(box, where, 64202)
+    second = await script_run(box, where, 64202)
+    assert first.output == second.output  # the empty cgroup was reused
+    escapee = (b"#!/bin/sh\nsetsid sleep 3117.25 </dev/null >/dev/null 2>&1 &\n"
+               b"sleep 0.2\ngrep ^0:: /proc/self/cgroup\n")
+    escaped = await script_run(box, escapee, 64203)
+    assert escaped.exit_status == 0
+    assert processes_of(64203) == [], "cgroup.kill took the setsid'd escapee"
+    census = (b"#!/bin/sh\ncg=$(grep ^0:: /proc/self/cgroup | cut -d: -f3)\n"
+              b"echo $cg\nwc -l < /sys/fs/cgroup/unified$cg/cgroup.procs\n")
+    for _ in range(3):
+        after = await script_run(box, census, 64204)
+        cgroup, count = after.output.decode().split()
+        # a killed cgroup is never handed out again; the others hold only this run
+        assert b"0::" + cgroup.encode() + b"\n" != escaped.output
+        assert count == "2"  # the shell and wc
+    assert processes_of(64203) == []
+
+
+async def test_two_hundred_concurrent_runs(box: Sandbox) -> None:
+    body = b"y" * 50_000
+    fd = sealed_memfd("cat", b"#!/bin/sh\nexec cat\n")
+    try:
+        results = await asyncio.gather(*(
+            box.run(fd, "cat", 64300 + i % 10, 64300 + i % 10, "/", b"P\n", body,
+                    RunLimits(timeout_s=60, max_output_bytes=1 << 20, cpu_s=10,
+                              as_bytes=1 << 30, nproc=256, fsize_bytes=1 << 20, nofile=64))
+            for i in range(200)
+        ))
+    finally:
+        os.close(fd)
+    assert [r.launch_error for r in results] == [None] * 200
+    assert all(r.output == b"P\n" + body and r.exit_status == 0 for r in results)
+    assert len(box._pool) <= 200
+    assert all(processes_of(64300 + i) == [] for i in range(10))
+
+
+async def test_launch_errors_come_from_the_status_pipe_not_output(box: Sandbox) -> None:
+    fd = os.open("/etc/hostname", os.O_RDONLY | os.O_CLOEXEC)  # not executable
+    try:
+        result = await box.run(fd, "x", 64205, 64205, "/", b"", b"", LIMITS)
+    finally:
+        os.close(fd)
+    assert result.launch_error is not None and "at exec:" in result.launch_error
+    assert result.output == b"" and result.exit_status is None
+
+
+def test_bwrap_and_explicit_off_use_the_launcher() -> None:
+    box = Sandbox.start(Settings(), spawner=False)
+    try:
+        assert box.isolation["spawner"] is None
+    finally:
+        box.close()
+    if shutil.which("bwrap") is None:
+        return
+    box = Sandbox.start(Settings(sandbox_bwrap=True))
+    try:
+        assert box.isolation["spawner"] is None and box.isolation["bwrap"]
+    finally:
+        box.close()
+
+
+async def test_close_kills_runs_in_flight_and_the_spawner() -> None:
+    box = Sandbox.start(Settings())
+    assert box._spawner is not None
+    pid = box._spawner.pid
+    task = asyncio.create_task(script_run(box, b"#!/bin/sh\nexec sleep 30\n", 64206))
+    assert await wait_for(lambda: processes_of(64206) != [])
+    box.close()
+    assert await wait_for(lambda: processes_of(64206) == [])
+    assert pid is not None and not Path(f"/proc/{pid}").exists()  # noqa: ASYNC240
+    task.cancel()
+    with pytest.raises((asyncio.CancelledError, LaunchFailed)):
+        await task
