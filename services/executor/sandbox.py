@@ -950,7 +950,8 @@ class Sandbox:
             await run.exited
         finally:
             timer.cancel()
-            if not run.exited.done() or run.exited.exception() is not None:
+            if not run.exited.done() or run.exited.cancelled() \
+                    or run.exited.exception() is not None:
                 run.kill()  # cancelled, or the spawner died: the program must not go on
             leftovers = cgroup is not None and _populated(cgroup[0])
             if leftovers:

@@ -161,3 +161,14 @@ async def test_close_kills_runs_in_flight_and_the_spawner() -> None:
     task.cancel()
     with pytest.raises((asyncio.CancelledError, LaunchFailed)):
         await task
+
+
+async def test_cancelled_run_leaves_nothing_running(box: Sandbox) -> None:
+    task = asyncio.create_task(script_run(box, b"#!/bin/sh\nsleep 30 & exec sleep 31\n", 64207))
+    assert await wait_for(lambda: len(processes_of(64207)) == 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_for(lambda: processes_of(64207) == [])
+    result = await script_run(box, b"#!/bin/sh\necho fine\n", 64207)
+    assert result.output == b"fine\n" and result.exit_status == 0
