@@ -27,8 +27,8 @@ What it does
     enforces the wall-clock timeout. Many runs share one loop.
 
 What it guarantees (per run)
-    - Never uid/gid 0 (refused here and again in the launcher), no supplementary
-      groups, real=effective=saved ids (verified: setuid(0) fails in the child),
+    - Never uid/gid 0 (refused here and again in the launcher or spawner child), no
+      supplementary groups, real=effective=saved ids (verified: setuid(0) fails in the child),
       ``no_new_privs``, own session and process group, rlimits CPU/AS/NPROC/FSIZE/
       NOFILE and CORE=0, cwd = home else /tmp, environment exactly ``TZ`` and
       ``AGENT=mailexec``, only fds 0-2 (plus, for ``#!`` scripts, the script's fd).
@@ -49,8 +49,8 @@ What it guarantees (per run)
     - Output is captured up to ``max_output_bytes``, the rest read and discarded;
       output never kills a program. Early-closed stdin (EPIPE) is not a failure.
     - Failures before exec come back as ``RunResult.launch_error`` (read from the
-      launcher's status pipe), never as program output; ``exit_status`` and
-      ``signal`` are then ``None``.
+      status pipe the launcher or spawner child writes), never as program output;
+      ``exit_status`` and ``signal`` are then ``None``.
 
 What it does not do
     - Memory/pids cgroup limits (the v1 controllers are left alone), seccomp,
