@@ -672,6 +672,18 @@ def _delivery_status(event: Event, *, host: str, include_output: bool) -> str:
     return "\n\n".join(blocks)
 
 
+def _returned_parts(returned: _Returned | None) -> list[_Part]:
+    """The part carrying the original message or its headers, when there is one."""
+    if returned is None or not returned.attach:
+        return []
+    return [
+        _Part(
+            [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
+            returned.body,
+        )
+    ]
+
+
 def render_dsn(
     event: Event,
     original: bytes | None,
@@ -708,13 +720,7 @@ def render_dsn(
             _delivery_status(event, host=host, include_output=include_output),
         ),
     ]
-    if returned is not None and returned.attach:
-        parts.append(
-            _Part(
-                [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
-                returned.body,
-            )
-        )
+    parts.extend(_returned_parts(returned))
     top = _top_headers(
         host=host,
         to=validate_address(sender),
@@ -894,13 +900,7 @@ def render_admin_notice(
     host = _check_host(reporting_mta)
     returned = _returned_content(original_headers, full=False, max_body=0)
     parts = [_text_part(_notice_text(event, host, returned), "Postmaster notice")]
-    if returned is not None and returned.attach:
-        parts.append(
-            _Part(
-                [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
-                returned.body,
-            )
-        )
+    parts.extend(_returned_parts(returned))
     top = _top_headers(
         host=host,
         to=validate_address(postmaster),
@@ -957,13 +957,7 @@ def render_undeliverable_dsn_notice(
     if returned is not None:
         lines += ["", *_wrap(returned.note)]
     parts = [_text_part("\n".join(lines) + "\n", "Postmaster notice")]
-    if returned is not None and returned.attach:
-        parts.append(
-            _Part(
-                [f"Content-Description: {returned.description}", f"Content-Type: {returned.content_type}"],
-                returned.body,
-            )
-        )
+    parts.extend(_returned_parts(returned))
     top = _top_headers(
         host=host,
         to=validate_address(postmaster),
