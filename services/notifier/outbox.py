@@ -121,25 +121,32 @@ class Sender:
         """Send the next due notification, if any; True if one was processed."""
         if self._sent_unrecorded:
             await self._record_sent_unrecorded()
-        async with session_scope() as session:
-            row = await repo.claim_due(session)
-            if row is None:
-                return False
-            if row.id in self._sent_unrecorded:  # another worker is about to record it
-                return True
-            started = time.monotonic()
-            try:
-                reply = await send(self._target, row.rcpt, row.content)
-            except SmtpError as exc:
-                metrics.SMTP_SEND_SECONDS.observe(time.monotonic() - started)
-                state = await self._failed_attempt(session, row, exc)
-                reply = str(exc)
-            else:
-                metrics.SMTP_SEND_SECONDS.observe(time.monotonic() - started)
-                self._sent_unrecorded.add(row.id)
-                await repo.mark_sent(session, row.id)
-                state = "sent"
-        self._sent_unrecorded.discard(row.id)
+        relay_accepted: uuid.UUID | None = None
+        try:
+            async with session_scope() as session:
+                row = await repo.claim_due(session)
+                if row is None:
+                    return False
+                if row.id in self._sent_unrecorded:  # accepted earlier; recorded next round
+                    return True
+                started = time.monotonic()
+                try:
+                    reply = await send(self._target, row.rcpt, row.content)
+                except SmtpError as exc:
+                    metrics.SMTP_SEND_SECONDS.observe(time.monotonic() - started)
+                    state = await self._failed_attempt(session, row, exc)
+                    reply = str(exc)
+                else:
+                    metrics.SMTP_SEND_SECONDS.observe(time.monotonic() - started)
+                    relay_accepted = row.id
+                    await repo.mark_sent(session, row.id)
+                    state = "sent"
+        except Unavailable:
+            # Only ids whose "sent" mark was lost with the database are remembered; an id
+            # still being committed by this worker must not be recorded twice by another.
+            if relay_accepted is not None:
+                self._sent_unrecorded.add(relay_accepted)
+            raise
         metrics.DSNS.labels(kind=row.kind, state=state).inc()
         extra = {"notification_id": str(row.id), "message_id": str(row.message_id), "kind": row.kind,
                  "rcpt": row.rcpt, "attempt": row.attempts + 1, "relay": reply[:300]}
