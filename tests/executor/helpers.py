@@ -367,3 +367,19 @@ class TcpProxy:
 
     async def restore(self) -> None:
         await self.start()
+
+
+def processes_of(uid: int) -> list[int]:
+    """Live (non-zombie) processes whose effective uid is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        if int(uids[1]) == uid and "State:\tZ" not in status:
+            found.append(int(entry))
+    return found

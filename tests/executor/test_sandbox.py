@@ -28,6 +28,7 @@ from services.executor.sandbox import (
     find_or_build_launcher,
 )
 from shared.settings import Settings
+from tests.executor.helpers import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 
@@ -188,21 +189,6 @@ def report(result: RunResult) -> dict[str, list[str]]:
         key, _, value = line.partition(":" if status_line else "=")
         fields.setdefault(key, []).append(value.strip())
     return fields
-
-
-def processes_of(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
-        if int(uids[1]) == uid and "State:\tZ" not in status:
-            found.append(int(entry))
-    return found
 
 
 async def test_runs_as_the_user_with_nothing_else(

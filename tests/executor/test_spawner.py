@@ -20,6 +20,7 @@ from services.executor.errors import LaunchFailed
 from services.executor.programs import sealed_memfd
 from services.executor.sandbox import RunLimits, RunResult, Sandbox
 from shared.settings import Settings
+from tests.executor.helpers import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 
@@ -36,21 +37,6 @@ def box() -> Iterator[Sandbox]:
         yield sandbox
     finally:
         sandbox.close()
-
-
-def processes_of(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
-        if int(uids[1]) == uid and "State:\tZ" not in status:
-            found.append(int(entry))
-    return found
 
 
 async def script_run(box: Sandbox, text: bytes, uid: int, body: bytes = b"") -> RunResult:
