@@ -10,6 +10,9 @@ Two kinds arrive here (dead-lettered by ``deliveries``):
 - **poison**: a valid job that exceeded the quorum queue's delivery limit (it kept
   crashing or being requeued). Unless its outcome is already recorded, the recipient is
   bounced 5.3.0 (``FailureKind.POISON``) with a ``bounce`` and an ``admin_notice``.
+  If its outcome *is* recorded (the worker recorded it but lost the broker before
+  publishing, again and again), the events of that outcome are published again with
+  their original ids.
 
 Database trouble → nack with requeue after a pause (this queue has no delivery limit).
 """
@@ -26,7 +29,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from services.executor.events import envelope_from_db, event_id
+from services.executor.events import announce_final, envelope_from_db, event_id
 from services.executor.metrics import DELIVERIES
 from services.executor.publishing import Publisher
 from services.executor.repo import Repo
@@ -72,8 +75,14 @@ class DeadLetters:
         diag = DIAGNOSTICS[FailureKind.POISON].format(why=why)
         status = status_for(FailureKind.POISON)
         if not await self.repo.force_final(job.job_id, "bounced", status, diag):
-            log.info("dead job already has a final outcome", extra={"message_id": str(job.message_id),
-                                                                   "recipient": job.recipient})
+            # Recorded by a worker that could not announce it (its channel died between
+            # the commit and the publish, and the redeliveries ran out): announce it
+            # now, or the sender never hears of it.
+            snap = await self.repo.snapshot(job.job_id)
+            sent = await announce_final(self.pub, job, snap) if snap is not None else 0
+            log.info("dead job already has a final outcome; its events re-announced",
+                     extra={"message_id": str(job.message_id), "recipient": job.recipient,
+                            "events": sent})
             return
         env = EventEnvelope(sender=job.sender, envid=job.envid, ret=job.ret, notify=list(job.notify),
                             arrival_date=job.arrival)

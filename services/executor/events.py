@@ -12,7 +12,8 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from services.executor.repo import MessageEnvelope, RecipientSnapshot
+from services.executor.publishing import Publisher
+from services.executor.repo import FINAL_STATES, MessageEnvelope, RecipientSnapshot
 from services.executor.verdict import DIAGNOSTICS, Verdict
 from shared.schemas import Event, EventEnvelope, EventRecipient, Job, Notice
 from shared.status import FailureKind, NoticeReason
@@ -118,6 +119,20 @@ def rederive(snap: RecipientSnapshot) -> Verdict:
         v.output = run.get("output_excerpt") or ""
     v.notice_detail = diag
     return v
+
+
+async def announce_final(pub: Publisher, job: Job, snap: RecipientSnapshot) -> int:
+    """Publish (again) the events of a recorded final outcome; returns how many.
+
+    The ids are those of the original events (same job, attempt and kind), so an event
+    that had gone out before is dropped by the notifier's ``seen_events``.
+    """
+    if snap.state not in FINAL_STATES:
+        return 0
+    pairs = events_for(job, rederive(snap), snap.attempts)
+    for key, event in pairs:
+        await pub.event(key, event)
+    return len(pairs)
 
 
 NOTICE_KINDS = {r.value for r in NoticeReason}

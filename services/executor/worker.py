@@ -48,7 +48,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from services.executor import chain
-from services.executor.events import events_for, rederive
+from services.executor.events import announce_final, events_for
 from services.executor.metrics import DELIVERIES, JOBS_IN_FLIGHT, QUEUE_LAG_SECONDS, RETRIES
 from services.executor.publishing import INFRA_RETRY_HEADER, Publisher
 from services.executor.repo import FINAL_STATES, RecipientUpdate, Repo
@@ -228,9 +228,7 @@ class Worker:
         if snap is None or snap.attempts != job.attempt + 1:
             return
         if snap.state in FINAL_STATES:
-            v = rederive(snap)
-            for key, event in events_for(job, v, snap.attempts):
-                await self.pub.event(key, event)
+            await announce_final(self.pub, job, snap)
         elif snap.state == "deferred":
             await self.pub.retry(job.model_copy(update={"attempt": snap.attempts,
                                                         "next_program": snap.next_program}),

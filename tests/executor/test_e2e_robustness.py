@@ -220,6 +220,28 @@ async def test_poison_job_is_bounced_with_admin_notice(
     assert (await pipe.message(mid))["recipients"][0]["state"] == "bounced"
 
 
+async def test_dead_lettered_job_of_a_recorded_bounce_announces_it_again(
+    pipe: Pipeline, tap: EventTap
+) -> None:
+    """A worker that recorded a bounce but lost the broker before publishing, until the
+    job ran out of redeliveries: the dead-letter handler must announce the recorded
+    outcome (same event id), not drop it because the row is already final."""
+    mid = await pipe.submit(f"gone{uuid.uuid4().hex[:8]}@example.org", message())
+    rcpt = await pipe.wait_state(mid)
+    assert (rcpt["state"], rcpt["status"]) == ("bounced", "5.1.1")
+    first = await tap.event(mid, "bounce")
+    await publish(pipe.env["MAILEXEC_AMQP_URL"], "deliveries.dlx", "", await job_json(mid),
+                  headers={"x-death": [{"reason": "delivery_limit", "queue": "deliveries",
+                                        "count": 5}]})
+    again = await tap.wait_for(lambda e: e.get("message_id") == mid and e["kind"] == "bounce"
+                               and e is not first)
+    assert again["event_id"] == first["event_id"]  # the notifier drops it if it had gone out
+    assert again["recipients"][0]["status"] == "5.1.1"
+    assert tap.matching(mid, "admin_notice") == []  # no poison notice: nothing was poisoned
+    rows = (await pipe.message(mid))["recipients"]
+    assert (rows[0]["state"], rows[0]["status"]) == ("bounced", "5.1.1")
+
+
 async def test_refuses_to_start_on_unsafe_trusted_dir(pipe: Pipeline, tmp_path: Path) -> None:
     unsafe = tmp_path / "trusted"
     unsafe.mkdir()
