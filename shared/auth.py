@@ -151,16 +151,21 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
+def check_role(principal: Principal, roles: tuple[str, ...]) -> Principal:
+    """403 unless the principal has one of ``roles``."""
+    if principal.role not in roles:
+        raise Forbidden(
+            f"this endpoint needs role {' or '.join(roles)}; your token has role "
+            f"{principal.role}",
+            code="wrong_role",
+        )
+    return principal
+
+
 def require(*roles: str):  # type: ignore[no-untyped-def]
     """A FastAPI dependency admitting only the given roles."""
 
     async def dep(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.role not in roles:
-            raise Forbidden(
-                f"this endpoint needs role {' or '.join(roles)}; your token has role "
-                f"{principal.role}",
-                code="wrong_role",
-            )
-        return principal
+        return check_role(principal, roles)
 
     return dep

@@ -31,6 +31,20 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse({"error": body}, status_code=status)
 
 
+def mailexec_error_response(exc: MailexecError) -> JSONResponse:
+    """The SPEC error shape for one of our errors, with Retry-After / WWW-Authenticate."""
+    resp = JSONResponse(exc.to_body(), status_code=exc.status_code)
+    if isinstance(exc, Unavailable):
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    if exc.status_code == 401:
+        resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+def internal_error_response() -> JSONResponse:
+    return error_response(500, "internal_error", "internal error; see the service log")
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -69,18 +83,18 @@ def create_app(
     ready_check: ReadyCheck,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     version: str = "0.1.0",
+    inner_middleware: Sequence[tuple[Any, dict[str, Any]]] = (),
 ) -> FastAPI:
+    """``inner_middleware``: (ASGI middleware class, options) run after ``RejectNulBytes``
+    and before routing, first listed outermost."""
     app = FastAPI(title=title, version=version, lifespan=lifespan)
-    app.add_middleware(RejectNulBytes)
+    for cls, options in reversed(inner_middleware):
+        app.add_middleware(cls, **options)
+    app.add_middleware(RejectNulBytes)  # added last = outermost
 
     @app.exception_handler(MailexecError)
     async def _our_errors(request: Request, exc: MailexecError) -> JSONResponse:
-        resp = JSONResponse(exc.to_body(), status_code=exc.status_code)
-        if isinstance(exc, Unavailable):
-            resp.headers["Retry-After"] = str(exc.retry_after)
-        if exc.status_code == 401:
-            resp.headers["WWW-Authenticate"] = "Bearer"
-        return resp
+        return mailexec_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -97,7 +111,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return error_response(500, "internal_error", "internal error; see the service log")
+        return internal_error_response()
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from shared.db import dispose_engine
 from shared.httpapp import create_app
 from shared.settings import Settings, get_settings
 
+from .fastpath import SubmitFastPath
 from .routes import messages
 from .runtime import Runtime
 
@@ -32,6 +33,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         routers=[messages.router],
         ready_check=runtime.ready,
         lifespan=lifespan,
+        inner_middleware=[(SubmitFastPath, {"runtime": runtime})],
     )
     app.state.runtime = runtime
     return app

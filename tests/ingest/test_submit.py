@@ -149,6 +149,41 @@ async def test_auth_401_and_403(ingest: Any, clean_db: None, service_headers: di
     assert await counts() == (0, 0)
 
 
+async def test_submit_fast_path_answers_like_every_other_route(
+    ingest: Any, client: httpx.AsyncClient, clean_db: None, jobs_queue: str
+) -> None:
+    """POST /v1/messages is served by services/ingest/fastpath.py, the rest by FastAPI:
+    the same NUL check, the same error shape, the same headers, and the endpoint still
+    documented in the OpenAPI schema."""
+    r = await client.post("/v1/messages?from=a%00b@example.net&to=bob@example.org",
+                          content=MSG, headers=RFC822)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_nul_byte"
+    async with httpx.AsyncClient(base_url=ingest.url) as anonymous:
+        r = await anonymous.post("/v1/messages", params={"to": "bob@example.org"}, content=MSG,
+                                 headers=RFC822)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert set(r.json()) == {"error"} and r.json()["error"]["code"] == "missing_token"
+    # the last `from` wins, every `to` counts, as FastAPI reads repeated parameters
+    params = [("from", "x@example.net"), ("from", "a@example.net"),
+              ("to", "bob@example.org"), ("to", "carol@example.org")]
+    r = await post(client, params)
+    assert r.status_code == 202, r.text
+    assert [x["address"] for x in r.json()["recipients"]] == ["bob@example.org", "carol@example.org"]
+    conn = await db_conn()
+    try:
+        sender = await conn.fetchval("SELECT sender FROM mail.messages WHERE id = $1",
+                                     uuid.UUID(r.json()["id"]))
+    finally:
+        await conn.close()
+    assert sender == "a@example.net"
+    assert len(await drain_jobs(jobs_queue, expect=2)) == 2
+    # methods other than POST still reach FastAPI
+    r = await client.delete("/v1/messages")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    schema = (await client.get("/openapi.json")).json()
+    assert "post" in schema["paths"]["/v1/messages"]
+
+
 async def test_wrong_content_type_is_415(client: httpx.AsyncClient, clean_db: None) -> None:
     r = await client.post("/v1/messages", params={"from": "", "to": "b@example.org"}, content=MSG,
                           headers={"Content-Type": "text/plain"})

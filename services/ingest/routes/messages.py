@@ -21,6 +21,7 @@ from shared.errors import BadRequest, LengthRequired, NotFound, PayloadTooLarge,
 from .. import metrics
 from ..deps import AdminDep, ReaderDep, RuntimeDep, SubmitterDep
 from ..envelope import parse_envelope
+from ..runtime import Runtime
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
@@ -113,11 +114,21 @@ async def submit_message(
     notify: Annotated[str | None, Query(description="NEVER or SUCCESS,FAILURE,DELAY")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
+    # The parameters above document the endpoint (OpenAPI); in the running service
+    # ``services.ingest.fastpath`` answers this route before FastAPI does, with the
+    # same function below, so both paths read the request the same way.
+    return await accept(request, runtime)
+
+
+async def accept(request: Request, runtime: Runtime) -> Response:
+    """The whole of ``POST /v1/messages`` after authentication: check, read, store, queue."""
+    query = request.query_params
     limit = runtime.settings.max_message_bytes
     try:
         _check_content_type(request)
-        envelope = parse_envelope(sender, to or [], envid=envid, ret=ret, notify=notify)
-        key = _idempotency_key(idempotency_key)
+        envelope = parse_envelope(query.get("from"), query.getlist("to"), envid=query.get("envid"),
+                                  ret=query.get("ret"), notify=query.get("notify"))
+        key = _idempotency_key(request.headers.get("idempotency-key"))
         body = await read_body(request, limit)
     except UnsupportedMedia:
         metrics.MESSAGES_REJECTED.labels(reason="unsupported_media").inc()
