@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from services.executor.batching import Batcher
+from shared.db import keep_session
 from shared.errors import Unavailable
 
 CLAIMABLE = ("queued", "deferred", "suspended")
@@ -168,7 +169,7 @@ class Repo:
             try:
                 self._pool = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30,
-                    timeout=5,
+                    timeout=5, reset=keep_session,
                 )
                 break
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

@@ -272,11 +272,20 @@ def _enter_netns(fd: int) -> None:
         raise OSError(code, f"setns: {os.strerror(code)}")
 
 
-def _populated(cgroup: Path) -> bool:
+def _populated(cgroup: Path, dir_fd: int | None = None) -> bool:
+    """Whether a process is still in the cgroup (``dir_fd``: an open fd of its directory,
+    which spares the path walk on the per-run hot path)."""
     try:
-        return "populated 1" in (cgroup / "cgroup.events").read_text()
+        if dir_fd is None:
+            fd = os.open(cgroup / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open("cgroup.events", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
+    try:
+        return b"populated 1" in os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def _kill_cgroup(cgroup: Path) -> None:
@@ -953,7 +962,7 @@ class Sandbox:
             if not run.exited.done() or run.exited.cancelled() \
                     or run.exited.exception() is not None:
                 run.kill()  # cancelled, or the spawner died: the program must not go on
-            leftovers = cgroup is not None and _populated(cgroup[0])
+            leftovers = cgroup is not None and _populated(*cgroup)
             if leftovers:
                 assert cgroup is not None
                 _kill_cgroup(cgroup[0])
@@ -993,7 +1002,7 @@ class Sandbox:
         measured here. Programs that leave nothing behind, the common case, reuse.
         """
         path, fd = cgroup
-        if not killed and _populated(path):
+        if not killed and _populated(path, fd):
             _kill_cgroup(path)
             killed = True
         if killed or self._closed or len(self._pool) >= _POOL_MAX:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from shared.db import keep_session
 from shared.errors import Unavailable
 
 _UNAVAILABLE = (
@@ -144,11 +145,6 @@ LIMIT $5
 """
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Skip asyncpg's per-release ``RESET ALL``/``UNLISTEN`` round trip: ingest never
-    changes session state, and the hot path releases a connection per statement."""
-
-
 class Database:
     """A lazily connecting asyncpg pool and the statements ingest runs on it."""
 
@@ -165,7 +161,7 @@ class Database:
             timeout=5,
             command_timeout=30,
             max_inactive_connection_lifetime=60,
-            reset=_keep_session,
+            reset=keep_session,
         )
 
     async def close(self) -> None:
