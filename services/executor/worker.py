@@ -15,7 +15,9 @@ Per job, in this order (SPEC §3.10: ack only after the outcome is recorded):
 
 Crash safety of "commit, then publish, then ack" – the choice: *re-derive on
 redelivery* (no extra column, no outbox table). A worker that dies after the commit
-leaves the job unacked; RabbitMQ redelivers it with ``redelivered=True``. The claim
+leaves the job unacked; RabbitMQ redelivers it with ``redelivered=True``. A worker that
+is alive but cannot publish nacks the job with requeue, which also redelivers it
+flagged ``redelivered``. The claim
 then fails (the row is final, or ``deferred`` with ``attempts = job.attempt + 1``),
 and :meth:`Worker._announce_recorded` rebuilds what the dead worker had to publish
 from the recorded row and its last program run (``events.rederive``): the events of
@@ -59,6 +61,7 @@ from shared.schemas import Job
 log = logging.getLogger("mailexec.executor")
 
 RECORD_RETRY_S = 30.0
+REANNOUNCE_PAUSE_S = 1.0
 MAX_DIAGNOSTIC = 2000
 
 
@@ -182,9 +185,14 @@ class Worker:
             for key, event in events_for(job, v, attempts):
                 await self.pub.event(key, event)
         except Unavailable as exc:
-            # Recorded but not announced: the redelivered job re-derives it (see module doc).
-            log.warning("publish failed after recording; left for redelivery",
+            # Recorded but not announced: the redelivered job re-derives it (see module
+            # doc). Hand it back explicitly: the consumer's channel may well be alive
+            # (aio-pika restores the consumer channel before the publishing one), and an
+            # unsettled job on a live channel would never come back.
+            log.warning("publish failed after recording; job requeued to announce it",
                         extra={**_ctx(job, v, duration, v.kind), "error": exc.message})
+            await asyncio.sleep(REANNOUNCE_PAUSE_S)
+            await _settle(message, requeue=True)
             return
         log.log(logging.WARNING if v.kind == "retry" else logging.INFO, "delivery %s", v.kind,
                 extra=_ctx(job, v, duration, v.kind))
@@ -213,7 +221,7 @@ class Worker:
                 log.warning("cannot re-announce a recorded outcome yet; requeued",
                             extra={"message_id": str(job.message_id), "recipient": job.recipient,
                                    "error": exc.message})
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(REANNOUNCE_PAUSE_S)
                 await _settle(message, requeue=True)
                 return
         log.info("job skipped: outcome already recorded or job running elsewhere",
@@ -244,7 +252,7 @@ class Worker:
         try:
             await self.pub.retry(job, infra_retries + 1, infra_retries=infra_retries + 1)
         except Unavailable:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(REANNOUNCE_PAUSE_S)
             await _settle(message, requeue=True)
             return
         await _settle(message)

@@ -221,6 +221,7 @@ class EventTap:
         ch = await self._conn.channel()
         q = await ch.declare_queue(exclusive=True, auto_delete=True)
         await q.bind("events", routing_key="#")
+        self._queue = q
 
         async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
             async with msg.process():
@@ -235,6 +236,10 @@ class EventTap:
     async def __aexit__(self, *exc: object) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+    async def rebind(self) -> None:
+        """Bind again (after a test deleted and re-declared the `events` exchange)."""
+        await self._queue.bind("events", routing_key="#")
 
     def matching(self, mid: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("message_id") == mid

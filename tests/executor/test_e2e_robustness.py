@@ -149,6 +149,34 @@ async def test_broker_connection_cut_during_a_run_recovers(
         pipe.start("executor")
 
 
+async def test_event_publish_failing_on_a_live_channel_requeues_the_job(
+    pipe: Pipeline, tap: EventTap
+) -> None:
+    """The outcome is recorded but its event can't be published while the job's own
+    channel stays up (here the `events` exchange is gone: the broker closes only the
+    publishing channel). The job must be handed back and its bounce announced once
+    publishing works again — not left unacked on a live channel, where it never comes
+    back (found by the chaos run: DSNs missing, deferrals stuck)."""
+    from shared import topology
+
+    conn = await aio_pika.connect(pipe.env["MAILEXEC_AMQP_URL"])
+    try:
+        await (await conn.channel()).exchange_delete(topology.EVENTS_EXCHANGE)
+        mid = await pipe.submit(f"gone{uuid.uuid4().hex[:8]}@example.org", message())
+        rcpt = await pipe.wait_state(mid)  # recorded; its publish has just failed
+        assert (rcpt["state"], rcpt["status"]) == ("bounced", "5.1.1")
+    finally:
+        # The exchange and its bindings back, the tap's too, while the job waits the
+        # executor's pause before it is requeued and announced again.
+        await topology.declare(await conn.channel())
+        await tap.rebind()
+        await conn.close()
+    ev = await tap.event(mid, "bounce", timeout=30)
+    assert ev["recipients"][0]["status"] == "5.1.1"
+    mid2 = await pipe.submit(f"gone{uuid.uuid4().hex[:8]}@example.org", message())
+    await tap.event(mid2, "bounce", timeout=30)
+
+
 async def test_hostile_program_leaves_the_worker_healthy(
     pipe: Pipeline, homes: Homes, tap: EventTap
 ) -> None:
