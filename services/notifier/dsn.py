@@ -334,6 +334,7 @@ def _returned_content(
 class _Part:
     headers: list[str]
     body: str
+    exact: bool = False  # body ends with exactly the one line end the delimiter takes
 
 
 def _text_part(text: str, description: str) -> _Part:
@@ -370,10 +371,8 @@ def _choose_boundary(seed: str, host: str, parts: Iterable[_Part]) -> str:
     raise RuntimeError("could not find a MIME boundary")  # pragma: no cover
 
 
-def _assemble(
-    top: list[str], parts: list[_Part], *, content_type: str, seed: str, host: str
-) -> EmailMessage:
-    boundary = _choose_boundary(seed, host, parts)
+def _layout(top: list[str], parts: list[_Part], *, content_type: str, boundary: str) -> list[str]:
+    """The message as lines (an element may hold folded lines separated by ``\\n``)."""
     out = [
         *top,
         "MIME-Version: 1.0",
@@ -385,13 +384,55 @@ def _assemble(
         "",
     ]
     for part in parts:
-        out += [f"--{boundary}", *part.headers, "", part.body.rstrip("\n"), ""]
+        body = part.body[:-1] if part.exact else part.body.rstrip("\n")
+        out += [f"--{boundary}", *part.headers, "", body, ""]
     out.append(f"--{boundary}--")
+    return out
+
+
+def _assemble(
+    top: list[str], parts: list[_Part], *, content_type: str, seed: str, host: str
+) -> EmailMessage:
+    boundary = _choose_boundary(seed, host, parts)
+    out = _layout(top, parts, content_type=content_type, boundary=boundary)
     # ASCII except for an SMTPUTF8 To: address, which needs an SMTPUTF8 relay anyway.
     raw = ("\r\n".join(out) + "\r\n").encode("utf-8")
     message = BytesParser(policy=POLICY).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     return message
+
+
+def _assemble_bytes(
+    top: list[str], parts: list[_Part], *, content_type: str, seed: str, host: str
+) -> bytes:
+    """``to_bytes(_assemble(...))``, without parsing the whole text back and generating it.
+
+    The generator writes everything this module produces unchanged (headers as written,
+    ``refold_source="none"``; bodies with CRLF line ends) except a returned
+    ``message/rfc822``, which it regenerates from its parse. So only that part goes
+    through the parser and generator, on its own, and the rest is joined with CRLF.
+    Text with a CR of its own takes the slow path, which gives the same bytes by
+    definition. ``tests/notifier/test_dsn_bytes.py`` holds the two paths equal.
+    """
+    boundary = _choose_boundary(seed, host, parts)
+    canonical: list[_Part] = []
+    exact = True
+    for part in parts:
+        if "Content-Type: message/rfc822" in part.headers:
+            inner = (part.body.rstrip("\n") + "\n").replace("\n", "\r\n").encode("utf-8")
+            parsed = BytesParser(policy=POLICY).parsebytes(inner)
+            # Parsed inside the DSN, a defective MIME structure (a multipart without its
+            # closing delimiter ...) can end one line earlier or later than on its own.
+            exact = exact and not any(p.defects for p in parsed.walk())
+            body = to_bytes(parsed).decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+            exact = exact and "\r" not in part.body and body.endswith("\n")
+            canonical.append(_Part(part.headers, body, exact=True))
+        else:
+            canonical.append(part)
+    text = "\n".join(_layout(top, canonical, content_type=content_type, boundary=boundary)) + "\n"
+    if not exact or "\r" in text:
+        return to_bytes(_assemble(top, parts, content_type=content_type, seed=seed, host=host))
+    return text.replace("\n", "\r\n").encode("utf-8", "surrogateescape")
 
 
 def _top_headers(
@@ -684,24 +725,25 @@ def _returned_parts(returned: _Returned | None) -> list[_Part]:
     ]
 
 
-def render_dsn(
+@dataclass
+class _Layout:
+    top: list[str]
+    parts: list[_Part]
+    content_type: str
+    seed: str
+    host: str
+
+
+def _dsn_layout(
     event: Event,
     original: bytes | None,
     *,
     reporting_mta: str,
     max_returned_body_bytes: int,
     include_output: bool,
-    now: datetime | None = None,
-    message_id: str | None = None,
-) -> EmailMessage:
-    """One RFC 3464 DSN for a ``bounce``, ``delayed`` or ``delivered`` event.
-
-    All recipients of the event share one DSN, one per-recipient block each. RET=FULL
-    returns the original (body capped), RET=HDRS its headers; without RET a bounce
-    returns the original and delay/success reports only the headers (Postfix does the
-    same). Raises ``ValueError`` for admin notices and a null sender: those never get
-    a DSN (check :func:`should_send_dsn` first).
-    """
+    now: datetime | None,
+    message_id: str | None,
+) -> _Layout:
     if event.kind not in SUBJECTS:
         raise ValueError(f"no DSN for {event.kind} events")
     sender = event.envelope.sender
@@ -729,12 +771,73 @@ def render_dsn(
         message_id=message_id,
         auto_submitted="auto-replied",
     )
-    return _assemble(
+    return _Layout(
         top,
         parts,
         content_type="multipart/report; report-type=delivery-status",
         seed=f"{event.event_id}|{message_id}",
         host=host,
+    )
+
+
+def render_dsn(
+    event: Event,
+    original: bytes | None,
+    *,
+    reporting_mta: str,
+    max_returned_body_bytes: int,
+    include_output: bool,
+    now: datetime | None = None,
+    message_id: str | None = None,
+) -> EmailMessage:
+    """One RFC 3464 DSN for a ``bounce``, ``delayed`` or ``delivered`` event.
+
+    All recipients of the event share one DSN, one per-recipient block each. RET=FULL
+    returns the original (body capped), RET=HDRS its headers; without RET a bounce
+    returns the original and delay/success reports only the headers (Postfix does the
+    same). Raises ``ValueError`` for admin notices and a null sender: those never get
+    a DSN (check :func:`should_send_dsn` first).
+    """
+    layout = _dsn_layout(
+        event,
+        original,
+        reporting_mta=reporting_mta,
+        max_returned_body_bytes=max_returned_body_bytes,
+        include_output=include_output,
+        now=now,
+        message_id=message_id,
+    )
+    return _assemble(
+        layout.top, layout.parts, content_type=layout.content_type, seed=layout.seed, host=layout.host
+    )
+
+
+def render_dsn_bytes(
+    event: Event,
+    original: bytes | None,
+    *,
+    reporting_mta: str,
+    max_returned_body_bytes: int,
+    include_output: bool,
+    now: datetime | None = None,
+    message_id: str | None = None,
+) -> bytes:
+    """``to_bytes(render_dsn(...))`` at a fraction of the cost: what the consumer stores.
+
+    The same bytes, built without parsing the DSN back into an ``EmailMessage`` and
+    generating it again (that round trip was most of the cost of a DSN).
+    """
+    layout = _dsn_layout(
+        event,
+        original,
+        reporting_mta=reporting_mta,
+        max_returned_body_bytes=max_returned_body_bytes,
+        include_output=include_output,
+        now=now,
+        message_id=message_id,
+    )
+    return _assemble_bytes(
+        layout.top, layout.parts, content_type=layout.content_type, seed=layout.seed, host=layout.host
     )
 
 
