@@ -2,7 +2,10 @@
 
 ``Broker.publish`` returns only once the broker confirmed the message (persistent,
 ``mandatory=True``); an unroutable message, a nack, a timeout or a lost connection raise
-:class:`shared.errors.Unavailable` so callers can answer 503 / retry.
+:class:`shared.errors.Unavailable` so callers can answer 503 / retry. Unroutable needs
+``on_return_raises=True`` on the channel: without it RabbitMQ returns the message *and*
+confirms it, and aio-pika reports success — a job published to a deleted queue would
+be "accepted" and gone.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ class Broker:
                         code="broker_unavailable",
                     ) from exc
                 await asyncio.sleep(0.5)
-        self.channel = await self.connection.channel(publisher_confirms=True)
+        self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         if declare:
             self.exchanges = await topology.declare(self.channel)
 
     async def new_channel(self, prefetch: int | None = None) -> AbstractChannel:
         assert self.connection is not None
-        ch = await self.connection.channel(publisher_confirms=True)
+        ch = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         if prefetch:
             await ch.set_qos(prefetch_count=prefetch)
         return ch

@@ -93,3 +93,32 @@ async def test_broker_down_is_503_nothing_half_accepted_and_recovers(
         assert await counts() == (2, 2)
         jobs = await drain_jobs(jobs_queue, expect=1)
         assert [j["message_id"] for j in jobs] == [r.json()["id"]]
+
+
+async def test_unroutable_job_is_503_not_accepted(
+    ingest: Any, mx_env: dict[str, str], mta_headers: dict[str, str], clean_db: None,
+    jobs_queue: str,
+) -> None:
+    """An operator deleted the `deliveries` queue: RabbitMQ returns the job and still
+    confirms it. That must be a 503 with the message withdrawn, not a 202 for a job
+    that went nowhere."""
+    import aio_pika
+
+    from shared import topology
+
+    conn = await aio_pika.connect(mx_env["MAILEXEC_AMQP_URL"])
+    try:
+        await (await conn.channel()).queue_delete(topology.DELIVERIES_QUEUE)
+        async with httpx.AsyncClient(base_url=ingest.url, headers={**mta_headers, **RFC822}) as c:
+            r = await c.post("/v1/messages", params=PARAMS, content=MSG)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "broker_unavailable"
+            assert "refused" in r.json()["error"]["message"]
+            assert await counts() == (0, 0)
+            await topology.declare(await conn.channel())
+            r = await c.post("/v1/messages", params=PARAMS, content=MSG)
+            assert r.status_code == 202, r.text
+            assert len(await drain_jobs(jobs_queue, expect=1)) == 1
+    finally:
+        await topology.declare(await conn.channel())
+        await conn.close()
