@@ -116,6 +116,7 @@ def ratios(res: dict[str, Any]) -> dict[str, float | None]:
     mx = res.get("mailexec", {}).get("scenarios", {}).get("1k_x1", {})
     mx_rate = _med(mx.get("deliveries_per_s"))
     pf_rate = _med(res.get("postfix", {}).get("deliveries_per_s"))
+    raw1 = _med(res.get("raw", {}).get("workers_1", {}).get("runs_per_s"))
     raw2 = _med(res.get("raw", {}).get("workers_2", {}).get("runs_per_s"))
     raw_cpu = _med(res.get("raw", {}).get("workers_2", {}).get("cpu_s_per_run"))
     pf_cpu = _med(res.get("postfix", {}).get("cpu_s_per_delivery"))
@@ -126,6 +127,8 @@ def ratios(res: dict[str, Any]) -> dict[str, float | None]:
     ncpu = os.cpu_count() or 1
     return {
         "mailexec/Postfix deliveries/s (1 KiB x 1)": div(mx_rate, pf_rate),
+        # the "tight loop in one process", and the same loop on every core
+        "mailexec/raw-1-worker deliveries/s (1 KiB x 1)": div(mx_rate, raw1),
         "mailexec/raw-2-workers deliveries/s (1 KiB x 1)": div(mx_rate, raw2),
         "mailexec/Postfix CPU per delivery": div(mx_cpu, pf_cpu),
         "mailexec/raw CPU per delivery": div(mx_cpu, raw_cpu),
