@@ -23,20 +23,28 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import metrics, repo, rules
-from services.notifier.aggregate import Aggregator, Buffered, store_with_retry
-from services.notifier.dsn import MAX_RETURNED_HEADER_BYTES, render_admin_notice, render_dsn, to_bytes
+from services.notifier.aggregate import Aggregator, Buffered, Key, store_with_retry
+from services.notifier.dsn import (
+    MAX_RETURNED_HEADER_BYTES,
+    render_admin_notice,
+    render_dsn_bytes,
+    to_bytes,
+)
 from services.notifier.notices import NoticeLimiter, annotate_suppressed, notice_key
-from services.notifier.policy_client import NotifierPolicy, PolicyClient
+from services.notifier.policy_client import PolicyClient
 from shared.db import session_scope
 from shared.schemas import Event, EventRef
 from shared.settings import Settings
 
 log = logging.getLogger("mailexec.notifier.consumer")
 
-PREFETCH = 200
+# Buffered events are unacked for the aggregation window: at a bounce storm's rate
+# (600/s) and the default 2 s window, the buffer needs ~1200 of them before windows have
+# to close early. The rest of the prefetch covers events being stored.
+PREFETCH = 2000
+BUFFER_MAX = PREFETCH * 3 // 4
 _HEAD_SLACK = 4096
 
 
@@ -82,7 +90,7 @@ class EventConsumer:
             settings.dsn_aggregate_window_s,
             self._store_dsn,
             self._dead_letter,
-            max_items=PREFETCH // 2,
+            max_items=BUFFER_MAX,
         )
         self._limiter = NoticeLimiter(settings.postmaster_notice_interval_s)
         self._notice_lock = asyncio.Lock()
@@ -134,60 +142,75 @@ class EventConsumer:
         return self._settings.dsn_max_returned_body_bytes + MAX_RETURNED_HEADER_BYTES + _HEAD_SLACK
 
     async def _store_dsn(self, items: list[Buffered]) -> None:
+        """One DSN per (message, kind) among ``items`` (closed windows, possibly many
+        messages), all stored in one transaction with the events marked seen; acked after
+        the commit. Windows of the same key that closed one after the other are merged."""
         policy = await self._policy.get()
         now = datetime.now(UTC)
         unique = list({i.event.event_id: i.event for i in items}.values())
-        stored: tuple[uuid.UUID, Event] | None = None
+        stored: list[tuple[repo.NewNotification, Event]] = []
+        stored_events: set[uuid.UUID] = set()
         async with session_scope() as session:
             fresh = await repo.mark_seen(session, [e.event_id for e in unique])
-            events = [e for e in unique if e.event_id in fresh]
-            if events:
-                event = rules.merge(events)
-                if event.kind == "delayed":
-                    event = await self._drop_warned(session, event, policy, now)
-                if event.recipients:
-                    assert event.message_id is not None
-                    original = await repo.load_original(session, event.message_id, self._original_limit())
-                    dsn = render_dsn(
-                        event,
-                        original,
-                        reporting_mta=self._settings.reporting_mta,
-                        max_returned_body_bytes=self._settings.dsn_max_returned_body_bytes,
-                        include_output=policy.include_output,
-                        now=now,
-                    )
-                    nid = await repo.insert_notification(
-                        session,
-                        kind=event.kind,
-                        rcpt=event.envelope.sender,
-                        content=to_bytes(dsn),
-                        message_id=event.message_id,
-                        event_ids=[e.event_id for e in events],
-                    )
-                    stored = (nid, event)
-        if stored is not None:
-            nid, event = stored
+            groups: dict[Key, list[Event]] = {}
+            for e in unique:
+                if e.event_id in fresh:
+                    groups.setdefault((e.message_id, e.kind), []).append(e)
+            merged = [(rules.merge(events), events) for events in groups.values()]
+            delayed = [e.message_id for e, _ in merged if e.kind == "delayed" and e.message_id]
+            if delayed:
+                since = now - timedelta(seconds=policy.delay_warning_after_s)
+                reports = await repo.delayed_reports_since_many(session, delayed, since)
+                merged = [
+                    (self._drop_warned(event, reports.get(event.message_id, [])), events)
+                    if event.kind == "delayed" and event.message_id else (event, events)
+                    for event, events in merged
+                ]
+            merged = [(event, events) for event, events in merged if event.recipients]
+            originals = await repo.load_originals(
+                session, [e.message_id for e, _ in merged if e.message_id is not None], self._original_limit()
+            )
+            for event, events in merged:
+                assert event.message_id is not None
+                content = render_dsn_bytes(
+                    event,
+                    originals.get(event.message_id),
+                    reporting_mta=self._settings.reporting_mta,
+                    max_returned_body_bytes=self._settings.dsn_max_returned_body_bytes,
+                    include_output=policy.include_output,
+                    now=now,
+                )
+                row = repo.NewNotification(
+                    kind=event.kind,
+                    rcpt=event.envelope.sender,
+                    content=content,
+                    message_id=event.message_id,
+                    event_ids=[e.event_id for e in events],
+                )
+                stored.append((row, event))
+                stored_events.update(e.event_id for e in events)
+            await repo.insert_notifications(session, [row for row, _ in stored])
+        for row, event in stored:
             metrics.DSNS.labels(kind=event.kind, state="pending").inc()
             log.info(
                 "DSN queued",
-                extra={"notification_id": str(nid), "message_id": str(event.message_id),
+                extra={"notification_id": str(row.id), "message_id": str(event.message_id),
                        "kind": event.kind, "recipients": [r.address for r in event.recipients],
-                       "events": len(items)},
+                       "events": len(row.event_ids)},
             )
+        if stored:
             self._on_stored()
         for item in items:
-            result = "stored" if stored is not None else "duplicate_or_covered"
+            result = "stored" if item.event.event_id in stored_events else "duplicate_or_covered"
             metrics.EVENTS.labels(kind=item.event.kind, result=result).inc()
             await settle(item.message, ack=True)
 
-    async def _drop_warned(
-        self, session: AsyncSession, event: Event, policy: NotifierPolicy, now: datetime
-    ) -> Event:
-        """Delay warnings: once per recipient per ``delay_warning_after_s``."""
-        assert event.message_id is not None
-        since = now - timedelta(seconds=policy.delay_warning_after_s)
+    @staticmethod
+    def _drop_warned(event: Event, earlier_reports: list[bytes]) -> Event:
+        """Delay warnings: once per recipient per ``delay_warning_after_s`` (the reports
+        passed are that message's delay warnings written within that time)."""
         warned: set[str] = set()
-        for content in await repo.delayed_reports_since(session, event.message_id, since):
+        for content in earlier_reports:
             warned |= rules.reported_recipients(content)
         return rules.without_recipients(event, warned) if warned else event
 

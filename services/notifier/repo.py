@@ -8,13 +8,13 @@ Every function takes the caller's session, so the caller decides what commits to
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 DSN_KINDS = frozenset({"bounce", "delayed", "delivered"})
 NOTICE_KINDS = frozenset({"admin_notice", "postmaster_copy"})
@@ -27,7 +27,7 @@ _SUMMARY_COLUMNS = (
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A claimed pending notification, locked until the caller's transaction ends."""
+    """A pending notification this sender holds (see :func:`lock_due`)."""
 
     id: uuid.UUID
     message_id: uuid.UUID | None
@@ -80,6 +80,77 @@ async def insert_notification(
     return nid
 
 
+@dataclass(frozen=True)
+class NewNotification:
+    kind: str
+    rcpt: str
+    content: bytes
+    message_id: uuid.UUID | None
+    event_ids: Sequence[uuid.UUID | str]
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotification]) -> None:
+    """Many outbox rows in one statement (the rows of one transaction)."""
+    if not rows:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO notifier.notifications (id, message_id, kind, rcpt, event_ids, content) "
+            "SELECT id, mid, kind, rcpt, string_to_array(events, ','), content FROM unnest("
+            "CAST(:ids AS uuid[]), CAST(:mids AS uuid[]), CAST(:kinds AS text[]), "
+            "CAST(:rcpts AS text[]), CAST(:events AS text[]), CAST(:contents AS bytea[])"
+            ") AS t(id, mid, kind, rcpt, events, content)"
+        ),
+        {
+            "ids": [r.id for r in rows],
+            "mids": [r.message_id for r in rows],
+            "kinds": [r.kind for r in rows],
+            "rcpts": [r.rcpt for r in rows],
+            # uuids never contain a comma; a 2-D array would need equal lengths
+            "events": [",".join(str(e) for e in r.event_ids) for r in rows],
+            "contents": [r.content for r in rows],
+        },
+    )
+
+
+async def load_originals(
+    session: AsyncSession, message_ids: Iterable[uuid.UUID], limit: int
+) -> dict[uuid.UUID, bytes]:
+    """:func:`load_original` for many messages at once (missing ones are absent)."""
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return {}
+    rows = await session.execute(
+        text(
+            "SELECT id, substring(body FROM 1 FOR :limit) FROM mail.messages "
+            "WHERE id = ANY(CAST(:ids AS uuid[]))"
+        ),
+        {"ids": ids, "limit": limit},
+    )
+    return {r[0]: bytes(r[1]) for r in rows}
+
+
+async def delayed_reports_since_many(
+    session: AsyncSession, message_ids: Iterable[uuid.UUID], since: datetime
+) -> dict[uuid.UUID, list[bytes]]:
+    """:func:`delayed_reports_since` for many messages at once."""
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return {}
+    rows = await session.execute(
+        text(
+            "SELECT message_id, content FROM notifier.notifications "
+            "WHERE message_id = ANY(CAST(:mids AS uuid[])) AND kind = 'delayed' AND created_at >= :since"
+        ),
+        {"mids": ids, "since": since},
+    )
+    found: dict[uuid.UUID, list[bytes]] = {}
+    for r in rows:
+        found.setdefault(r[0], []).append(bytes(r[1]))
+    return found
+
+
 async def load_original(session: AsyncSession, message_id: uuid.UUID, limit: int) -> bytes | None:
     """The first ``limit`` bytes of the stored message (None when ingest has no such message)."""
     row = (
@@ -105,28 +176,76 @@ async def delayed_reports_since(
     return [bytes(r[0]) for r in rows]
 
 
-async def claim_due(session: AsyncSession) -> Outgoing | None:
-    """Lock the oldest due pending notification no other sender holds."""
-    row = (
-        await session.execute(
+# A notification being sent is held by a session-level advisory lock on its id (the
+# first 64 bits of the uuid) on the sender's lock connection: held across transactions,
+# so each "sent" can commit as soon as the relay accepted, and released when that
+# connection ends, so a crashed sender's rows are free again at once.
+_LOCK_KEY = "('x' || translate(CAST({} AS text), '-', ''))::bit(64)::bigint"
+
+
+async def lock_due(
+    conn: AsyncConnection, limit: int, exclude: Collection[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Take the advisory locks of up to ``limit`` due pending notifications (oldest
+    first) that no other sender holds, skipping ``exclude`` (this sender's own)."""
+    rows = await conn.execute(
+        text(
+            "WITH candidates AS MATERIALIZED ("
+            " SELECT id FROM notifier.notifications"
+            " WHERE state = 'pending' AND next_attempt_at <= now()"
+            " AND NOT (id = ANY(CAST(:exclude AS uuid[])))"
+            " ORDER BY next_attempt_at, created_at LIMIT :limit"
+            f") SELECT id FROM candidates WHERE pg_try_advisory_lock({_LOCK_KEY.format('id')})"
+        ),
+        {"exclude": list(exclude), "limit": limit},
+    )
+    return [r[0] for r in rows]
+
+
+async def load_locked(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> list[Outgoing]:
+    """The locked notifications that are still due and pending. A statement after the
+    lock sees a ``sent``/retry mark the previous holder committed before unlocking."""
+    rows = await conn.execute(
+        text(
+            "SELECT id, message_id, kind, rcpt, attempts, content, created_at "
+            "FROM notifier.notifications WHERE id = ANY(CAST(:ids AS uuid[])) "
+            "AND state = 'pending' AND next_attempt_at <= now() "
+            "ORDER BY next_attempt_at, created_at"
+        ),
+        {"ids": list(ids)},
+    )
+    return [
+        Outgoing(id=r[0], message_id=r[1], kind=r[2], rcpt=r[3], attempts=r[4],
+                 content=bytes(r[5]), created_at=r[6])
+        for r in rows
+    ]
+
+
+async def unlock(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> None:
+    if ids:
+        await conn.execute(
             text(
-                "SELECT id, message_id, kind, rcpt, attempts, content, created_at "
-                "FROM notifier.notifications "
-                "WHERE state = 'pending' AND next_attempt_at <= now() "
-                "ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
-            )
+                f"SELECT pg_advisory_unlock({_LOCK_KEY.format('id')}) "
+                "FROM unnest(CAST(:ids AS uuid[])) AS t(id)"
+            ),
+            {"ids": list(ids)},
         )
-    ).first()
-    if row is None:
-        return None
-    return Outgoing(
-        id=row[0],
-        message_id=row[1],
-        kind=row[2],
-        rcpt=row[3],
-        attempts=row[4],
-        content=bytes(row[5]),
-        created_at=row[6],
+
+
+async def unlock_all(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT pg_advisory_unlock_all()"))
+
+
+async def mark_sent_many(conn: AsyncConnection | AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    """Record that the relay accepted these (once: a repeat after an unknown outcome is
+    a no-op)."""
+    await conn.execute(
+        text(
+            "UPDATE notifier.notifications SET state = 'sent', sent_at = now(), "
+            "attempts = attempts + 1, last_error = NULL "
+            "WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'pending'"
+        ),
+        {"ids": list(ids)},
     )
 
 

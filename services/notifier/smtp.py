@@ -1,8 +1,15 @@
-"""Handing one notification to the SMTP relay named by ``MAILEXEC_SMTP_URL``.
+"""Handing notifications to the SMTP relay named by ``MAILEXEC_SMTP_URL``.
 
-What it does: one SMTP transaction per call, envelope sender always empty
+What it does: one SMTP transaction per notification, envelope sender always empty
 (``MAIL FROM:<>``: a DSN or notice must never be bounced back to us, RFC 3464 §2 /
 RFC 5321 §4.5.5), exactly one recipient, the stored bytes sent unchanged.
+:class:`SmtpSession` keeps its connection for the next notification, as Postfix's
+connection cache does: RSET after a refused transaction, closed after
+:data:`IDLE_LIMIT_S` idle (Postfix ``smtp_connection_cache_time_limit``), reopened
+after :data:`REUSE_LIMIT_S` (``smtp_connection_reuse_time_limit``) and after any
+connection-level error. A kept connection the relay closed meanwhile is noticed at
+``MAIL FROM`` (before any of the message was sent) and the transaction is retried
+once on a new connection. :func:`send` is a one-shot session.
 
 URL forms (``user:pass@`` optional everywhere, percent-encoded):
 
@@ -21,11 +28,17 @@ message). It does not guarantee exactly-once: a relay that accepted the DATA but
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+
+IDLE_LIMIT_S = 2.0
+REUSE_LIMIT_S = 300.0
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -138,26 +151,157 @@ def _translate(exc: Exception) -> SmtpError:
     return SmtpError(f"relay unavailable: {type(exc).__name__}: {exc}", permanent=False)
 
 
-async def send(target: SmtpTarget, rcpt: str, content: bytes) -> str:
-    """Send ``content`` to ``rcpt`` with ``MAIL FROM:<>``; return the relay's DATA reply."""
-    client = aiosmtplib.SMTP(
-        hostname=target.host,
-        port=target.port,
-        use_tls=target.implicit_tls,
-        start_tls=target.starttls,  # False: never upgrade a plain smtp:// session
-        tls_context=target.tls_context(),
-        validate_certs=target.verify,
-        timeout=target.timeout,
-        local_hostname=target.helo,
-    )
-    try:
-        async with client:
+_fqdn: list[str] = []
+
+
+async def _helo_name(target: SmtpTarget) -> str:
+    """``?helo=`` or this host's FQDN, looked up once (aiosmtplib would per connection)."""
+    if target.helo:
+        return target.helo
+    if not _fqdn:
+        _fqdn.append(await asyncio.get_running_loop().run_in_executor(None, socket.getfqdn))
+    return _fqdn[0]
+
+
+class _StaleConnection(Exception):
+    """A kept connection turned out closed before this message's transaction began."""
+
+
+class SmtpSession:
+    """One connection to the relay, used for one transaction at a time."""
+
+    def __init__(self, target: SmtpTarget) -> None:
+        self.target = target
+        self._client: aiosmtplib.SMTP | None = None
+        self._opened_at = 0.0
+        self._used_at = 0.0
+        self.connections = 0  # opened so far (tests, logs)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self._used_at if self.connected else 0.0
+
+    def _reusable(self) -> bool:
+        now = time.monotonic()
+        return (
+            self.connected
+            and now - self._used_at < IDLE_LIMIT_S
+            and now - self._opened_at < REUSE_LIMIT_S
+        )
+
+    async def send(self, rcpt: str, content: bytes) -> str:
+        """Send ``content`` to ``rcpt`` with ``MAIL FROM:<>``; return the relay's DATA reply."""
+        reused = self._reusable()
+        if not reused:
+            await self.close()
+            await self._open()
+        try:
+            return await self._transaction(rcpt, content, reused=reused)
+        except _StaleConnection:
+            self._drop()
+            await self._open()
+            return await self._transaction(rcpt, content, reused=False)
+
+    async def _open(self) -> None:
+        target = self.target
+        client = aiosmtplib.SMTP(
+            hostname=target.host,
+            port=target.port,
+            use_tls=target.implicit_tls,
+            start_tls=target.starttls,  # False: never upgrade a plain smtp:// session
+            tls_context=target.tls_context(),
+            validate_certs=target.verify,
+            timeout=target.timeout,
+            local_hostname=await _helo_name(target),
+        )
+        try:
+            await client.connect()
+            if client.is_ehlo_or_helo_needed:  # EHLO now: 8BITMIME is known before MAIL
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    if not client.is_connected:
+                        raise
+                    await client.helo()
             if target.username:
                 await client.login(target.username, target.password or "")
-            options = []
-            if not content.isascii() and client.supports_extension("8bitmime"):
-                options.append("BODY=8BITMIME")
-            _, reply = await client.sendmail("", [rcpt], content, mail_options=options)
-            return reply
-    except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
-        raise _translate(exc) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            client.close()
+            raise _translate(exc) from exc
+        self._client = client
+        self._opened_at = self._used_at = time.monotonic()
+        self.connections += 1
+
+    async def _transaction(self, rcpt: str, content: bytes, *, reused: bool) -> str:
+        client = self._client
+        assert client is not None
+        options = []
+        if not content.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        try:
+            try:
+                await client.mail("", options=options)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                if reused:
+                    raise _StaleConnection from exc
+                raise
+            except aiosmtplib.SMTPResponseException as exc:
+                if reused and exc.code == 421:  # the relay is closing this connection
+                    raise _StaleConnection from exc
+                raise
+            try:
+                await client.rcpt(rcpt)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                raise aiosmtplib.SMTPRecipientsRefused([exc]) from exc
+            response = await client.data(content)
+        except _StaleConnection:
+            raise
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
+            await self._reset()
+            raise _translate(exc) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            self._drop()  # mid-transaction: the connection's state is unknown
+            raise _translate(exc) from exc
+        self._used_at = time.monotonic()
+        return response.message
+
+    async def _reset(self) -> None:
+        """RSET after a refused transaction, so the connection can take the next one."""
+        client = self._client
+        if client is None or not client.is_connected:
+            self._drop()
+            return
+        try:
+            await client.rset()
+            self._used_at = time.monotonic()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+
+    async def close(self) -> None:
+        """QUIT (briefly) and close; a no-op when not connected."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if client.is_connected:
+            try:
+                await client.quit(timeout=min(5.0, self.target.timeout))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                pass
+        client.close()
+
+
+async def send(target: SmtpTarget, rcpt: str, content: bytes) -> str:
+    """Send ``content`` to ``rcpt`` with ``MAIL FROM:<>`` on a connection of its own."""
+    session = SmtpSession(target)
+    try:
+        return await session.send(rcpt, content)
+    finally:
+        await session.close()
