@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from services.executor.batching import Batcher
-from shared.db import keep_session
+from shared.pgpool import keep_session
 from shared.errors import Unavailable
 
 CLAIMABLE = ("queued", "deferred", "suspended")

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from shared.db import keep_session
+from shared.pgpool import keep_session
 from shared.errors import Unavailable
 
 _UNAVAILABLE = (
