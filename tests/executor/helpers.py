@@ -26,6 +26,7 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, MTA_TOKEN, ServiceProcess, free_port
+from tests.helpers import splice
 
 HERE = Path(__file__).resolve().parent
 TPROG_SOURCE = HERE / "tprog.c"
@@ -125,6 +126,10 @@ class Pipeline:
     def stop_all(self) -> None:
         for sp in reversed(list(self.procs.values())):
             sp.stop()
+        self.remove_cgroups()
+
+    def remove_cgroups(self) -> None:
+        """Remove the (empty) run cgroups the executors left, deepest first."""
         for root in self.cgroup_roots:
             for child in sorted(root.glob("**/"), key=lambda p: -len(p.parts)):
                 try:
@@ -338,28 +343,7 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_w}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
-        try:
-            await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
-        except asyncio.CancelledError:
-            pass
-        self._writers -= {writer, up_w}
+        await splice(reader, writer, self.target, self._writers)
 
     async def cut(self) -> None:
         if self._server is not None:
@@ -372,19 +356,3 @@ class TcpProxy:
 
     async def restore(self) -> None:
         await self.start()
-
-
-def processes_of(uid: int) -> list[int]:
-    """Live (non-zombie) processes whose effective uid is ``uid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
-        if int(uids[1]) == uid and "State:\tZ" not in status:
-            found.append(int(entry))
-    return found

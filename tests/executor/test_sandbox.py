@@ -28,7 +28,7 @@ from services.executor.sandbox import (
     find_or_build_launcher,
 )
 from shared.settings import Settings
-from tests.executor.helpers import processes_of
+from tests.helpers import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 

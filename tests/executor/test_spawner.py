@@ -20,7 +20,7 @@ from services.executor.errors import LaunchFailed
 from services.executor.programs import sealed_memfd
 from services.executor.sandbox import RunLimits, RunResult, Sandbox
 from shared.settings import Settings
-from tests.executor.helpers import processes_of
+from tests.helpers import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 

@@ -7,7 +7,6 @@ process (DB or broker behind a proxy) use the `services` fixture of tests/confte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import threading
@@ -20,6 +19,7 @@ import pytest
 
 from shared import topology
 from tests.conftest import ServiceProcess, free_port
+from tests.helpers import splice
 
 MAX_BYTES = 200_000
 
@@ -102,28 +102,7 @@ class TcpProxy:
             writer.close()
             await writer.wait_closed()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            await writer.wait_closed()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-                with contextlib.suppress(OSError):
-                    await dst.wait_closed()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
+        await splice(reader, writer, self.target, self._writers)
 
     def cut(self) -> None:
         """Refuse new connections and reset the open ones."""

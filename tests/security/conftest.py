@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, MTA_TOKEN, SERVICE_TOKEN, _truncate
 from tests.executor.helpers import Homes, Pipeline
+from tests.helpers import processes_of
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MTA = {"Authorization": f"Bearer {MTA_TOKEN}"}
@@ -84,28 +85,10 @@ def service_url(p: Pipeline, name: str) -> str:
     return p.procs[name].url
 
 
-def own_processes(uid: int) -> list[int]:
-    """PIDs whose real, effective or saved uid is ``uid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("Uid:"):
-                if str(uid) in line.split()[1:4]:
-                    out.append(int(entry))
-                break
-    return out
-
-
 async def wait_no_processes(uid: int, timeout: float = 10.0) -> list[int]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        left = own_processes(uid)
+        left = processes_of(uid, zombies=True)
         if not left or asyncio.get_running_loop().time() > deadline:
             return left
         await asyncio.sleep(0.1)
@@ -173,12 +156,7 @@ async def executor(stack: Pipeline, homes: Homes, tmp_path_factory: pytest.TempP
     finally:
         proc.stop()
         stack.procs.pop("executor", None)
-        for root in stack.cgroup_roots:
-            for child in sorted(root.glob("**/"), key=lambda p: -len(p.parts)):
-                try:
-                    child.rmdir()
-                except OSError:
-                    pass
+        stack.remove_cgroups()
         await stack.settings(program_timeout_s=60)
         import shutil
 

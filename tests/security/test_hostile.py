@@ -22,7 +22,8 @@ import pytest
 
 from tests.conftest import ServiceProcess
 from tests.executor.helpers import Homes, Pipeline, message
-from tests.security.conftest import HOSTILE_EXECUTOR_ENV, own_processes, wait_no_processes
+from tests.helpers import processes_of
+from tests.security.conftest import HOSTILE_EXECUTOR_ENV, wait_no_processes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -166,7 +167,7 @@ async def test_setsid_double_fork_escapee_is_killed(stack: Pipeline, homes: Home
     rcpt, home, uid = await attack(stack, homes, executor, "escapee")
     assert rcpt["state"] == "delivered", rcpt
     pid = int((home / "escapee.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or pid not in own_processes(uid)  # noqa: ASYNC240
+    assert not Path(f"/proc/{pid}").exists() or pid not in processes_of(uid, zombies=True)  # noqa: ASYNC240
 
 
 async def test_one_gib_to_stdout(stack: Pipeline, homes: Homes, executor: ServiceProcess) -> None:
