@@ -39,6 +39,9 @@
  *         status fd (which is close-on-exec);
  *     11. fexecve(exec-fd, argv, environ).
  *
+ *      Steps 5 to 11 are child_recipe.h (run_child_recipe), the one copy the
+ *      persistent spawner (spawner.c) runs as well.
+ *
  *      Errors before exec never appear as program output: the launcher writes
  *      "<step> <errno>\n" to the status fd and exits 127. On a successful exec
  *      the status fd is closed by the kernel, so the executor reads EOF with
@@ -68,33 +71,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <grp.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "child_recipe.h"
+
 extern char **environ;
-
-static int status_fd = -1;
-
-/* Report a failed step to the executor and stop; never touches fds 0-2. */
-static void fail(const char *step, int err)
-{
-    char msg[128];
-    int len = snprintf(msg, sizeof msg, "%s %d\n", step, err);
-
-    if (status_fd >= 0 && len > 0) {
-        ssize_t ignored = write(status_fd, msg, (size_t) len);
-        (void) ignored;
-    }
-    _exit(127);
-}
 
 static unsigned long long parse_num(const char *text, const char *what)
 {
@@ -119,15 +105,6 @@ static int parse_fd(const char *text, const char *what)
     return (int) value;
 }
 
-static void lower_limit(int resource, unsigned long long soft,
-                        unsigned long long hard, const char *step)
-{
-    struct rlimit lim = {.rlim_cur = soft, .rlim_max = hard};
-
-    if (setrlimit(resource, &lim) != 0)
-        fail(step, errno);
-}
-
 static void join_cgroup(const char *dir)
 {
     char path[PATH_MAX], pid[32];
@@ -141,43 +118,6 @@ static void join_cgroup(const char *dir)
     if (write(fd, pid, (size_t) len) != len)
         fail("cgroup", errno);
     close(fd);
-}
-
-/* Close fds >= 3 except the listed ones (each may be -1). */
-static void close_other_fds(int keep_a, int keep_b, int keep_c)
-{
-    int keep[3] = {keep_a, keep_b, keep_c};
-    unsigned int low = 3;
-
-    /* sort the (at most three) fds to keep */
-    for (int i = 0; i < 3; i++)
-        for (int j = i + 1; j < 3; j++)
-            if (keep[j] < keep[i]) {
-                int t = keep[i];
-                keep[i] = keep[j];
-                keep[j] = t;
-            }
-    for (int i = 0; i < 3; i++) {
-        if (keep[i] < (int) low)
-            continue;
-        if ((unsigned int) keep[i] > low
-            && syscall(SYS_close_range, low, (unsigned int) keep[i] - 1, 0) != 0)
-            fail("close_range", errno);
-        low = (unsigned int) keep[i] + 1;
-    }
-    if (syscall(SYS_close_range, low, ~0U, 0) != 0)
-        fail("close_range", errno);
-}
-
-static void set_cloexec(int fd, int on, const char *step)
-{
-    int flags = fcntl(fd, F_GETFD);
-
-    if (flags < 0)
-        fail(step, errno);
-    flags = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
-    if (fcntl(fd, F_SETFD, flags) != 0)
-        fail(step, errno);
 }
 
 enum { OPT_STATUS = 1, OPT_EXEC, OPT_UID, OPT_GID, OPT_HOME, OPT_CGROUP,
@@ -204,9 +144,8 @@ int main(int argc, char **argv)
     int exec_fd = -1, netns_fd = -1, keep_fd = -1, have_uid = 0, have_gid = 0;
     unsigned long long uid = 0, gid = 0;
     const char *home = NULL, *cgroup = NULL;
-    long long cpu = -1, as = -1, nproc = -1, fsize = -1, nofile = -1;
-    char magic[2];
-    int opt, is_script;
+    struct child_limits limits = {.cpu = -1, .as = -1, .nproc = -1, .fsize = -1, .nofile = -1};
+    int opt;
 
     /* The status fd comes first so that every later error can be reported. */
     for (int i = 1; i + 1 < argc && strcmp(argv[i], "--") != 0; i++)
@@ -233,20 +172,17 @@ int main(int argc, char **argv)
         case OPT_CGROUP: cgroup = optarg; break;
         case OPT_NETNS: netns_fd = parse_fd(optarg, "netns-fd"); break;
         case OPT_KEEP: keep_fd = parse_fd(optarg, "keep-fd"); break;
-        case OPT_CPU: cpu = (long long) parse_num(optarg, "rlimit-cpu"); break;
-        case OPT_AS: as = (long long) parse_num(optarg, "rlimit-as"); break;
-        case OPT_NPROC: nproc = (long long) parse_num(optarg, "rlimit-nproc"); break;
-        case OPT_FSIZE: fsize = (long long) parse_num(optarg, "rlimit-fsize"); break;
-        case OPT_NOFILE: nofile = (long long) parse_num(optarg, "rlimit-nofile"); break;
+        case OPT_CPU: limits.cpu = (int64_t) parse_num(optarg, "rlimit-cpu"); break;
+        case OPT_AS: limits.as = (int64_t) parse_num(optarg, "rlimit-as"); break;
+        case OPT_NPROC: limits.nproc = (int64_t) parse_num(optarg, "rlimit-nproc"); break;
+        case OPT_FSIZE: limits.fsize = (int64_t) parse_num(optarg, "rlimit-fsize"); break;
+        case OPT_NOFILE: limits.nofile = (int64_t) parse_num(optarg, "rlimit-nofile"); break;
         default: fail("usage", EINVAL);
         }
     }
     if (exec_fd < 0 || !have_uid || !have_gid || home == NULL || optind >= argc)
         fail("usage", EINVAL);
-    if (uid == 0 || gid == 0)
-        fail("refuse-root", EPERM);
-    if (uid >= (uid_t) -1 || gid >= (gid_t) -1)
-        fail("uid", EINVAL);
+    refuse_root_ids(uid, gid);
 
     if (cgroup != NULL)
         join_cgroup(cgroup);
@@ -255,60 +191,9 @@ int main(int argc, char **argv)
             fail("setns", errno);
         close(netns_fd);
     }
-    if (setsid() < 0)
-        fail("setsid", errno);
-
-    /* Before setuid: the kernel compares the user's process count with the
-     * NPROC limit in force at setuid time (and refuses the exec if over). */
-    if (cpu >= 0)
-        lower_limit(RLIMIT_CPU, (unsigned long long) cpu,
-                    (unsigned long long) cpu + 1, "rlimit-cpu");
-    if (as >= 0)
-        lower_limit(RLIMIT_AS, (unsigned long long) as, (unsigned long long) as, "rlimit-as");
-    if (nproc >= 0)
-        lower_limit(RLIMIT_NPROC, (unsigned long long) nproc,
-                    (unsigned long long) nproc, "rlimit-nproc");
-    if (fsize >= 0)
-        lower_limit(RLIMIT_FSIZE, (unsigned long long) fsize,
-                    (unsigned long long) fsize, "rlimit-fsize");
-    if (nofile >= 0)
-        lower_limit(RLIMIT_NOFILE, (unsigned long long) nofile,
-                    (unsigned long long) nofile, "rlimit-nofile");
-    lower_limit(RLIMIT_CORE, 0, 0, "rlimit-core");
-
-    /* Read the magic as root: the fd was opened by the executor. */
-    is_script = pread(exec_fd, magic, 2, 0) == 2 && magic[0] == '#' && magic[1] == '!';
-
-    if (setgroups(0, NULL) != 0)
-        fail("setgroups", errno);
-    if (setgid((gid_t) gid) != 0)
-        fail("setgid", errno);
-    if (setuid((uid_t) uid) != 0)
-        fail("setuid", errno);
-    {
-        uid_t ru, eu, su;
-        gid_t rg, eg, sg;
-
-        if (getresuid(&ru, &eu, &su) != 0 || ru != uid || eu != uid || su != uid)
-            fail("verify-uid", EPERM);
-        if (getresgid(&rg, &eg, &sg) != 0 || rg != gid || eg != gid || sg != gid)
-            fail("verify-gid", EPERM);
-        if (getgroups(0, NULL) != 0)
-            fail("verify-groups", EPERM);
-        if (setuid(0) == 0 || setgid(0) == 0)
-            fail("verify-drop", EPERM);
-    }
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        fail("no_new_privs", errno);
-
-    if (chdir(home) != 0 && chdir("/tmp") != 0)
-        fail("chdir", errno);
-
-    close_other_fds(exec_fd, status_fd, keep_fd);
-    set_cloexec(exec_fd, !is_script, "exec-fd");
-    if (keep_fd >= 0)
-        set_cloexec(keep_fd, 0, "keep-fd");
-
-    fexecve(exec_fd, &argv[optind], environ);
-    fail("exec", errno);
+    /* setsid, rlimits, drop to uid/gid, no_new_privs, chdir, fds, fexecve */
+    run_child_recipe(&(struct child_recipe) {
+        .uid = (uid_t) uid, .gid = (gid_t) gid, .limits = limits, .home = home,
+        .exec_fd = exec_fd, .keep_fd = keep_fd, .argv = &argv[optind], .envp = environ,
+    });
 }

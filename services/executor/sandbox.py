@@ -89,6 +89,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,19 +128,26 @@ def spawner_path() -> Path:
 
 
 def find_or_build_launcher() -> Path:
-    """The launcher binary, compiled from launcher.c when missing or older than it."""
+    """The launcher binary, compiled from launcher.c when missing or older than it or a header."""
     return _find_or_build(LAUNCHER_SOURCE, launcher_path(), "launcher")
 
 
 def find_or_build_spawner() -> Path:
-    """The spawner binary, compiled from spawner.c when missing or older than it."""
+    """The spawner binary, compiled from spawner.c when missing or older than it or a header."""
     return _find_or_build(SPAWNER_SOURCE, spawner_path(), "spawner")
+
+
+def _build_inputs(source: Path) -> list[Path]:
+    """The .c file and the local headers it includes (``#include "x.h"``, next to it)."""
+    local = re.findall(r'^#include "([^"]+)"', source.read_text(), flags=re.M)
+    return [source, *(source.with_name(name) for name in local)]
 
 
 def _find_or_build(source: Path, target: Path, what: str) -> Path:
     try:
         st = target.stat()
-        fresh = st.st_mtime >= source.stat().st_mtime
+        # a header newer than the binary (child_recipe.h) rebuilds it like the .c file does
+        fresh = all(st.st_mtime >= path.stat().st_mtime for path in _build_inputs(source))
         safe = st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if fresh and safe:
             check_root_owned_path(target.parent, f"{what} dir")

@@ -46,6 +46,8 @@
  *      8. closes every fd above 2 except the exec fd and the status fd
  *         (close-on-exec); the exec fd stays open only for "#!" scripts;
  *      9. fexecve(exec fd, {argv0}, {"TZ=...", "AGENT=mailexec"}).
+ *      Steps 2 to 9 are child_recipe.h (run_child_recipe), the one copy
+ *      launcher.c runs as well.
  *      Errors before exec: "<step> <errno>\n" on the status fd, exit 127 -
  *      never program output (as launcher.c).
  *
@@ -56,7 +58,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <signal.h>
@@ -65,12 +66,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "child_recipe.h"
 
 #define OP_SPAWN 1
 #define OP_KILL 2
@@ -93,55 +95,9 @@ struct live { pid_t pid; uint32_t id; };
 
 static struct live *runs;
 static size_t nruns, cap;
-static int status_fd = -1;
 static int SOCK_FD = -1;    /* argv[1] */
 
 /* ---- child side: runs between clone3 and fexecve, no return ---- */
-
-static void fail(const char *step, int err)
-{
-    char msg[128];
-    int len = snprintf(msg, sizeof msg, "%s %d\n", step, err);
-
-    if (status_fd >= 0 && len > 0) {
-        ssize_t ignored = write(status_fd, msg, (size_t) len);
-        (void) ignored;
-    }
-    _exit(127);
-}
-
-static void lower_limit(int resource, int64_t soft, int64_t hard, const char *step)
-{
-    struct rlimit lim = {.rlim_cur = (rlim_t) soft, .rlim_max = (rlim_t) hard};
-
-    if (soft >= 0 && setrlimit(resource, &lim) != 0)
-        fail(step, errno);
-}
-
-static void set_cloexec(int fd, int on, const char *step)
-{
-    int flags = fcntl(fd, F_GETFD);
-
-    if (flags < 0)
-        fail(step, errno);
-    flags = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
-    if (fcntl(fd, F_SETFD, flags) != 0)
-        fail(step, errno);
-}
-
-static void close_except(int a, int b)
-{
-    unsigned int low = 3, keep[2] = {(unsigned) (a < b ? a : b), (unsigned) (a < b ? b : a)};
-
-    for (int i = 0; i < 2; i++) {
-        if (keep[i] > low && syscall(SYS_close_range, low, keep[i] - 1, 0) != 0)
-            fail("close_range", errno);
-        if (keep[i] >= low)
-            low = keep[i] + 1;
-    }
-    if (syscall(SYS_close_range, low, ~0U, 0) != 0)
-        fail("close_range", errno);
-}
 
 static void child(const struct req_spawn *rq, const char *home, const char *argv0,
                   const char *tz, int exec_fd, int in_fd, int out_fd)
@@ -149,8 +105,6 @@ static void child(const struct req_spawn *rq, const char *home, const char *argv
     char tzvar[300], *argv[2] = {(char *) argv0, NULL};
     char *envp[3] = {tzvar, "AGENT=mailexec", NULL};
     sigset_t none;
-    char magic[2];
-    int is_script;
 
     sigemptyset(&none);
     for (int sig = 1; sig < NSIG; sig++)
@@ -158,51 +112,16 @@ static void child(const struct req_spawn *rq, const char *home, const char *argv
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
         fail("dup2", errno);
-    if (rq->uid == 0 || rq->gid == 0)
-        fail("refuse-root", EPERM);
-    if (rq->uid == (uint32_t) -1 || rq->gid == (uint32_t) -1)
-        fail("uid", EINVAL);
+    refuse_root_ids(rq->uid, rq->gid);
     if ((size_t) snprintf(tzvar, sizeof tzvar, "TZ=%s", tz) >= sizeof tzvar)
         fail("tz", ENAMETOOLONG);
-    if (setsid() < 0)
-        fail("setsid", errno);
-    lower_limit(RLIMIT_CPU, rq->cpu, rq->cpu + 1, "rlimit-cpu");
-    lower_limit(RLIMIT_AS, rq->as, rq->as, "rlimit-as");
-    lower_limit(RLIMIT_NPROC, rq->nproc, rq->nproc, "rlimit-nproc");
-    lower_limit(RLIMIT_FSIZE, rq->fsize, rq->fsize, "rlimit-fsize");
-    lower_limit(RLIMIT_NOFILE, rq->nofile, rq->nofile, "rlimit-nofile");
-    lower_limit(RLIMIT_CORE, 0, 0, "rlimit-core");
-
-    /* Read the magic as root: the fd was opened by the executor. */
-    is_script = pread(exec_fd, magic, 2, 0) == 2 && magic[0] == '#' && magic[1] == '!';
-
-    if (setgroups(0, NULL) != 0)
-        fail("setgroups", errno);
-    if (setgid((gid_t) rq->gid) != 0)
-        fail("setgid", errno);
-    if (setuid((uid_t) rq->uid) != 0)
-        fail("setuid", errno);
-    {
-        uid_t ru, eu, su;
-        gid_t rg, eg, sg;
-
-        if (getresuid(&ru, &eu, &su) != 0 || ru != rq->uid || eu != rq->uid || su != rq->uid)
-            fail("verify-uid", EPERM);
-        if (getresgid(&rg, &eg, &sg) != 0 || rg != rq->gid || eg != rq->gid || sg != rq->gid)
-            fail("verify-gid", EPERM);
-        if (getgroups(0, NULL) != 0)
-            fail("verify-groups", EPERM);
-        if (setuid(0) == 0 || setgid(0) == 0)
-            fail("verify-drop", EPERM);
-    }
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        fail("no_new_privs", errno);
-    if (chdir(home) != 0 && chdir("/tmp") != 0)
-        fail("chdir", errno);
-    close_except(exec_fd, status_fd);   /* status fd is close-on-exec already */
-    set_cloexec(exec_fd, !is_script, "exec-fd");
-    fexecve(exec_fd, argv, envp);
-    fail("exec", errno);
+    /* setsid, rlimits, drop to uid/gid, no_new_privs, chdir, fds, fexecve */
+    run_child_recipe(&(struct child_recipe) {
+        .uid = (uid_t) rq->uid, .gid = (gid_t) rq->gid,
+        .limits = {.cpu = rq->cpu, .as = rq->as, .nproc = rq->nproc, .fsize = rq->fsize,
+                   .nofile = rq->nofile},
+        .home = home, .exec_fd = exec_fd, .keep_fd = -1, .argv = argv, .envp = envp,
+    });
 }
 
 /* ---- spawner side ---- */

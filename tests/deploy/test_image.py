@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -59,6 +60,18 @@ def test_launcher_is_built_where_the_executor_looks_for_it() -> None:
     assert "python3 -m venv /opt/venv" in build
     assert "-o /opt/venv/libexec/mailexec-launch" in build
     assert "COPY --from=build /opt/venv /opt/venv" in stages()["runtime"]
+
+
+def test_the_executor_c_sources_ship_with_the_headers_they_include() -> None:
+    # the image (and sandbox.py on first use) compiles the installed launcher.c / spawner.c,
+    # which include child_recipe.h from their own directory
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    executor = REPO / "services" / "executor"
+    for source in sorted(executor.glob("*.c")):
+        included = re.findall(r'^#include "([^"]+)"', source.read_text(), flags=re.M)
+        for name in [source.name, *included]:
+            assert (executor / name).is_file(), name
+            assert any(fnmatch(name, g) for g in globs["services.executor"]), name
 
 
 def test_lock_pins_every_runtime_dependency_at_the_project_version() -> None:

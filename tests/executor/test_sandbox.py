@@ -21,9 +21,11 @@ import pytest
 from services.executor.errors import LaunchFailed
 from services.executor.programs import ExecHandle, open_insecure
 from services.executor.sandbox import (
+    LAUNCHER_SOURCE,
     RunLimits,
     RunResult,
     Sandbox,
+    _find_or_build,
     async_self_check,
     find_or_build_launcher,
 )
@@ -338,6 +340,21 @@ def test_launcher_itself_refuses_root_and_reports_on_the_status_pipe(
     with os.fdopen(status_r, "rb") as status:
         assert status.read() == f"refuse-root {errno.EPERM}\n".encode()
     assert done.returncode == 127 and done.stdout == b"" and done.stderr == b""
+
+
+def test_a_change_to_the_shared_child_recipe_alone_rebuilds_the_binary(tmp_path: Path) -> None:
+    # launcher.c and spawner.c both include child_recipe.h: a fix made only there must not
+    # leave a stale binary in place.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("launcher.c", "child_recipe.h"):
+        shutil.copy2(LAUNCHER_SOURCE.with_name(name), src / name)
+    target = tmp_path / "libexec" / "mailexec-launch"
+    first = _find_or_build(src / "launcher.c", target, "launcher").stat()
+    assert _find_or_build(src / "launcher.c", target, "launcher").stat().st_ino == first.st_ino
+    later = first.st_mtime + 10
+    os.utime(src / "child_recipe.h", (later, later))
+    assert _find_or_build(src / "launcher.c", target, "launcher").stat().st_ino != first.st_ino
 
 
 def test_launcher_netns_fd_option_enters_the_namespace(
