@@ -5,9 +5,6 @@ smtp-source. Never touches a system-wide Postfix."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import socket
 import subprocess
 import time
@@ -15,62 +12,30 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    BENCH_USER, Config, Counter, Workdir, build_program, loadavg, machine_cpu_s, say,
-    summary, tree_cpu_s,
+    BENCH_USER,
+    Config,
+    Counter,
+    Workdir,
+    build_program,
+    loadavg,
+    machine_cpu_s,
+    say,
+    summary,
+    tree_cpu_s,
 )
+from bench.private_postfix import PrivatePostfix, ensure_postfix
 
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench.localdomain
-mydomain = localdomain
-myorigin = $myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relay_domains =
-smtpd_relay_restrictions = permit_mynetworks, reject
-default_transport = benchpipe
-local_transport = benchpipe
-relay_transport = benchpipe
-benchpipe_destination_recipient_limit = 1
-smtpd_peername_lookup = no
-biff = no
-append_dot_mydomain = no
-smtputf8_enable = no
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-alias_maps =
-alias_database =
-"""
-
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-benchpipe unix  -       n       n       -       -       pipe
-  flags=q user={user} argv={prog}
-"""
+BENCH_MAIN_CF = [
+    "mydomain = localdomain",
+    "relay_domains =",
+    "smtpd_relay_restrictions = permit_mynetworks, reject",
+    "default_transport = benchpipe",
+    "local_transport = benchpipe",
+    "relay_transport = benchpipe",
+    "benchpipe_destination_recipient_limit = 1",
+    "smtpd_peername_lookup = no",
+    "append_dot_mydomain = no",
+]
 
 
 def free_port() -> int:
@@ -79,95 +44,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_installed() -> None:
-    """Debian's postfix, "Local only", installed non-interactively if missing. Another
-    engineer may be running dpkg at the same time: wait on the lock, don't fail."""
-    if shutil.which("postfix") and shutil.which("smtp-source"):
-        return
-    say("installing Debian postfix (Local only)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(
-        ["debconf-set-selections"],
-        input=b"postfix postfix/main_mailer_type select Local only\n"
-              b"postfix postfix/mailname string bench.localdomain\n",
-        check=False,
+def instance(root: Path, prog: Path, user: str) -> PrivatePostfix:
+    """Every address goes to one pipe(8) service running ``prog`` as ``user``."""
+    return PrivatePostfix(
+        free_port(), hostname="bench.localdomain", main_cf=BENCH_MAIN_CF, base=root,
+        services=f"benchpipe unix  -       n       n       -       -       pipe\n"
+                 f"  flags=q user={user} argv={prog}",
     )
-    lock = ["-o", "DPkg::Lock::Timeout=900"]
-    for attempt in range(3):
-        subprocess.run(["apt-get", *lock, "update", "-q"], env=env, check=False)
-        r = subprocess.run(["apt-get", *lock, "install", "-y", "-q", "postfix"], env=env)
-        if r.returncode == 0 and shutil.which("smtp-source"):
-            return
-        time.sleep(10)
-    raise RuntimeError("could not install postfix")
-
-
-class Instance:
-    def __init__(self, root: Path, prog: Path, user: str) -> None:
-        self.root = root
-        self.etc = root / "etc"
-        self.port = free_port()
-        for d in ("etc", "queue", "data"):
-            (root / d).mkdir(parents=True, exist_ok=True)
-        pf = pwd.getpwnam("postfix")
-        os.chown(root / "data", pf.pw_uid, pf.pw_gid)
-        (root / "etc" / "main.cf").write_text(MAIN_CF.format(d=root))
-        (root / "etc" / "master.cf").write_text(MASTER_CF.format(port=self.port, user=user, prog=prog))
-        if Path("/etc/postfix/dynamicmaps.cf").exists():
-            shutil.copy("/etc/postfix/dynamicmaps.cf", self.etc / "dynamicmaps.cf")
-        os.chmod(root, 0o755)
-
-    def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True)
-
-    def start(self) -> None:
-        self.postfix("check")
-        r = self.postfix("start")
-        if r.returncode != 0:
-            raise RuntimeError(f"postfix start failed: {r.stdout}{r.stderr}{self.log_tail()}")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    if s.recv(100).startswith(b"220"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"private postfix did not answer on port {self.port}\n{self.log_tail()}")
-
-    def master_pid(self) -> int:
-        return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
-
-    def stop(self) -> None:
-        self.postfix("stop")
-        time.sleep(0.5)
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join((self.root / "maillog").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def queue_empty(self) -> bool:
-        for sub in ("incoming", "active", "deferred", "maildrop"):
-            d = self.root / "queue" / sub
-            if d.exists() and any(p.is_file() for p in d.rglob("*")):
-                return False
-        return True
 
 
 def run(cfg: Config, uid: int, gid: int) -> dict[str, Any]:
-    ensure_installed()
+    missing = ensure_postfix()
+    if missing:
+        raise RuntimeError(missing)
     wd = Workdir("mxbench-postfix.")
-    inst: Instance | None = None
+    inst: PrivatePostfix | None = None
     try:
         counter_path = wd.counter("runs", uid, gid)
         prog = build_program(wd.path, counter_path)
-        inst = Instance(wd.path / "pf", prog, BENCH_USER)
+        inst = instance(wd.path / "pf", prog, BENCH_USER)
         inst.start()
-        say(f"private postfix {subprocess.run(['postconf', '-d', '-h', 'mail_version'], capture_output=True, text=True).stdout.strip()} "
-            f"on 127.0.0.1:{inst.port} (config {inst.etc})")
+        say(f"private postfix {_version()} on 127.0.0.1:{inst.port} (config {inst.config})")
         counter = Counter(counter_path)
         n = cfg.n
         sessions = min(cfg.concurrency, 20) if cfg.concurrency else 20
@@ -200,7 +97,7 @@ def run(cfg: Config, uid: int, gid: int) -> dict[str, Any]:
             while not inst.queue_empty() and time.monotonic() < deadline:
                 time.sleep(0.1)
         return {
-            "version": subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip(),
+            "version": _version(),
             "n": n,
             "smtp_sessions": sessions,
             "deliveries_per_s": summary(rates),
@@ -217,7 +114,7 @@ def run(cfg: Config, uid: int, gid: int) -> dict[str, Any]:
         wd.cleanup()
 
 
-def _source_cmd(inst: Instance, n: int, sessions: int) -> list[str]:
+def _source_cmd(inst: PrivatePostfix, n: int, sessions: int) -> list[str]:
     return [
         "smtp-source", "-s", str(sessions), "-m", str(n), "-l", "1024",
         "-f", "sender@bench.example", "-t", "bench@bench.example", "-N",
@@ -225,9 +122,16 @@ def _source_cmd(inst: Instance, n: int, sessions: int) -> list[str]:
     ]
 
 
-def _inject(inst: Instance, n: int, sessions: int) -> None:
+def _inject(inst: PrivatePostfix, n: int, sessions: int) -> None:
     subprocess.run(_source_cmd(inst, n, sessions), check=False, capture_output=True)
 
 
-def _inject_async(inst: Instance, n: int, sessions: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(_source_cmd(inst, n, sessions), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _inject_async(inst: PrivatePostfix, n: int, sessions: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        _source_cmd(inst, n, sessions), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _version() -> str:
+    r = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True)
+    return r.stdout.strip()
