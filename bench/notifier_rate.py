@@ -391,6 +391,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="repetitions of each variant")
     ap.add_argument("--log-level", default="info", help="MAILEXEC_LOG_LEVEL of the notifier")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the notifier into DIR (speedscope + raw)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (notifier log)")
     ap.add_argument("--verbose", action="store_true", help="print the backlog samples")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--sink", nargs=2, metavar=("PORT", "OUT"), help=argparse.SUPPRESS)
@@ -470,6 +471,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"clk_tck": CLK_TCK, "results": results}, indent=1))
     if any(not r["ok"] for r in results):
         say(f"some variant lost or duplicated DSNs; notifier log kept in {e.workdir}")
+    elif args.keep:
+        say(f"notifier log kept in {e.workdir}")
     else:
         import shutil
 

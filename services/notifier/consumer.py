@@ -45,6 +45,7 @@ log = logging.getLogger("mailexec.notifier.consumer")
 # to close early. The rest of the prefetch covers events being stored.
 PREFETCH = 2000
 BUFFER_MAX = PREFETCH * 3 // 4
+RENDER_SLICE = 16  # DSNs rendered between two looks at the event loop
 _HEAD_SLACK = 4096
 
 
@@ -170,8 +171,10 @@ class EventConsumer:
             originals = await repo.load_originals(
                 session, [e.message_id for e, _ in merged if e.message_id is not None], self._original_limit()
             )
-            for event, events in merged:
+            for n, (event, events) in enumerate(merged, 1):
                 assert event.message_id is not None
+                if n % RENDER_SLICE == 0:
+                    await asyncio.sleep(0)  # let the sender's replies in between DSNs
                 content = render_dsn_bytes(
                     event,
                     originals.get(event.message_id),

@@ -53,7 +53,9 @@ from shared.settings import Settings
 log = logging.getLogger("mailexec.notifier.outbox")
 
 WORKERS = 8  # SMTP connections sending at once
-HELD_PER_WORKER = 2  # rows claimed per worker: one being sent, one waiting
+HELD_PER_WORKER = 4  # rows claimed per worker: one being sent, the next ones waiting
+MAX_HELD = 1024  # rows held at most, including those waiting for their "sent" mark
+UNLOCK_BATCH = 128  # locks of sent rows are released in batches (a sent row is never claimed)
 GAUGE_REFRESH_S = 5.0
 MAX_IDLE_S = 1.0
 MAX_RETRY_DELAY_S = 30.0
@@ -66,11 +68,12 @@ def backoff_s(attempt: int, base: float, cap: float) -> float:
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
-class LockConnection:
-    """The one database connection whose advisory locks say which rows this process is
-    sending. Autocommit: every statement on it commits on its own. Used by one caller at
-    a time; after any error it is thrown away (its locks go with it) and the next use
-    opens a new one (``generation`` counts them)."""
+class DedicatedConnection:
+    """A database connection of the sender's own, outside the request/response use of the
+    pool: one holds the advisory locks of the rows this process is sending, one records
+    what was sent. Autocommit: every statement commits on its own. Used by one caller at
+    a time; after any error it is thrown away (with its locks) and the next use opens a
+    new one (``generation`` counts them)."""
 
     def __init__(self) -> None:
         self._conn: AsyncConnection | None = None
@@ -130,9 +133,12 @@ class Sender:
         self._target = target
         self._wake = asyncio.Event()
         self._stopping = False
-        self._locks = LockConnection()
+        self._locks = DedicatedConnection()
+        self._marks = DedicatedConnection()
+        self._unlock_later: list[tuple[uuid.UUID, int]] = []  # sent rows, lock generation
         self._queue: asyncio.Queue[repo.Outgoing | None] = asyncio.Queue()
         self._held: dict[uuid.UUID, int] = {}  # rows this process holds -> lock generation
+        self._to_send = 0  # held rows not sent yet (queued or being sent)
         self._room = asyncio.Event()
         # accepted by the relay, "sent" not yet recorded (kept while the database is away)
         self._accepted: list[_Accepted] = []
@@ -169,6 +175,7 @@ class Sender:
             row = self._queue.get_nowait()
             if row is not None:
                 waiting.append(row.id)
+                self._to_send -= 1
         await self._release(waiting)
         for _ in self._workers:
             self._queue.put_nowait(None)
@@ -183,6 +190,7 @@ class Sender:
                 await self._marker
         with contextlib.suppress(Unavailable):
             await self._record_accepted()
+        await self._marks.close()
         await self._locks.close()
 
     # --- claiming -------------------------------------------------------------------
@@ -191,7 +199,8 @@ class Sender:
         capacity = WORKERS * HELD_PER_WORKER
         delay = 0.5
         while not self._stopping:
-            room = capacity - len(self._held)
+            # rows waiting for their "sent" mark do not count, unless marking is stuck
+            room = min(capacity - self._to_send, MAX_HELD - len(self._held))
             if room < WORKERS and not (room > 0 and self._queue.empty()):
                 self._room.clear()
                 await self._room.wait()  # claim in batches, not a row at a time
@@ -216,8 +225,11 @@ class Sender:
 
     async def _claim(self, limit: int) -> list[repo.Outgoing]:
         async def claim(conn: AsyncConnection) -> list[repo.Outgoing]:
+            if len(self._unlock_later) >= UNLOCK_BATCH:
+                await self._unlock_sent(conn)
             ids = await repo.lock_due(conn, limit, self._held.keys())
             if not ids:
+                await self._unlock_sent(conn)  # quiet now: let go of everything
                 return []
             rows = await repo.load_locked(conn, ids)
             gone = set(ids) - {r.id for r in rows}  # sent or deferred by their last holder
@@ -228,14 +240,23 @@ class Sender:
         rows = await self._locks.run(claim)
         for row in rows:
             self._held[row.id] = self._locks.generation
+        self._to_send += len(rows)
         return rows
 
-    async def _release(self, ids: Sequence[uuid.UUID]) -> None:
-        """Unlock rows whose outcome is recorded (or that were not sent after all)."""
+    async def _unlock_sent(self, conn: AsyncConnection) -> None:
+        generation = self._locks.generation
+        batch, self._unlock_later = self._unlock_later, []
+        await repo.unlock(conn, [i for i, g in batch if g == generation])
+
+    async def _release(self, ids: Sequence[uuid.UUID], *, sent: bool = False) -> None:
+        """Let go of rows whose outcome is recorded (or that were not sent after all).
+        A sent row's lock is released later, with others: nobody can claim it anyway."""
         generation = self._locks.generation
         mine = [i for i in ids if self._held.get(i) == generation]
         try:
-            if mine and self._locks.connected:
+            if sent:
+                self._unlock_later.extend((i, generation) for i in mine)
+            elif mine and self._locks.connected:
                 await self._locks.run(lambda conn: repo.unlock(conn, mine))
         except Unavailable:
             pass  # the connection is gone, and its locks with it
@@ -276,6 +297,9 @@ class Sender:
                 except Exception:
                     log.exception("outbox: unexpected error in sender worker", extra={"worker": number})
                     await self._release([row.id])
+                finally:
+                    self._to_send -= 1
+                    self._room.set()
         finally:
             await smtp.close()
 
@@ -338,9 +362,9 @@ class Sender:
         if not batch:
             return
         ids = [a.row.id for a in batch]
-        await self._locks.run(lambda conn: repo.mark_sent_many(conn, ids))
+        await self._marks.run(lambda conn: repo.mark_sent_many(conn, ids))
         del self._accepted[: len(batch)]
-        await self._release(ids)
+        await self._release(ids, sent=True)
         for accepted in batch:
             row = accepted.row
             metrics.DSNS.labels(kind=row.kind, state="sent").inc()

@@ -187,17 +187,24 @@ async def lock_due(
     conn: AsyncConnection, limit: int, exclude: Collection[uuid.UUID]
 ) -> list[uuid.UUID]:
     """Take the advisory locks of up to ``limit`` due pending notifications (oldest
-    first) that no other sender holds, skipping ``exclude`` (this sender's own)."""
+    first) that no other sender holds, skipping ``exclude`` (this sender's own).
+
+    Ordered by ``next_attempt_at`` alone, the order of the partial index
+    ``notifications_pending``: the scan stops after a few rows however long the backlog
+    (rows with equal times were written by one transaction). Other senders' rows are at
+    the head too, and a failed ``pg_try_advisory_lock`` is not skipped the way ``SKIP
+    LOCKED`` skips a row lock, so the candidates reach past them."""
     rows = await conn.execute(
         text(
             "WITH candidates AS MATERIALIZED ("
             " SELECT id FROM notifier.notifications"
             " WHERE state = 'pending' AND next_attempt_at <= now()"
             " AND NOT (id = ANY(CAST(:exclude AS uuid[])))"
-            " ORDER BY next_attempt_at, created_at LIMIT :limit"
+            " ORDER BY next_attempt_at LIMIT :window"
             f") SELECT id FROM candidates WHERE pg_try_advisory_lock({_LOCK_KEY.format('id')})"
+            " LIMIT :limit"
         ),
-        {"exclude": list(exclude), "limit": limit},
+        {"exclude": list(exclude), "limit": limit, "window": 2 * limit + 256},
     )
     return [r[0] for r in rows]
 
@@ -210,7 +217,7 @@ async def load_locked(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> list[O
             "SELECT id, message_id, kind, rcpt, attempts, content, created_at "
             "FROM notifier.notifications WHERE id = ANY(CAST(:ids AS uuid[])) "
             "AND state = 'pending' AND next_attempt_at <= now() "
-            "ORDER BY next_attempt_at, created_at"
+            "ORDER BY next_attempt_at"
         ),
         {"ids": list(ids)},
     )
