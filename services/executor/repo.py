@@ -23,8 +23,8 @@ from typing import Any
 import asyncpg
 
 from services.executor.batching import Batcher
-from shared.pgpool import keep_session
 from shared.errors import Unavailable
+from shared.pgpool import keep_session
 
 CLAIMABLE = ("queued", "deferred", "suspended")
 FINAL_STATES = ("delivered", "bounced")

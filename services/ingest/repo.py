@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from shared.pgpool import keep_session
 from shared.errors import Unavailable
+from shared.pgpool import keep_session
 
 _UNAVAILABLE = (
     OSError,

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -54,12 +57,28 @@ def test_runtime_stage_is_compiler_free_non_root_and_has_bubblewrap() -> None:
     assert 'ENTRYPOINT ["mailexec"]' in runtime
 
 
-def test_launcher_is_built_where_the_executor_looks_for_it() -> None:
-    # services/executor/sandbox.py: <sys.prefix>/libexec/mailexec-launch, venv at /opt/venv.
+def test_spawner_and_launcher_are_built_where_the_executor_looks_for_them(
+    tmp_path: Path,
+) -> None:
+    """The image has no compiler: both helpers must be prebuilt at the paths sandbox.py
+    uses (<sys.prefix>/libexec, venv at /opt/venv), or every delivery falls back to the
+    slow launcher path. The build stage's RUN is executed here, into a temp dir."""
+    from services.executor import sandbox
+
     build = stages()["build"]
     assert "python3 -m venv /opt/venv" in build
-    assert "-o /opt/venv/libexec/mailexec-launch" in build
     assert "COPY --from=build /opt/venv /opt/venv" in stages()["runtime"]
+    (run,) = [r for r in re.split(r"^RUN ", build, flags=re.M) if "mkdir -p /opt/venv/libexec" in r]
+    run = re.split(r"^\s*$", run, flags=re.M)[0].replace("\\\n", " ")  # Docker joins continued lines
+    libexec = tmp_path / "libexec"
+    script = run.replace("/opt/venv/libexec", str(libexec)).replace("python -c", f"{sys.executable} -c")
+    done = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    for helper in (sandbox.spawner_path(), sandbox.launcher_path()):
+        built = libexec / helper.name
+        assert built.is_file() and os.access(built, os.X_OK), helper.name
+        assert built.stat().st_mode & 0o777 == 0o755
 
 
 def test_the_executor_c_sources_ship_with_the_headers_they_include() -> None:
