@@ -61,6 +61,12 @@ def _is_connection_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    # SQLAlchemy wraps asyncpg's errors in its own ``Error`` (so the class names below never
+    # match); a refused connect while the server shuts down or starts up (57P03) would
+    # otherwise escape as a plain DBAPIError. 08 = connection exception, 57P = shutdown.
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    if sqlstate.startswith(("08", "57P")):
+        return True
     name = type(getattr(exc, "orig", exc)).__name__
     return any(
         s in name
