@@ -36,7 +36,7 @@ bench-quick: $(STAMP) ## the same with N=500, 1 repetition (~3-4 min)
 	$(BIN)/python -m mailexec.devrun --services-only
 	BENCH_QUICK=1 $(BIN)/python -m bench
 
-chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ)
+chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ and a private PostgreSQL)
 	$(BIN)/python -m tests.chaos
 
 soak: $(STAMP)  ## hold SOAK_RATE msg/s for SOAK_MINUTES (10); RSS, DB connections, queue depth

@@ -2,10 +2,21 @@
 are killed and dependencies cut, then a ledger checked against the database, the
 programs' own side-effect files and an SMTP sink.
 
-Topology: its own PostgreSQL database and RabbitMQ vhost (created and dropped here), the
-services reach both through :class:`CuttableProxy` so a "restart" can be simulated without
-touching the shared servers. With ``rabbit="real"`` (``make chaos`` only) the broker fault
-is a real ``rabbitmqctl stop_app; start_app`` of the machine's broker.
+Topology: its own RabbitMQ vhost and PostgreSQL database (created and dropped here).
+
+- PostgreSQL, ``pg="real"`` (the default, ``CHAOS_PG``): the database lives in a private,
+  throwaway cluster (:mod:`tests.chaos.pgcluster`, its own port on 127.0.0.1) that the
+  services reach directly; the "restart postgresql" fault is a real server restart
+  (``pg_ctlcluster … stop -m fast``, 3 s down, ``start``), every client connection is
+  terminated by the server. Afterwards every service must answer ``/readyz`` (its
+  database check goes through the pool its work uses) and policy must serve a read from
+  the database, or the fault is reported as not reconnected. ``pg="proxy"``: the database
+  is on the shared server (5432) behind a :class:`CuttableProxy`, and the fault only cuts
+  the proxy for 3 s (a simulation: the server never restarts). The shared server is never
+  restarted in either mode.
+- RabbitMQ, ``rabbit="proxy"`` (the short test): the broker fault cuts a
+  :class:`CuttableProxy` for 3 s (simulated); ``rabbit="real"`` (``make chaos``) is a real
+  ``rabbitmqctl stop_app; start_app`` of the machine's shared broker.
 
 Messages go, round-robin, to three accounts whose program succeeds, fails (bounce) or
 defers once (exit 75, then succeeds on retry), all with NOTIFY=SUCCESS,FAILURE, so every
@@ -40,6 +51,7 @@ import asyncpg
 import httpx
 from aiosmtpd.controller import Controller
 
+from tests.chaos.pgcluster import PrivateCluster, drop_leftovers
 from tests.chaos.proxy import CuttableProxy
 from tests.conftest import ServiceProcess, free_port
 
@@ -52,6 +64,8 @@ ACCOUNTS = ("succ", "fail", "defer")
 # hit that window may re-send at most one DSN per sender worker.
 NOTIFIER_SEND_WORKERS = 4
 STRICT_DSN = os.environ.get("CHAOS_STRICT_DSN", "") == "1"
+PG_DOWN_S = 3.0
+RECONNECT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -72,6 +86,9 @@ class Fault:
     started: float = 0.0
     recovered_s: float | None = None
     in_flight: int = 0
+    detail: str = ""
+    reconnected: list[str] = field(default_factory=list)
+    not_reconnected: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,7 +118,8 @@ class Ledger:
                 and (self.dsn_resent <= self.dsn_resend_bound if not STRICT_DSN
                      else self.dsn_resent == 0)
                 and self.runs_duplicated <= self.runs_duplicate_bound
-                and all(f.recovered_s is not None for f in self.faults))
+                and all(f.recovered_s is not None and not f.not_reconnected
+                        for f in self.faults))
 
     def report(self) -> str:
         lines = [
@@ -122,6 +140,12 @@ class Ledger:
                 "kill -9 executor") else ""
             lines.append(f"  fault {f.name} at {f.started:.1f}s: recovered (a new message "
                          f"delivered, DSN sent) in {rec}{extra}")
+            if f.detail:
+                lines.append(f"    {f.detail}")
+            if f.reconnected:
+                lines.append(f"    reconnected: {'; '.join(f.reconnected)}")
+            if f.not_reconnected:
+                lines.append(f"    NOT RECONNECTED: {'; '.join(f.not_reconnected)}")
         lines += [f"  ! {d}" for d in self.details[:20]]
         lines.append("LEDGER " + ("OK" if self.ok() else "FAILED"))
         return "\n".join(lines)
@@ -129,10 +153,21 @@ class Ledger:
 
 class Chaos:
     def __init__(self, n: int, rate: float, rabbit: str = "proxy", executors: int = 2,
-                 executor_kills: int = 1, log_dir: Path | None = None) -> None:
+                 executor_kills: int = 1, log_dir: Path | None = None,
+                 pg: str | None = None) -> None:
         self.n = n
         self.rate = rate
         self.rabbit = rabbit
+        self.pg = pg or os.environ.get("CHAOS_PG", "real")
+        if self.pg not in ("real", "proxy"):
+            raise ValueError(f"CHAOS_PG must be real or proxy, not {self.pg!r}")
+        self.pg_admin = PG_ADMIN
+        self.cluster: PrivateCluster | None = None
+        self.pg_proxy: CuttableProxy | None = None
+        self.amqp_proxy: CuttableProxy | None = None
+        self.smtp: Controller | None = None
+        self.trusted: Path | None = None
+        self.vhost_created = False
         self.n_executors = executors
         self.executor_kills = executor_kills
         self.run_id = uuid.uuid4().hex[:8]
@@ -154,21 +189,37 @@ class Chaos:
     # --- setup ---------------------------------------------------------------------------
 
     async def _admin_sql(self, sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
+        conn = await asyncpg.connect(self.pg_admin)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
     def _db_dsn(self) -> str:
-        return PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db}"
+        return self.pg_admin.rsplit("/", 1)[0] + f"/{self.db}"
 
     async def setup(self) -> None:
+        if self.pg == "real":
+            for name in await asyncio.to_thread(drop_leftovers):
+                print(f"chaos: dropped leftover cluster {name} of a run that did not tear down",
+                      flush=True)
+            self.cluster = PrivateCluster(free_port())
+            await asyncio.to_thread(self.cluster.create)
+            self.pg_admin = self.cluster.admin_dsn
+            print(f"chaos: private PostgreSQL cluster {self.cluster.version}/{self.cluster.name} "
+                  f"on 127.0.0.1:{self.cluster.port}, created and started in "
+                  f"{self.cluster.created_s:.1f} s", flush=True)
+            pg_port = self.cluster.port
+        else:
+            self.pg_proxy = CuttableProxy("127.0.0.1", 5432)
+            pg_port = self.pg_proxy.port
+        self.pg_port = pg_port
         await self._admin_sql(f'CREATE DATABASE "{self.db}"')
+        self.db_created = True
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.vhost], check=True, timeout=120)  # noqa: ASYNC221
+        self.vhost_created = True
         subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest",  # noqa: ASYNC221
                         ".*", ".*", ".*"], check=True, timeout=120)
-        self.pg_proxy = CuttableProxy("127.0.0.1", 5432)
         self.amqp_proxy = CuttableProxy("127.0.0.1", 5672) if self.rabbit == "proxy" else None
         amqp_port = self.amqp_proxy.port if self.amqp_proxy else 5672
         self.trusted = Path(tempfile.mkdtemp(prefix="mailexec-chaos-trusted-", dir="/tmp"))
@@ -177,8 +228,7 @@ class Chaos:
         self.smtp.start()
         env = dict(os.environ)
         env.update({
-            "MAILEXEC_DATABASE_URL":
-                f"postgresql+asyncpg://postgres@127.0.0.1:{self.pg_proxy.port}/{self.db}",
+            "MAILEXEC_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{pg_port}/{self.db}",
             "MAILEXEC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{amqp_port}/{self.vhost}",
             "MAILEXEC_ADMIN_TOKEN": self.tokens["admin"],
             "MAILEXEC_INGEST_TOKEN": self.tokens["mta"],
@@ -198,8 +248,9 @@ class Chaos:
         })
         env["MAILEXEC_POLICY_URL"] = f"http://127.0.0.1:{env['MAILEXEC_POLICY_PORT']}"
         self.env = env
+        migrate_url = self._db_dsn().replace("postgresql://", "postgresql+asyncpg://", 1)
         subprocess.run([sys.executable, "-m", "mailexec", "migrate"], env={  # noqa: ASYNC221
-            **env, "MAILEXEC_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db}"},
+            **env, "MAILEXEC_DATABASE_URL": migrate_url},
             cwd=ROOT, check=True, capture_output=True, timeout=120)
         for name in ("policy", "ingest", "notifier"):
             await self.start(name)
@@ -248,26 +299,36 @@ class Chaos:
         return sp
 
     async def teardown(self) -> None:
-        for sp in self.procs.values():
-            await asyncio.to_thread(sp.stop)
-        for root in self._cgroups:
-            for child in sorted(root.glob("**/"), key=lambda p: -len(p.parts)):
-                try:
-                    child.rmdir()
-                except OSError:
-                    pass
-        self.smtp.stop()
-        self.pg_proxy.close()
-        if self.amqp_proxy:
-            self.amqp_proxy.close()
-        for c in ("policy", "ingest"):
-            client = getattr(self, c, None)
-            if client is not None:
-                await client.aclose()
-        await self._admin_sql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], timeout=120)  # noqa: ASYNC221
-        shutil.rmtree(self.base, ignore_errors=True)
-        shutil.rmtree(self.trusted, ignore_errors=True)
+        """Safe after a setup that failed half-way; the private cluster is dropped whatever
+        else fails."""
+        try:
+            for sp in self.procs.values():
+                await asyncio.to_thread(sp.stop)
+            for root in self._cgroups:
+                for child in sorted(root.glob("**/"), key=lambda p: -len(p.parts)):
+                    try:
+                        child.rmdir()
+                    except OSError:
+                        pass
+            if self.smtp is not None:
+                self.smtp.stop()
+            for proxy in (self.pg_proxy, self.amqp_proxy):
+                if proxy is not None:
+                    proxy.close()
+            for c in ("policy", "ingest"):
+                client = getattr(self, c, None)
+                if client is not None:
+                    await client.aclose()
+            if self.cluster is None and getattr(self, "db_created", False):
+                await self._admin_sql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+            if self.vhost_created:
+                subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost], timeout=120)  # noqa: ASYNC221
+        finally:
+            if self.cluster is not None:
+                await asyncio.to_thread(self.cluster.drop, self.log_dir)
+            shutil.rmtree(self.base, ignore_errors=True)
+            if self.trusted is not None:
+                shutil.rmtree(self.trusted, ignore_errors=True)
 
     # --- load ----------------------------------------------------------------------------
 
@@ -340,6 +401,7 @@ class Chaos:
         fault.started = time.monotonic() - t0
         fault.started_mono = time.monotonic()  # type: ignore[attr-defined]
         name = fault.name
+        probe: asyncio.Task[None] | None = None
         if name.startswith("kill -9 executor"):
             key = name.split()[-1]
             sp = self.procs[key]
@@ -369,15 +431,133 @@ class Chaos:
                 await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "start_app"], check=True,
                                         capture_output=True, timeout=300)
         elif name == "restart postgresql":
-            self.pg_proxy.cut()
-            await asyncio.sleep(3)
-            self.pg_proxy.restore()
+            deliveries = {k: await self.deliveries(k) for k in self.procs if k.startswith("executor")}
+            if self.cluster is not None:
+                probe = await self.restart_cluster(fault, t0, probe_seq)
+            else:
+                assert self.pg_proxy is not None
+                self.pg_proxy.cut()
+                await asyncio.sleep(PG_DOWN_S)
+                self.pg_proxy.restore()
+                fault.detail = (f"simulated: TCP proxy to the shared server cut for {PG_DOWN_S:.0f} s "
+                                "(the server itself keeps running)")
+            print(f"chaos: {name}: {fault.detail}", flush=True)
         try:
-            await asyncio.wait_for(self.probe(fault, t0, probe_seq), timeout=180)
+            await asyncio.wait_for(probe or self.probe(fault, t0, probe_seq), timeout=180)
         except TimeoutError:  # reported as NOT RECOVERED in the ledger; keep going
             print(f"chaos: no recovery within 180 s after {name!r}", flush=True)
         else:
             print(f"chaos: recovered {fault.recovered_s:.1f} s after {name!r}", flush=True)
+        if name == "restart postgresql":
+            await self.check_reconnected(fault, deliveries)
+            for line in fault.reconnected:
+                print(f"chaos: reconnected: {line}", flush=True)
+            for line in fault.not_reconnected:
+                print(f"chaos: NOT RECONNECTED: {line}", flush=True)
+
+    async def restart_cluster(self, fault: Fault, t0: float, probe_seq: int) -> asyncio.Task[None]:
+        """Stop the private cluster (fast: every backend terminated), keep it down for
+        ``PG_DOWN_S``, start it; what happened goes to ``fault.detail``. The probe starts
+        as soon as the server is down (its POSTs are retried until ingest accepts one),
+        so the recovery time is the services' and not ``pg_ctl``'s wait for the start."""
+        c = self.cluster
+        assert c is not None
+        conns = await self.db_connections()
+        before = c.postmaster_pid()
+        t = time.monotonic()
+        await asyncio.to_thread(c.stop)
+        stop_s = time.monotonic() - t
+        probe = asyncio.create_task(self.probe(fault, t0, probe_seq))
+        await asyncio.sleep(PG_DOWN_S)
+        t = time.monotonic()
+        await asyncio.to_thread(c.start)
+        start_s = time.monotonic() - t
+        fault.detail = (
+            f"real restart of cluster {c.version}/{c.name}: pg_ctlcluster stop -m fast "
+            f"({stop_s:.1f} s, {conns} client connection(s) terminated), {PG_DOWN_S:.0f} s down, "
+            f"start ({start_s:.1f} s, until pg_ctl saw it ready); postmaster pid {before} -> "
+            f"{c.postmaster_pid()}")
+        return probe
+
+    async def db_connections(self) -> int:
+        conn = await asyncpg.connect(self._db_dsn())
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                "AND pid <> pg_backend_pid()", self.db))
+        finally:
+            await conn.close()
+
+    async def deliveries(self, key: str) -> float:
+        """An executor's ``mailexec_deliveries_total``, all outcomes (0 when unreachable)."""
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                r = await client.get(f"{self.procs[key].url}/metrics")
+        except httpx.HTTPError:
+            return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
+                   if line.startswith("mailexec_deliveries_total"))
+
+    def pg_sockets(self, key: str) -> int:
+        """ESTABLISHED TCP connections from a service's process to PostgreSQL (or to the
+        proxy in front of it), from ``/proc``: after a restart, every one of them is new."""
+        sp = self.procs[key]
+        if sp.proc is None:
+            return 0
+        inodes = set()
+        try:
+            for fd in Path(f"/proc/{sp.proc.pid}/fd").iterdir():
+                try:
+                    link = os.readlink(fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            return 0
+        n = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if (int(f[2].rsplit(":", 1)[1], 16) == self.pg_port and f[3] == "01"
+                    and f[9] in inodes):
+                n += 1
+        return n
+
+    async def check_reconnected(self, fault: Fault, deliveries_before: dict[str, float]) -> None:
+        """Every service is back on the database after the restart: ``/readyz`` 200 (each
+        service's database check runs through the pool its work uses, so a pool that kept
+        dead connections fails it), and policy answers an account read from the database
+        (policy is otherwise idle: the executors cache its answers). Also recorded, as
+        evidence: each process's connections to PostgreSQL now, and the deliveries each
+        executor made since the fault."""
+        async def one(key: str) -> None:
+            sp = self.procs[key]
+            deadline = time.monotonic() + RECONNECT_TIMEOUT_S
+            last = ""
+            async with httpx.AsyncClient(timeout=5) as client:
+                while True:
+                    try:
+                        r = await client.get(f"{sp.url}/readyz")
+                        ok, last = r.status_code == 200, f"/readyz {r.status_code} {r.text[:200]}"
+                        if ok and key == "policy":
+                            r = await self.policy.get("/v1/accounts/succ@chaos.example")
+                            ok, last = r.status_code == 200, f"account read {r.status_code} {r.text[:200]}"
+                    except httpx.HTTPError as exc:
+                        ok, last = False, f"{type(exc).__name__}: {exc}"
+                    if ok:
+                        break
+                    if time.monotonic() > deadline:
+                        fault.not_reconnected.append(
+                            f"{key}: not back within {RECONNECT_TIMEOUT_S:.0f} s after the probe "
+                            f"({last}; {self.pg_sockets(key)} connection(s) to PostgreSQL)")
+                        return
+                    await asyncio.sleep(0.5)
+            extra = ""
+            if key in deliveries_before:
+                extra = f", {await self.deliveries(key) - deliveries_before[key]:.0f} deliveries since"
+            fault.reconnected.append(f"{key} ({self.pg_sockets(key)} conn{extra})")
+
+        await asyncio.gather(*(one(k) for k in sorted(self.procs)))
 
     def schedule(self) -> list[Fault]:
         names = []
@@ -501,10 +681,11 @@ class Chaos:
         lg.runs_duplicate_bound = self.in_flight_bound
 
 
-async def main(n: int, rate: float, rabbit: str, executor_kills: int) -> Ledger:
-    chaos = Chaos(n, rate, rabbit=rabbit, executor_kills=executor_kills)
-    print(f"chaos: {n} messages at {rate}/s, broker fault via {rabbit}, logs in {chaos.log_dir}",
-          flush=True)
+async def main(n: int, rate: float, rabbit: str, executor_kills: int,
+               pg: str | None = None) -> Ledger:
+    chaos = Chaos(n, rate, rabbit=rabbit, executor_kills=executor_kills, pg=pg)
+    print(f"chaos: {n} messages at {rate}/s, broker fault via {rabbit}, database fault via "
+          f"{chaos.pg}, logs in {chaos.log_dir}", flush=True)
     try:
         await chaos.setup()
         ledger = await chaos.run()

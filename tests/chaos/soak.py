@@ -62,7 +62,7 @@ async def main() -> int:
     minutes = float(os.environ.get("SOAK_MINUTES", "10"))
     every = float(os.environ.get("SOAK_SAMPLE_S", "30"))
     n = int(rate * minutes * 60)
-    chaos = Chaos(n, rate, rabbit="proxy", executors=1)
+    chaos = Chaos(n, rate, rabbit="proxy", executors=1, pg="proxy")
     print(f"soak: {rate}/s for {minutes} min ({n} messages), logs in {chaos.log_dir}", flush=True)
     samples: list[dict[str, object]] = []
     try:
