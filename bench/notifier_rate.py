@@ -247,7 +247,10 @@ async def run_variant(
             "messages",
             schema_name="mail",
             columns=["id", "sender", "notify", "size", "body"],
-            records=[(m, s, ["FAILURE", "DELAY"], len(ORIGINAL), ORIGINAL) for m, s in zip(mids, senders, strict=True)],
+            records=[
+                (m, s, ["FAILURE", "DELAY"], len(ORIGINAL), ORIGINAL)
+                for m, s in zip(mids, senders, strict=True)
+            ],
         )
     finally:
         await conn.close()
@@ -387,7 +390,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.notifier_rate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", 5000)), help="events per variant")
     ap.add_argument("--variants", default="single,ten", help="single, ten (10 recipients per message)")
-    ap.add_argument("--rate", type=float, default=0.0, help="pace publishing at this many events/s (0: flat out)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="pace publishing at this many events/s (0: flat out)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of each variant")
     ap.add_argument("--log-level", default="info", help="MAILEXEC_LOG_LEVEL of the notifier")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the notifier into DIR (speedscope + raw)")
@@ -443,10 +447,12 @@ def main() -> None:
                 results.append(r)
                 say(
                     f"{r['variant']:>9} rep {rep + 1}: {r['events_per_s']:7.1f} events/s "
-                    f"({r['dsns_per_s']:.1f} DSNs/s), notifier CPU {r['notifier_cpu_ms_per_event']:.3f} ms/event "
+                    f"({r['dsns_per_s']:.1f} DSNs/s), "
+                    f"notifier CPU {r['notifier_cpu_ms_per_event']:.3f} ms/event "
                     f"({r['notifier_cpu_ms_per_dsn']:.3f} ms/DSN, {r['notifier_cores']} cores), "
                     f"sink {r['sink_cpu_ms_per_dsn']:.3f} ms/DSN, publish {r['publish_s']} s, "
-                    f"peak backlog {r['peak_queue_depth']} queued/{r['peak_outbox_pending']} unsent, load {r['load_before']}->{r['load_after']}, "
+                    f"peak backlog {r['peak_queue_depth']} queued/{r['peak_outbox_pending']} unsent, "
+                    f"load {r['load_before']}->{r['load_after']}, "
                     f"DSNs {r['dsns_received']} (missing {r['missing']}, extra {r['extra_dsns']}, "
                     f"wrong recipients {r['wrong_recipient_count']}) {'OK' if r['ok'] else 'NOT OK'}"
                 )

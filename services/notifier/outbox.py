@@ -20,7 +20,8 @@ outcome of each send can commit on its own while other sends are still under way
   ``last_error``; for a DSN (never for a notice: that could loop) a postmaster notice
   "DSN undeliverable" is queued in the same transaction.
 
-Only then is the row's lock released. The one window where a notification can go out
+Only then is the row's lock released (a sent row's with others, in batches: nobody
+can claim a sent row anyway). The one window where a notification can go out
 twice: the relay answered 250 to DATA and this process died before the ``sent`` mark
 committed, a few milliseconds (one group commit). The row is still pending and is sent
 again after restart; the alternative order (mark first, send after) would lose it
@@ -163,8 +164,13 @@ class Sender:
         self._stopping = True
         self._wake.set()
         self._room.set()
-        for task in (self._gauge_task, self._dispatcher):
-            if task is not None:
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
+        if self._dispatcher is not None:
+            # Not cancelled mid-claim if it can be helped: that would drop the lock
+            # connection, and with it the locks of the rows still being sent.
+            _, late = await asyncio.wait([self._dispatcher], timeout=2.0)
+            for task in late:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
