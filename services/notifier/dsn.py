@@ -402,6 +402,28 @@ def _assemble(
     return message
 
 
+_PLAIN_FIELD: Final = re.compile(r"[!-9;-~]+: [^ \t]")
+_CONTAINER_TYPE: Final = re.compile(r"content-type: *(multipart|message)", re.IGNORECASE)
+
+
+def _regenerated_as_is(source: str) -> str | None:
+    """What parsing ``source`` (a returned original, ``\\n`` line ends) and generating it
+    again gives, when that is known without doing it: a message that is not a MIME
+    container, whose fields are all ``Name: value`` (one space, the way the generator
+    writes them back). None otherwise."""
+    head, separator, _ = source.partition("\n\n")
+    lines = (head if separator else source[:-1]).split("\n")
+    if not lines or lines[0][:1] in (" ", "\t"):
+        return None
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            continue
+        if not _PLAIN_FIELD.match(line) or _CONTAINER_TYPE.match(line):
+            return None
+    # a message with no body gets the empty line that ends its header section
+    return source if separator else source + "\n"
+
+
 def _assemble_bytes(
     top: list[str], parts: list[_Part], *, content_type: str, seed: str, host: str
 ) -> bytes:
@@ -416,23 +438,46 @@ def _assemble_bytes(
     """
     boundary = _choose_boundary(seed, host, parts)
     canonical: list[_Part] = []
-    exact = True
     for part in parts:
         if "Content-Type: message/rfc822" in part.headers:
-            inner = (part.body.rstrip("\n") + "\n").replace("\n", "\r\n").encode("utf-8")
-            parsed = BytesParser(policy=POLICY).parsebytes(inner)
-            # Parsed inside the DSN, a defective MIME structure (a multipart without its
-            # closing delimiter ...) can end one line earlier or later than on its own.
-            exact = exact and not any(p.defects for p in parsed.walk())
-            body = to_bytes(parsed).decode("utf-8", "surrogateescape").replace("\r\n", "\n")
-            exact = exact and "\r" not in part.body and body.endswith("\n")
+            source = part.body.rstrip("\n") + "\n"
+            body = _regenerated_as_is(source)
+            if body is None:
+                body = _regenerated_in_place(part.headers, source, content_type, boundary)
+            if body is None or "\r" in part.body:
+                return to_bytes(_assemble(top, parts, content_type=content_type, seed=seed, host=host))
             canonical.append(_Part(part.headers, body, exact=True))
         else:
             canonical.append(part)
     text = "\n".join(_layout(top, canonical, content_type=content_type, boundary=boundary)) + "\n"
-    if not exact or "\r" in text:
+    if "\r" in text:
         return to_bytes(_assemble(top, parts, content_type=content_type, seed=seed, host=host))
     return text.replace("\n", "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _regenerated_in_place(
+    headers: list[str], source: str, content_type: str, boundary: str
+) -> str | None:
+    """What the generator writes for a returned ``message/rfc822`` part's content, from
+    a multipart holding only that part: it is parsed in the same surroundings as in the
+    whole DSN (the same boundary, the closing delimiter after it), which is what decides
+    where a malformed original ends, without parsing the DSN's other parts."""
+    part_head = f"--{boundary}\n" + "\n".join(headers) + "\n\n"
+    tail = f"\n--{boundary}--\n"
+    wrapper = f'Content-Type: {content_type};\n boundary="{boundary}"\n\n{part_head}{source}{tail}'
+    raw = wrapper.replace("\n", "\r\n").encode("utf-8")
+    parsed = BytesParser(policy=POLICY).parsebytes(raw)
+    if any(p.defects for p in parsed.walk()):
+        return None  # a malformed original: only the whole-message generator says what it writes
+    flat = to_bytes(parsed).decode("utf-8", "surrogateescape")
+    if "\n" in flat.replace("\r\n", ""):
+        return None
+    flat = flat.replace("\r\n", "\n")
+    start = flat.find(part_head)
+    if start < 0 or not flat.endswith(tail):
+        return None
+    body = flat[start + len(part_head) : -len(tail)]
+    return body if body.endswith("\n") else None
 
 
 def _top_headers(

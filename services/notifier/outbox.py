@@ -21,12 +21,13 @@ outcome of each send can commit on its own while other sends are still under way
   "DSN undeliverable" is queued in the same transaction.
 
 Only then is the row's lock released (a sent row's with others, in batches: nobody
-can claim a sent row anyway). The one window where a notification can go out
-twice: the relay answered 250 to DATA and this process died before the ``sent`` mark
-committed, a few milliseconds (one group commit). The row is still pending and is sent
-again after restart; the alternative order (mark first, send after) would lose it
-instead. Losing the *database* in that window does not re-send from this process: it
-remembers what the relay accepted and records it as sent once the database is back.
+can claim a sent row anyway). The one window where a notification can go out twice:
+the relay answered 250 to DATA and this process died before the ``sent`` mark
+committed, a few milliseconds (:data:`MARK_GATHER_S` and one commit). The row is
+still pending and is sent again after restart; the alternative order (mark first,
+send after) would lose it instead. Losing the *database* in that window does not
+re-send from this process: it remembers what the relay accepted and records it as
+sent once the database is back.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ log = logging.getLogger("mailexec.notifier.outbox")
 
 WORKERS = 8  # SMTP connections sending at once
 HELD_PER_WORKER = 4  # rows claimed per worker: one being sent, the next ones waiting
+MARK_GATHER_S = 0.005  # accepted sends gathered into one "sent" statement for this long
 MAX_HELD = 1024  # rows held at most, including those waiting for their "sent" mark
 UNLOCK_BATCH = 128  # locks of sent rows are released in batches (a sent row is never claimed)
 GAUGE_REFRESH_S = 5.0
@@ -347,6 +349,7 @@ class Sender:
         delay = 0.5
         while True:
             await self._accepted_event.wait()
+            await asyncio.sleep(MARK_GATHER_S)
             self._accepted_event.clear()
             try:
                 await self._record_accepted()
