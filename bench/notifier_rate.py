@@ -1,26 +1,29 @@
 """How many DSN-producing events per second the notifier sustains (bounce storms).
 
-    .venv/bin/python -m bench.notifier_rate [--n 5000] [--variants single,ten] [--rate 0]
-                                            [--profile DIR] [--log-level info]
+    .venv/bin/python -m bench.notifier_rate [--n 5000] [--variants single,ten] [--rate R]
+        [--reps K] [--log-level info] [--profile DIR] [--json FILE] [--verbose] [--keep]
 
 Creates its own database and vhost (``mailexec_nrate_<id>``, migrations by ``mailexec
 migrate``), starts an aiosmtpd sink (its own process, counting what arrives) and the
 real notifier (``python -m mailexec serve notifier``, default settings: aggregation
-window 2 s, log level info), then per variant:
+window 2 s, log level info; no policy service, so policy defaults apply), then per
+variant:
 
 - ``single``: N ``bounce`` events, one recipient each, N distinct messages;
 - ``ten``:    N/10 messages whose 10 recipients fail together: 10 events per message,
   published back to back; aggregation must give exactly one DSN per message listing
   all 10 recipients.
 
-The ``mail.messages`` rows are inserted first (the notifier returns the original, RET
-defaults to FULL for bounces). Events are published to the ``events`` exchange as fast
-as publisher confirms allow (``--rate R``: paced at R events/s instead, to see whether
-the backlog levels off). The clock runs from the first publish until every expected DSN
-has reached the sink. Printed: events/s, notifier CPU seconds per event
-(utime+stime from /proc/PID/stat, before/after), the sink's CPU, the peak depth of
-``notifier.events``, the load average, and whether every message got exactly one DSN
-with the right recipients. The database and vhost are dropped at the end.
+The ``mail.messages`` rows (~1 KiB, returned in full) are inserted first. Events are
+published to the ``events`` exchange as fast as publisher confirms allow (``--rate R``:
+paced at R events/s instead, to see whether the backlog levels off). The clock runs
+from the first publish until every expected DSN has reached the sink. Printed:
+events/s, notifier CPU per event (utime+stime from /proc/PID/stat, before/after), the
+sink's CPU per DSN, the peak backlog (``notifier.events`` ready messages; outbox rows
+not yet sent), the notifier's peak RSS, the load average, and whether every message got
+exactly one DSN with the right recipients. The database and vhost are dropped at the
+end. ``--profile DIR`` records the notifier with py-spy (``.venv/bin/pip install
+py-spy``; numbers are then a little lower).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import CLK_TCK, ROOT, loadavg, self_cpu_s
+from bench.common import CLK_TCK, ROOT, loadavg, self_cpu_s, vm_hwm_kib
 
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 RCPT_DOMAIN = "rcpt.bench.example"
@@ -351,6 +354,7 @@ async def run_variant(
         "peak_outbox_pending": peak_pending,
         "final_queue_depth": depth_samples[-1][1] if depth_samples else None,
         "depth_samples": depth_samples,
+        "notifier_peak_rss_mib": round((vm_hwm_kib(notifier_pid) or 0) / 1024, 1),
         "load_before": round(load_before, 2),
         "load_after": round(loadavg(), 2),
         "dsns_received": len(sink.lines),
@@ -453,6 +457,7 @@ def main() -> None:
                     f"sink {r['sink_cpu_ms_per_dsn']:.3f} ms/DSN, publish {r['publish_s']} s, "
                     f"peak backlog {r['peak_queue_depth']} queued/{r['peak_outbox_pending']} unsent, "
                     f"load {r['load_before']}->{r['load_after']}, "
+                    f"notifier peak RSS {r['notifier_peak_rss_mib']} MiB, "
                     f"DSNs {r['dsns_received']} (missing {r['missing']}, extra {r['extra_dsns']}, "
                     f"wrong recipients {r['wrong_recipient_count']}) {'OK' if r['ok'] else 'NOT OK'}"
                 )
