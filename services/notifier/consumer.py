@@ -9,7 +9,9 @@
   one DSN. ``admin_notice`` events become rate-limited postmaster notices.
 - An event is acked only after the transaction that records it in
   ``notifier.seen_events`` and stores the notification covering it has committed; a
-  redelivered event finds itself in ``seen_events`` and produces nothing again.
+  redelivered event finds itself in ``seen_events`` and produces nothing again. The
+  windows that close together (:mod:`services.notifier.aggregate`) share that
+  transaction: one multi-row insert into each table, one DSN rendered per window.
 """
 
 from __future__ import annotations
