@@ -146,7 +146,7 @@ def main() -> int:
     uid, gid = ensure_user()
     res: dict[str, Any] = {
         "meta": {
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git": _git(), "host": platform.node(), "cpus": os.cpu_count(),
             "kernel": platform.release(), "python": sys.version.split()[0],
             "config": {"n": cfg.n, "n_large": cfg.n_large, "reps": cfg.reps,
@@ -173,7 +173,7 @@ def main() -> int:
         res["profiles"] = profiling.summaries()
     res["scaleout"] = scaleout.derive(res)
     res["meta"]["loadavg_end"] = loadavg()
-    res["meta"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    res["meta"]["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     out = BENCH_DIR / "results" / "latest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str) + "\n")
