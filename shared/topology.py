@@ -3,6 +3,12 @@
 Everything durable; jobs on a quorum queue with a delivery limit that dead-letters
 poison jobs; retries through per-delay TTL queues that dead-letter back to
 ``deliveries`` (no broker plugin needed).
+
+Every queue a job passes through is a quorum queue with at-least-once dead-lettering,
+the retry and held queues included: a classic queue dead-letters at most once, and a
+`make chaos` run showed what that means — jobs deferred just before a RabbitMQ restart
+expired while the broker was starting, were dead-lettered towards a `deliveries` queue
+that had no leader yet, and were dropped (16 recipients left `deferred` for good).
 """
 
 from __future__ import annotations
@@ -73,25 +79,18 @@ async def declare(channel: AbstractChannel) -> dict[str, AbstractExchange]:
         DELIVERIES_DEAD, durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(dlx, "")
-    for name, delay in RETRY_LADDER:
+    for name, ttl_ms in [*((n, d * 1000) for n, d in RETRY_LADDER), (HELD_QUEUE, HELD_RECHECK_MS)]:
         await channel.declare_queue(
             name,
             durable=True,
             arguments={
-                "x-message-ttl": delay * 1000,
+                "x-queue-type": "quorum",
+                "x-message-ttl": ttl_ms,
                 "x-dead-letter-exchange": DELIVERIES_EXCHANGE,
                 "x-dead-letter-routing-key": DELIVERIES_ROUTING_KEY,
+                **AT_LEAST_ONCE_DEAD_LETTERING,
             },
         )
-    await channel.declare_queue(
-        HELD_QUEUE,
-        durable=True,
-        arguments={
-            "x-message-ttl": HELD_RECHECK_MS,
-            "x-dead-letter-exchange": DELIVERIES_EXCHANGE,
-            "x-dead-letter-routing-key": DELIVERIES_ROUTING_KEY,
-        },
-    )
     nq = await channel.declare_queue(
         NOTIFIER_QUEUE,
         durable=True,
