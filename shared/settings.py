@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     trusted_dir: str = "/var/lib/mailexec/trusted"
     executor_concurrency: int = 64
     executor_prefetch: int = 128
+    # Bytes of message bodies (those too large to travel inline in the job) one executor
+    # holds in memory at once; jobs of further large messages wait. A message larger than
+    # this runs when nothing else is held.
+    executor_body_memory_bytes: int = 32 * 1024 * 1024
     # Retry delays (comma-separated seconds) shorter than the retry queues' TTLs, set as a
     # per-message expiration; empty = the ladder of shared.topology. For tests and drills.
     executor_retry_delays_s: str = ""

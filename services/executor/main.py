@@ -133,7 +133,7 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    repo = Repo(settings.database_url)
+    repo = Repo(settings.database_url, body_memory_bytes=settings.executor_body_memory_bytes)
     broker = Broker(settings.amqp_url)
     policy = PolicyClient(settings.policy_url, settings.service_token)
     try:

@@ -26,3 +26,10 @@ SANDBOX_FAILURES = Counter(
 )
 JOBS_IN_FLIGHT = Gauge("mailexec_jobs_in_flight", "Delivery jobs being processed right now")
 EVENTS_PUBLISHED = Counter("mailexec_events_published_total", "Events published", ["kind"])
+BODY_BYTES = Gauge(
+    "mailexec_executor_body_bytes",
+    "Bytes of message bodies read from PostgreSQL and held in memory right now "
+    "(bounded by MAILEXEC_EXECUTOR_BODY_MEMORY_BYTES)",
+)
+BODY_BYTES_PEAK = Gauge(
+    "mailexec_executor_body_bytes_peak", "Highest mailexec_executor_body_bytes since start")

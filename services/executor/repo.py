@@ -13,6 +13,7 @@ defer the job (never lose it, never bounce because of it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from services.executor.batching import Batcher
+from services.executor.metrics import BODY_BYTES, BODY_BYTES_PEAK
 from shared.errors import Unavailable
 from shared.pgpool import keep_session
 
@@ -154,14 +156,68 @@ def _translated() -> Iterator[None]:
         ) from exc
 
 
+class BodyBudget:
+    """At most ``limit`` bytes of message bodies held at once, granted first come, first
+    served: a large message waits its turn instead of being overtaken forever by small
+    ones. A body larger than the whole budget is granted when nothing else is held."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.held = 0
+        self.peak = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, size: int) -> int:
+        """Wait for ``size`` bytes (capped at the limit); returns what to release."""
+        n = min(max(size, 1), self.limit)
+        if not self._waiters and self.held + n <= self.limit:
+            self._grant(n)
+            return n
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted just as we were cancelled
+                self.release(n)
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        BODY_BYTES.set(self.held)
+        self._wake()
+
+    def _grant(self, n: int) -> None:
+        self.held += n
+        BODY_BYTES.set(self.held)
+        if self.held > self.peak:
+            self.peak = self.held
+            BODY_BYTES_PEAK.set(self.peak)
+
+    def _wake(self) -> None:
+        while self._waiters and self.held + self._waiters[0][0] <= self.limit:
+            n, fut = self._waiters.popleft()
+            if not fut.done():
+                self._grant(n)
+                fut.set_result(None)
+
+
 class Repo:
-    def __init__(self, database_url: str, *, pool_size: int = 4) -> None:
+    def __init__(self, database_url: str, *, pool_size: int = 4,
+                 body_memory_bytes: int = 32 * 1024 * 1024) -> None:
         self._dsn = _plain_dsn(database_url)
+        self.body_budget = BodyBudget(body_memory_bytes)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.claims: Batcher[ClaimRequest, Claim] = Batcher("claim", self._claim_batch)
         self.records: Batcher[RecipientUpdate, bool] = Batcher("record", self._record_batch)
         self._bodies: dict[uuid.UUID, tuple[asyncio.Future[bytes], int]] = {}
+        self._budget: dict[uuid.UUID, int] = {}  # bytes of the budget each held body took
 
     async def start(self, timeout: float = 30.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -257,13 +313,17 @@ class Repo:
     # --- message bodies, shared by concurrent jobs of one message ------------------------
 
     @contextlib.asynccontextmanager
-    async def message_body(self, message_id: uuid.UUID) -> AsyncIterator[bytes]:
-        """The raw message, fetched once however many jobs of the message run at once."""
+    async def message_body(self, message_id: uuid.UUID, size: int) -> AsyncIterator[bytes]:
+        """The raw message, fetched once however many jobs of the message run at once,
+        within the executor's body memory budget (``size``: the message's size)."""
         entry = self._bodies.get(message_id)
         if entry is None:
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._bodies[message_id] = (fut, 1)
+            granted = 0
             try:
+                granted = await self.body_budget.acquire(size)
+                self._budget[message_id] = granted
                 async with self._conn() as conn:
                     body = await conn.fetchval(
                         "SELECT body FROM mail.messages WHERE id = $1", message_id
@@ -274,6 +334,8 @@ class Repo:
             except BaseException as exc:
                 fut.set_exception(exc)
                 fut.exception()
+                if granted and self._budget.pop(message_id, None) is not None:
+                    self.body_budget.release(granted)
         else:
             fut = entry[0]
             self._bodies[message_id] = (fut, entry[1] + 1)
@@ -283,6 +345,9 @@ class Repo:
             f, refs = self._bodies[message_id]
             if refs <= 1:
                 del self._bodies[message_id]
+                held = self._budget.pop(message_id, None)
+                if held is not None:
+                    self.body_budget.release(held)
             else:
                 self._bodies[message_id] = (f, refs - 1)
 

@@ -143,7 +143,7 @@ class Worker:
         if inline is not None:
             yield inline
             return
-        async with self.repo.message_body(job.message_id) as body:
+        async with self.repo.message_body(job.message_id, job.size) as body:
             yield body
 
     # --- after the verdict -------------------------------------------------------------

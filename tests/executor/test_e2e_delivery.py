@@ -46,3 +46,42 @@ async def test_chain_runs_as_owner_with_exact_env_stdin_and_order(
     assert ev["recipients"][0]["status"] == "2.0.0"
     assert ev["recipients"][0]["action"] == "delivered"
 
+
+
+async def test_large_bodies_held_at_once_stay_within_the_memory_budget(
+    pipe: Pipeline, homes: Homes
+) -> None:
+    """Bodies read from PostgreSQL count against MAILEXEC_EXECUTOR_BODY_MEMORY_BYTES: with
+    room for two ~0.9 MiB messages, four of them to a slow program run two at a time (all
+    delivered, none refused), and the executor never held more than the budget."""
+    import asyncio
+    from datetime import datetime, timedelta
+
+    import httpx
+
+    budget = 2 * 1024 * 1024
+    pipe.procs["executor"].stop()
+    executor = await pipe.astart("executor", {"MAILEXEC_EXECUTOR_BODY_MEMORY_BYTES": str(budget)})
+    try:
+        uid, gid, home = homes.make()
+        address = f"big{uid}@example.org"
+        await pipe.account(address, uid, gid, home, ["nap"])  # reads stdin, sleeps 2 s
+        big = message("big", body="y" * 900 * 1024 + "\n")
+        mids = await asyncio.gather(*(pipe.submit(address, big) for _ in range(4)))
+        spans = []
+        for mid in mids:
+            rcpt = await pipe.wait_state(mid, timeout=60)
+            assert rcpt["state"] == "delivered", rcpt
+            (run,) = rcpt["programs"]
+            start = datetime.fromisoformat(run["started_at"])
+            spans.append((start, start + timedelta(milliseconds=run["duration_ms"])))
+        overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+        assert overlap == 2, spans  # two fit the budget at once, never more
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(executor.url + "/metrics", timeout=5)).text
+        peak = next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith("mailexec_executor_body_bytes_peak "))
+        assert len(big) * 2 <= peak <= budget
+    finally:
+        pipe.procs["executor"].stop()
+        pipe.start("executor")
