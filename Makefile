@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test lint bench bench-quick chaos soak clean
+.PHONY: help venv run test lint bench bench-quick chaos soak soak-mix clean
 help:           ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
 
@@ -39,7 +39,10 @@ bench-quick: $(STAMP) ## the same with N=500, 1 repetition (~3-4 min)
 chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ and a private PostgreSQL)
 	$(BIN)/python -m tests.chaos
 
-soak: $(STAMP)  ## hold SOAK_RATE msg/s for SOAK_MINUTES (10); RSS, DB connections, queue depth
+soak: $(STAMP)  ## hold 80% of make bench's peak (SOAK_RATE) for SOAK_MINUTES (10); RSS, DB conns, queues (root)
+	$(BIN)/python -m bench.soak
+
+soak-mix: $(STAMP)  ## the chaos mix (succeed/fail/defer, a DSN per message) at SOAK_RATE (40) msg/s
 	$(BIN)/python -m tests.chaos.soak
 
 clean:          ## remove the virtualenv and caches

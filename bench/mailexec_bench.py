@@ -154,7 +154,7 @@ class Pipeline:
         env = dict(os.environ)
         env.update(self.tokens)
         env.update({
-            "MAILEXEC_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}",
+            "MAILEXEC_DATABASE_URL": "postgresql+asyncpg://" + PG_BENCH.split("://", 1)[1],
             "MAILEXEC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
             "MAILEXEC_TRUSTED_DIR": str(TRUSTED),
             "MAILEXEC_REPORTING_MTA": "bench.localdomain",

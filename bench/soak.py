@@ -1,0 +1,205 @@
+"""``make soak``: hold 80 % of the benchmark's peak rate for 10 minutes and report whether
+anything grows without levelling off.
+
+    .venv/bin/python -m bench.soak        # as root, like `make bench`
+
+The workload is the benchmark's 1 KiB x 1 case (the same pipeline, program, accounts and
+open-loop load generator as ``bench/mailexec_bench.py``), paced at ``SOAK_RATE``
+messages/s — default 0.8 x the median 1 KiB x 1 peak in ``bench/results/latest.json``
+(run ``make bench`` first), else 400 — for ``SOAK_MINUTES`` (10). Every
+``SOAK_SAMPLE_S`` (30) seconds it prints RSS of each service, PostgreSQL connections to
+the bench database, queue depths, the backlog (recipients not final yet) and the
+program runs counted so far; at the end start vs end, and, for each figure, whether it
+still grew over the last third of the run (more than 10 % of its start value, or, for
+the backlog and queues, more than 2 seconds' worth of messages). Writes
+``bench/results/soak.json``. Exit status 0 iff everything was delivered and nothing
+kept growing.
+
+PostgreSQL: a private, throwaway cluster with Debian's default configuration
+(``tests/chaos/pgcluster.py``; ``SOAK_PG=shared`` uses the machine's server instead). Why:
+the shared server of this workplace runs with ``autovacuum = off``
+(``conf.d/90-ci.conf``, for test speed); ten minutes of updates without vacuum or
+analyze bloat ``mail.recipients`` and leave the planner without statistics, which no
+production server would do — the first soak here slowed from ~870 to ~500 deliveries/s
+within two minutes for that reason alone.
+
+The chaos harness's soak (``python -m tests.chaos.soak``) is the other workload: a mix
+of succeeding, failing and deferring programs with a DSN for every message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import BENCH_DIR, Config, Workdir, ensure_user, loadavg, say
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def _queues() -> dict[str, int]:
+    from bench.mailexec_bench import VHOST
+
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", VHOST, "name", "messages",
+                          "--formatter", "json"], capture_output=True, text=True, timeout=60)
+    try:
+        return {q["name"]: int(q["messages"]) for q in json.loads(out.stdout)
+                if q["name"] in ("deliveries", "notifier.events", "deliveries.dead")}
+    except (ValueError, KeyError):
+        return {}
+
+
+def _sample(p: Any, t0: float) -> dict[str, Any]:
+    from bench.mailexec_bench import DB, pg
+
+    rows = pg("SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1) AS conns, "
+              "(SELECT count(*) FROM mail.recipients WHERE state NOT IN ('delivered', 'bounced'))"
+              " AS backlog", DB, fetch=True)
+    return {
+        "t": round(time.monotonic() - t0),
+        "rss_mib": {name: _rss_mib(pid) for name, pid in p.service_pids().items()},
+        "db_connections": int(rows[0]["conns"]),
+        "backlog": int(rows[0]["backlog"]),
+        "queues": _queues(),
+        "program_runs": p.counter.poll(),
+        "loadavg": round(loadavg(), 1),
+    }
+
+
+def _default_rate() -> float:
+    try:
+        res = json.loads((BENCH_DIR / "results" / "latest.json").read_text())
+        peak = res["mailexec"]["scenarios"]["1k_x1"]["deliveries_per_s"]["median"]
+        return round(0.8 * float(peak))
+    except (OSError, KeyError, TypeError, ValueError):
+        return 400.0
+
+
+def verdict(samples: list[dict[str, Any]], rate: float) -> dict[str, Any]:
+    """Start vs end, and what still grew over the last third of the load."""
+    first, last = samples[0], samples[-1]
+    third = samples[len(samples) * 2 // 3]
+    grows: list[str] = []
+    for name, start in first["rss_mib"].items():
+        if last["rss_mib"].get(name, 0) - third["rss_mib"].get(name, 0) > 0.1 * start:
+            grows.append(f"RSS {name}")
+    if last["db_connections"] - third["db_connections"] > max(2, 0.1 * first["db_connections"]):
+        grows.append("DB connections")
+    slack = 2 * rate  # two seconds' worth of messages
+    if last["backlog"] - third["backlog"] > slack:
+        grows.append("backlog")
+    for q, n in last["queues"].items():
+        if n - third["queues"].get(q, 0) > slack:
+            grows.append(f"queue {q}")
+    return {"start": first, "end": last, "still_growing": grows}
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        say("must run as root (the executor drops to the bench uid)")
+        return 77
+    rate = float(os.environ.get("SOAK_RATE") or _default_rate())
+    minutes = float(os.environ.get("SOAK_MINUTES", "10"))
+    every = float(os.environ.get("SOAK_SAMPLE_S", "30"))
+    n = int(rate * minutes * 60)
+    cfg = Config.from_env()
+    uid, gid = ensure_user()
+    cluster = None
+    if os.environ.get("SOAK_PG", "private") == "private":
+        from tests.chaos.pgcluster import PrivateCluster, drop_leftovers
+
+        drop_leftovers()
+        cluster = PrivateCluster(_free_port())
+        cluster.create()
+        os.environ["MAILEXEC_TEST_PG_ADMIN"] = cluster.admin_dsn  # read by mailexec_bench
+        say(f"private PostgreSQL cluster {cluster.version}/{cluster.name} on port {cluster.port}"
+            " (default configuration: autovacuum on)")
+    from bench.mailexec_bench import Pipeline
+
+    wd = Workdir("mxsoak.")
+    p = Pipeline(cfg, uid, gid, wd)
+    samples: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"rate": rate, "minutes": minutes, "messages": n,
+                              "postgresql": "private cluster, default configuration"
+                              if cluster else "the machine's server"}
+    try:
+        p.create()
+        p.start()
+        p.load_data()
+        p.run_once("warm", 300, 1024, 1, cfg.concurrency)
+        p.reset()
+        say(f"soak: {rate:.0f} msgs/s (1 KiB x 1, open loop) for {minutes:g} min = {n} messages; "
+            f"load average {loadavg():.1f}")
+        t0 = time.monotonic()
+        gen = p.loadgen(n, 1024, 1, "soak", cfg.concurrency, rate=rate)
+        while gen.poll() is None:
+            samples.append(_sample(p, t0))
+            say(json.dumps(samples[-1]))
+            deadline = time.monotonic() + every
+            while gen.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+        out, _ = gen.communicate()
+        lg = json.loads(out.strip().splitlines()[-1])
+        samples.append(_sample(p, t0))  # the end of the load: what "levels off" is judged on
+        say(json.dumps(samples[-1]))
+        loaded = list(samples)
+        deadline = time.monotonic() + 300
+        while p.states().get("delivered", 0) < n and time.monotonic() < deadline:
+            time.sleep(1)
+        drained = _sample(p, t0)
+        say("drained: " + json.dumps(drained))
+        v = verdict(loaded, rate)
+        result.update({
+            "accepted": lg.get("accepted"), "accepted_per_s": lg.get("accepted_per_s"),
+            "delivered": p.states().get("delivered", 0), "samples": samples,
+            "drained": drained, **v,
+        })
+    finally:
+        p.stop()
+        try:
+            p.drop()
+        finally:
+            wd.cleanup()
+            if cluster is not None:
+                cluster.drop()
+    out_path = BENCH_DIR / "results" / "soak.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1))
+    s, e = result["start"], result["end"]
+    for name in s["rss_mib"]:
+        say(f"RSS {name}: {s['rss_mib'][name]} MiB at start, {e['rss_mib'].get(name)} MiB at the end"
+            " of the load")
+    say(f"DB connections: {s['db_connections']} at start, {e['db_connections']} at the end")
+    say(f"backlog at the end of the load: {e['backlog']} (queues {e['queues']}); "
+        f"after draining: {result['drained']['backlog']}")
+    say(f"accepted {result['accepted']} of {n} at {result['accepted_per_s']:.0f}/s, delivered "
+        f"{result['delivered']}")
+    grows = result["still_growing"]
+    say("still growing in the last third: " + (", ".join(grows) if grows else "nothing"))
+    say(f"written {out_path}")
+    return 0 if result["delivered"] == n and not grows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
