@@ -154,17 +154,16 @@ def make_message(size: int, bench_id: str = "0", to: str = "bench@bench.example"
     return head + body + b"\r\n"
 
 
-class Counter:
-    """Reads a counter file incrementally: one line "<id> <ns>" per program run."""
+class FileTail:
+    """The complete lines appended to a file since the last read (a partial last line
+    waits for its newline)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
-        self.lines = 0
         self._partial = b""
-        self.records: list[tuple[str, int]] = []
 
-    def poll(self, keep: bool = False) -> int:
+    def new_lines(self) -> bytes:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
@@ -172,7 +171,19 @@ class Counter:
         data = self._partial + data
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
-        chunk = data[:cut]
+        return data[:cut]
+
+
+class Counter(FileTail):
+    """Reads a counter file incrementally: one line "<id> <ns>" per program run."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lines = 0
+        self.records: list[tuple[str, int]] = []
+
+    def poll(self, keep: bool = False) -> int:
+        chunk = self.new_lines()
         self.lines += chunk.count(b"\n")
         if keep:
             for ln in chunk.splitlines():
@@ -311,3 +322,22 @@ def machine_cpu_s() -> float:
 
 def loadavg() -> float:
     return os.getloadavg()[0]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path | None = None,
+               timeout: float = 60) -> None:
+    """Until ``url``/readyz answers 200; exits with the log's tail if the process dies."""
+    import httpx
+
+    tail = (lambda: "\n" + log.read_text()[-3000:]) if log is not None else (lambda: "")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"service at {url} exited with {proc.returncode}{tail()}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} not ready{tail()}")

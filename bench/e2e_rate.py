@@ -26,6 +26,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.common import wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PROGRAM_C = b"#include <unistd.h>\nint main(void){char b[65536];while(read(0,b,sizeof b)>0);return 0;}\n"
@@ -43,20 +45,6 @@ async def pg(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"service at {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready")
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -46,10 +46,9 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-import httpx
 import orjson
 
-from bench.common import CLK_TCK, ROOT, loadavg, self_cpu_s, vm_hwm_kib
+from bench.common import CLK_TCK, ROOT, FileTail, loadavg, self_cpu_s, vm_hwm_kib, wait_ready
 
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 RCPT_DOMAIN = "rcpt.bench.example"
@@ -199,22 +198,13 @@ def event_body(mid: uuid.UUID, sender: str, address: str, now: datetime) -> byte
     )
 
 
-class SinkLog:
+class SinkLog(FileTail):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
+        super().__init__(path)
         self.lines: list[bytes] = []
-        self._partial = b""
 
     def poll(self) -> int:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        self.offset += len(data)
-        data = self._partial + data
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
-        self.lines.extend(data[:cut].splitlines())
+        self.lines.extend(self.new_lines().splitlines())
         return len(self.lines)
 
     def reset(self) -> None:
@@ -363,20 +353,6 @@ async def run_variant(
         "wrong_recipient_count": wrong_rcpts,
         "ok": missing == 0 and extra_dsns == 0 and wrong_rcpts == 0,
     }
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"notifier exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"notifier not ready:\n{log.read_text()[-3000:]}")
 
 
 def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.common import BENCH_DIR, Config, Workdir, ensure_user, loadavg, say
+from tests.chaos.soak import queue_depths, rss_mib
 
 
 def _free_port() -> int:
@@ -48,40 +47,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
-
-
-def _queues() -> dict[str, int]:
-    from bench.mailexec_bench import VHOST
-
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", VHOST, "name", "messages",
-                          "--formatter", "json"], capture_output=True, text=True, timeout=60)
-    try:
-        return {q["name"]: int(q["messages"]) for q in json.loads(out.stdout)
-                if q["name"] in ("deliveries", "notifier.events", "deliveries.dead")}
-    except (ValueError, KeyError):
-        return {}
-
-
 def _sample(p: Any, t0: float) -> dict[str, Any]:
-    from bench.mailexec_bench import DB, pg
+    from bench.mailexec_bench import DB, VHOST, pg
 
     rows = pg("SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1) AS conns, "
               "(SELECT count(*) FROM mail.recipients WHERE state NOT IN ('delivered', 'bounced'))"
               " AS backlog", DB, fetch=True)
     return {
         "t": round(time.monotonic() - t0),
-        "rss_mib": {name: _rss_mib(pid) for name, pid in p.service_pids().items()},
+        "rss_mib": {name: round(rss_mib(pid), 1) for name, pid in p.service_pids().items()},
         "db_connections": int(rows[0]["conns"]),
         "backlog": int(rows[0]["backlog"]),
-        "queues": _queues(),
+        "queues": queue_depths(VHOST),
         "program_runs": p.counter.poll(),
         "loadavg": round(loadavg(), 1),
     }

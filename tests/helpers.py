@@ -7,6 +7,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from tests.conftest import free_port
+
 
 def processes_of(uid: int, *, zombies: bool = False) -> list[int]:
     """PIDs of the processes whose real, effective or saved uid is ``uid``.
@@ -58,3 +60,35 @@ async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     except asyncio.CancelledError:
         pass
     open_writers.difference_update((writer, up_writer))
+
+
+class TcpProxy:
+    """A TCP forwarder we control: ``cut()`` drops every connection and refuses new ones."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        return self
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await splice(reader, writer, self.target, self._writers)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def stop(self) -> None:
+        await self.cut()

@@ -26,7 +26,6 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, MTA_TOKEN, ServiceProcess, free_port
-from tests.helpers import splice
 
 HERE = Path(__file__).resolve().parent
 TPROG_SOURCE = HERE / "tprog.c"
@@ -330,29 +329,3 @@ def log_dir_fixture(pipe: Pipeline) -> Path:
     return pipe.log_dir
 
 
-class TcpProxy:
-    """A TCP forwarder we control: ``cut()`` drops every connection and refuses new ones."""
-
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await splice(reader, writer, self.target, self._writers)
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
-
-    async def restore(self) -> None:
-        await self.start()

@@ -18,13 +18,13 @@ from tests.executor.helpers import (  # noqa: F401  (fixtures)
     EventTap,
     Homes,
     Pipeline,
-    TcpProxy,
     homes_fixture,
     message,
     pipe_fixture,
     tap_fixture,
     tprog_fixture,
 )
+from tests.helpers import TcpProxy
 
 
 def ran(home: Path) -> list[str]:

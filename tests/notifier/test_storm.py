@@ -19,6 +19,7 @@ import orjson
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import DB_NAME, db_conn
+from tests.helpers import TcpProxy
 from tests.notifier.conftest import (
     Publish,
     SinkHandler,
@@ -32,7 +33,6 @@ from tests.notifier.conftest import (
     store_message,
     wait_for,
 )
-from tests.notifier.proxy import CuttableProxy
 
 
 @dataclass
@@ -186,7 +186,7 @@ async def _ready(url: str, proc: Any, timeout: float = 30.0) -> None:
 async def test_database_outage_during_a_combined_batch_loses_nothing(
     clean_db: None, services: Any, sink: SmtpSink, publish: Publish, broker: Any
 ) -> None:
-    proxy = await CuttableProxy(5432).start()
+    proxy = await TcpProxy(5432).start()
     try:
         env = {
             "MAILEXEC_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{DB_NAME}",
@@ -209,12 +209,12 @@ async def test_database_outage_during_a_combined_batch_loses_nothing(
         ]
         await asyncio.gather(*(publish(e) for e in events))
         await wait_for(lambda: _depth(broker, "notifier.events", 0), what="events handed to the notifier")
-        proxy.cut()
+        await proxy.cut()
         await asyncio.sleep(3.0)  # flushes fail and back off meanwhile
         assert sink.received == []
         assert await notifications() == []
         assert await _depth(broker, "notifier.dead", 0)
-        proxy.restore()
+        await proxy.restore()
 
         await wait_for(lambda: len(sink.received) >= len(plan), timeout=40, what="every DSN after the outage")
         await asyncio.sleep(1.5)
