@@ -15,6 +15,7 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Any
 
+import httpx
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
@@ -365,3 +366,19 @@ def delivery_status_blocks(msg: EmailMessage) -> list[Any]:
             assert isinstance(payload, list)
             return payload
     raise AssertionError("no message/delivery-status part")
+
+
+async def ready(proc: Any, timeout: float = 30.0) -> None:
+    """Like ServiceProcess.wait_ready, without blocking this loop (the SMTP sink lives here)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            assert proc.proc.poll() is None, f"notifier exited:\n{proc.log_tail()}"
+            try:
+                r = await client.get(proc.url + "/readyz")
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"notifier not ready:\n{proc.log_tail()}")

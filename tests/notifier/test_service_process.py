@@ -4,7 +4,6 @@ restarted — the rest is sent, nothing twice."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -16,26 +15,11 @@ from tests.notifier.conftest import (
     make_event,
     notifications,
     program_failed_notice,
+    ready,
     recipient,
     store_message,
     wait_for,
 )
-
-
-async def _ready(proc: Any, timeout: float = 30.0) -> None:
-    """Like ServiceProcess.wait_ready, without blocking this loop (the SMTP sink lives here)."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            assert proc.proc.poll() is None, f"notifier exited:\n{proc.log_tail()}"
-            try:
-                r = await client.get(proc.url + "/readyz")
-                if r.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"notifier not ready:\n{proc.log_tail()}")
 
 
 async def test_kill_9_mid_send_then_restart_sends_the_rest_once(
@@ -50,7 +34,7 @@ async def test_kill_9_mid_send_then_restart_sends_the_rest_once(
         "MAILEXEC_LOG_LEVEL": "info",
     }
     first = services("notifier", extra_env=env, wait=False)
-    await _ready(first)
+    await ready(first)
 
     senders = [f"sender{n}@example.net" for n in range(6)]
     for sender in senders:
@@ -79,7 +63,7 @@ async def test_kill_9_mid_send_then_restart_sends_the_rest_once(
     # Restart; the relay accepts everything from now on.
     sink.handler.permits = None
     second = services("notifier", wait=False)
-    await _ready(second)
+    await ready(second)
     await wait_for(lambda: len(sink.received) >= 6, timeout=20, what="the remaining DSNs")
     await asyncio.sleep(1.0)
 
@@ -101,7 +85,7 @@ async def test_settings_come_from_the_policy_service(
     admin_headers: dict[str, str],
 ) -> None:
     policy = services("policy", wait=False)
-    await _ready(policy)
+    await ready(policy)
     async with httpx.AsyncClient() as client:
         r = await client.patch(
             policy.url + "/v1/settings",

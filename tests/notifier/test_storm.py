@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -29,6 +27,7 @@ from tests.notifier.conftest import (
     make_event,
     notifications,
     queue_depth,
+    ready,
     recipient,
     store_message,
     wait_for,
@@ -169,20 +168,6 @@ async def _depth(broker: Any, name: str, n: int) -> bool:
     return await queue_depth(broker, name) == n
 
 
-async def _ready(url: str, proc: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            assert proc.proc.poll() is None, f"notifier exited:\n{proc.log_tail()}"
-            try:
-                if (await client.get(url + "/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"notifier not ready:\n{proc.log_tail()}")
-
-
 async def test_database_outage_during_a_combined_batch_loses_nothing(
     clean_db: None, services: Any, sink: SmtpSink, publish: Publish, broker: Any
 ) -> None:
@@ -197,7 +182,7 @@ async def test_database_outage_during_a_combined_batch_loses_nothing(
             "MAILEXEC_LOG_LEVEL": "info",
         }
         proc = services("notifier", extra_env=env, wait=False)
-        await _ready(proc.url, proc)
+        await ready(proc)
         plan = _plan(15, seed=3)
         for mid, (sender, _) in plan.items():
             await store_message(mid, sender=sender)  # directly, not through the proxy
