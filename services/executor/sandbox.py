@@ -579,7 +579,7 @@ class _Spawner:
                 _enter_netns(self._netns_fd)
             try:
                 self._proc = subprocess.Popen(
-                    [str(self.path), str(theirs.fileno())], executable=self.path,
+                    [str(self.path), str(theirs.fileno()), str(os.getpid())], executable=self.path,
                     stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env={},
                     close_fds=True,
                 )

@@ -3,7 +3,7 @@
  *      mailexec-spawner - long-lived root helper that starts delivery programs
  *
  * SYNOPSIS
- *      mailexec-spawner SOCKFD      (a SOCK_SEQPACKET unix socket)
+ *      mailexec-spawner SOCKFD PPID (a SOCK_SEQPACKET unix socket; the executor's pid)
  *
  * DESCRIPTION
  *      Started once per executor by services/executor/sandbox.py (Sandbox.start),
@@ -281,10 +281,16 @@ int main(int argc, char **argv)
     struct pollfd pfd[2];
     char *end;
 
-    if (argc != 2 || (SOCK_FD = (int) strtol(argv[1], &end, 10)) < 3 || *end != '\0')
-        return 2;
+    long parent;
 
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() == 1)
+    if (argc != 3 || (SOCK_FD = (int) strtol(argv[1], &end, 10)) < 3 || *end != '\0')
+        return 2;
+    /* The executor's pid: if it died before PDEATHSIG was armed, we were re-parented and
+     * getppid() differs. (Comparing with 1 would be wrong: in a container the executor
+     * itself is pid 1.) */
+    if ((parent = strtol(argv[2], &end, 10)) < 1 || *end != '\0')
+        return 2;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != (pid_t) parent)
         return 1;
     /* fds 0-2 must be taken, so that received fds never land there (dup2 in child) */
     for (;;) {

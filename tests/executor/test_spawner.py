@@ -10,6 +10,8 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +160,33 @@ async def test_cancelled_run_leaves_nothing_running(box: Sandbox) -> None:
     assert await wait_for(lambda: processes_of(64207) == [])
     result = await script_run(box, b"#!/bin/sh\necho fine\n", 64207)
     assert result.output == b"fine\n" and result.exit_status == 0
+
+
+def test_spawner_works_when_the_executor_is_pid_1(tmp_path: Path) -> None:
+    """In a container without an init the executor is pid 1. The spawner used to take a
+    parent pid of 1 for "my executor died before I armed PDEATHSIG" and exit, so every
+    delivery failed in the image (found by `make image-check`)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare")
+    script = tmp_path / "pid1.py"
+    script.write_text(
+        "import asyncio, os, sys\n"
+        "from services.executor.programs import sealed_memfd\n"
+        "from services.executor.sandbox import RunLimits, Sandbox\n"
+        "from shared.settings import Settings\n"
+        "assert os.getpid() == 1, os.getpid()\n"
+        "box = Sandbox.start(Settings())\n"
+        "assert box.isolation['spawner']\n"
+        "limits = RunLimits(timeout_s=20, max_output_bytes=4096, cpu_s=10, as_bytes=1 << 30,\n"
+        "                   nproc=64, fsize_bytes=1 << 20, nofile=64)\n"
+        "fd = sealed_memfd('t', b'#!/bin/sh\\necho ran as $(id -u)\\n')\n"
+        "res = asyncio.run(box.run(fd, 'prog', 64990, 64990, '/nonexistent', b'', b'', limits))\n"
+        "print(res.exit_status, res.output.decode().strip())\n"
+        "box.close()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", sys.executable,
+                           str(script)], capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0", "ran", "as", "64990"], done.stdout
