@@ -25,7 +25,7 @@ test: $(STAMP)  ## the whole test suite against the local PostgreSQL and RabbitM
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff + mypy
-	$(BIN)/ruff check mailexec shared services migrations tests
+	$(BIN)/ruff check mailexec shared services migrations tests bench deploy tools
 	$(BIN)/mypy mailexec shared services
 
 bench: $(STAMP)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(8) vs raw spawn (root, ~10 min); BENCH_PROFILE=1 adds py-spy

@@ -5,7 +5,8 @@ writes bench/results/latest.json. See bench/README.md.
 Environment: BENCH_N (5000), BENCH_N_LARGE (300), BENCH_REPS (3), BENCH_QUICK=1
 (N=500, N_LARGE=50, 1 rep), BENCH_CONCURRENCY (64), BENCH_ONLY=raw,postfix,mailexec,
 BENCH_SCENARIOS=1k_x1,1k_x10,1m_x1,latency_half_peak,ingest_only_1k,
-BENCH_EXECUTORS=k, BENCH_BODY=base64|x, BENCH_PROFILE=1 (py-spy the services during one extra 1 KiB run), BENCH_KEEP_LOGS=DIR.
+BENCH_EXECUTORS=k, BENCH_BODY=base64|x, BENCH_PROFILE=1 (py-spy the services during one
+extra 1 KiB run), BENCH_KEEP_LOGS=DIR.
 Never exits non-zero because of a figure."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _med(d: Any) -> float | None:
 
 
 def _git() -> str:
-    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
     return r.stdout.strip()
 
 
@@ -95,11 +97,16 @@ def table(res: dict[str, Any]) -> str:
                 L.append(row(f"  CPU/delivery {comp}", s, 1e3, 3, "ms"))
                 if comp not in ("pg_background", "executor_self"):
                     total += _med(s)
-        L.append(f"{'  CPU/delivery total (services+pg backends+rabbitmq)':<58} {total * 1e3:>10.3f} {'':>10} {'':>10} ms")
+        label = "  CPU/delivery total (services+pg backends+rabbitmq)"
+        L.append(f"{label:<58} {total * 1e3:>10.3f} {'':>10} {'':>10} ms")
         rss = d.get("peak_rss_kib", {})
+        def mib(v: dict[str, Any]) -> str:
+            tree = v.get("tree_max")
+            extra = f" (tree max {tree / 1024:.0f})" if tree and tree != v["main"] else ""
+            return f"{v['main'] / 1024:.0f}{extra}"
+
         L.append("  peak RSS MiB: " + ", ".join(
-            f"{k} {v['main'] / 1024:.0f}" + (f" (tree max {v['tree_max'] / 1024:.0f})" if v.get("tree_max") and v["tree_max"] != v["main"] else "")
-            for k, v in rss.items() if v.get("main")))
+            f"{k} {mib(v)}" for k, v in rss.items() if v.get("main")))
     d = mx.get("ingest_only_1k")
     if d and "error" not in d:
         L.append(row("mailexec ingest alone, 1 KiB", d.get("accepted_per_s"), unit="msgs/s"))
@@ -122,7 +129,8 @@ def ratios(res: dict[str, Any]) -> dict[str, float | None]:
     pf_cpu = _med(res.get("postfix", {}).get("cpu_s_per_delivery"))
     mx_cpu = None
     if mx.get("cpu_s_per_delivery"):
-        mx_cpu = sum(_med(s) or 0.0 for k, s in mx["cpu_s_per_delivery"].items() if k not in ("pg_background", "executor_self"))
+        mx_cpu = sum(_med(s) or 0.0 for k, s in mx["cpu_s_per_delivery"].items()
+                     if k not in ("pg_background", "executor_self"))
     div = lambda a, b: (a / b) if a and b else None  # noqa: E731
     ncpu = os.cpu_count() or 1
     return {
@@ -155,7 +163,8 @@ def main() -> int:
         }
     }
     say(f"N={cfg.n} N_LARGE={cfg.n_large} reps={cfg.reps}; load average {loadavg():.1f} "
-        f"on {os.cpu_count()} CPUs (other load on this machine lowers every rate; CPU per delivery is robust)")
+        f"on {os.cpu_count()} CPUs (other load on this machine lowers every rate; CPU per "
+        "delivery is robust)")
     parts = (("raw", lambda: raw_bench.run(cfg, uid, gid)),
              ("postfix", lambda: postfix_bench.run(cfg, uid, gid)),
              ("mailexec", lambda: mailexec_bench.run(cfg, uid, gid, profile_hook(cfg))))

@@ -23,8 +23,23 @@ import asyncpg
 import httpx
 
 from bench.common import (
-    ROOT, Config, Counter, Workdir, build_program, cmdline, comm, loadavg, machine_cpu_s,
-    percentiles, pids_cpu_s, say, self_cpu_s, summary, tree_cpu_s, tree_vm_hwm_kib, vm_hwm_kib,
+    ROOT,
+    Config,
+    Counter,
+    Workdir,
+    build_program,
+    cmdline,
+    comm,
+    loadavg,
+    machine_cpu_s,
+    percentiles,
+    pids_cpu_s,
+    say,
+    self_cpu_s,
+    summary,
+    tree_cpu_s,
+    tree_vm_hwm_kib,
+    vm_hwm_kib,
 )
 
 DB = os.environ.get("BENCH_DB", "mailexec_bench")
@@ -41,6 +56,10 @@ PORT_VAR = {
 }
 N_ACCOUNTS = 10
 EXECUTORS = max(1, int(os.environ.get("BENCH_EXECUTORS", "1") or 1))
+
+
+PG_BACKGROUND = ("walwriter", "checkpointer", "background writer", "autovacuum launcher",
+                 "logical replication launcher", "stats collector")
 
 
 def free_port() -> int:
@@ -126,7 +145,7 @@ def infra_pids() -> dict[str, list[int]]:
         if c.startswith("postgres: "):
             if f" {DB} " in c:
                 out["pg_backends"].append(pid)
-            elif any(k in c for k in ("walwriter", "checkpointer", "background writer", "autovacuum launcher", "logical replication launcher", "stats collector")):
+            elif any(k in c for k in PG_BACKGROUND):
                 out["pg_background"].append(pid)
         elif comm(pid) == "beam.smp" and "rabbit boot" in c:
             out["rabbitmq"].append(pid)
@@ -315,7 +334,8 @@ class Pipeline:
             "client_cpu_s_per_delivery": lg["client_cpu_s"] / max(1, delivered),
             "loadavg": loadavg(),
             # the whole cluster's WAL (other databases' writes included: an upper bound)
-            "wal_bytes_per_delivery": (wal1 - wal0) / max(1, delivered) if wal0 is not None and wal1 is not None else None,
+            "wal_bytes_per_delivery": ((wal1 - wal0) / max(1, delivered)
+                                       if wal0 is not None and wal1 is not None else None),
         }
         if latency:
             self.counter.poll(keep=True)
@@ -327,7 +347,8 @@ class Pipeline:
                 ack[b] = int(s1)
             lat = [(ns - submit[i]) / 1e6 for i, ns in self.counter.records if i in submit]
             res["latency_ms"] = percentiles(lat)
-            res["latency_ms_from_ack"] = percentiles([(ns - ack[i]) / 1e6 for i, ns in self.counter.records if i in ack])
+            res["latency_ms_from_ack"] = percentiles(
+                [(ns - ack[i]) / 1e6 for i, ns in self.counter.records if i in ack])
             rows = pg("SELECT percentile_disc(ARRAY[0.5,0.95,0.99]) WITHIN GROUP (ORDER BY "
                       "extract(epoch FROM r.final_at - m.received_at) * 1000) AS p "
                       "FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id "
@@ -372,7 +393,8 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
                 "wal_bytes_per_delivery"):
         out[key] = summary([r.get(key) for r in reps])
     comps = sorted({k for r in reps for k in r["cpu_s_per_delivery"]})
-    out["cpu_s_per_delivery"] = {c: summary([r["cpu_s_per_delivery"].get(c, 0.0) for r in reps]) for c in comps}
+    out["cpu_s_per_delivery"] = {c: summary([r["cpu_s_per_delivery"].get(c, 0.0) for r in reps])
+                                 for c in comps}
     for key in ("latency_ms", "latency_ms_from_ack", "latency_ms_db"):
         if any(key in r for r in reps):
             out[key] = {p: summary([r[key][p] for r in reps if key in r and r[key].get(p) is not None])
@@ -428,12 +450,15 @@ def run(cfg: Config, uid: int, gid: int, profile_hook: Any = None) -> dict[str, 
                         continue
                     say(_rep_line(label, r) if scen != "ingest_only_1k" else
                         f"{label}: {r['accepted']} accepted, {r['accepted_per_s']:.0f} msgs/s, CPU ms/msg "
-                        + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in r["cpu_s_per_message"].items() if v > 0.00001))
+                        + ", ".join(f"{k} {v * 1e3:.2f}"
+                                    for k, v in r["cpu_s_per_message"].items() if v > 0.00001))
                     reps.append(r)
                 if scen == "ingest_only_1k":
                     agg: dict[str, Any] = {"reps": reps,
                                            "accepted_per_s": summary([r["accepted_per_s"] for r in reps]),
-                                           "cpu_s_per_message": {c: summary([r["cpu_s_per_message"][c] for r in reps]) for c in reps[0]["cpu_s_per_message"]} if reps else {},
+                                           "cpu_s_per_message": {
+                                               c: summary([r["cpu_s_per_message"][c] for r in reps])
+                                               for c in reps[0]["cpu_s_per_message"]} if reps else {},
                                            "ack_ms_p50": summary([r["ack_ms_p50"] for r in reps]),
                                            "ack_ms_p99": summary([r["ack_ms_p99"] for r in reps])}
                 else:

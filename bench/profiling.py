@@ -82,7 +82,8 @@ def summarize(path: Path, top: int = 12) -> dict[str, Any]:
             continue
         n = int(cnt)
         total += n
-        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [f for f in stack.split(";")
+                  if f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         leaf = frames[-1]

@@ -51,7 +51,8 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
         row["executor_cores_per_replica"] = row["executor_cores"] / row["executor_replicas"]
         row["ingest_cores"] = r * k["ingest"] / U
         row["rabbitmq_cores"] = r * k["rabbitmq"] / U
-        row["rabbitmq_msgs_per_s"] = r * 2  # one job + one event per delivery (each published, delivered, acked)
+        # at most one job + one event per delivery (each published, delivered, acked)
+        row["rabbitmq_msgs_per_s"] = r * 2
         row["postgres_cores"] = r * (k["pg_backends"] + k["pg_background"]) / U
         row["postgres_wal_mb_per_s"] = r * wal_b / 1e6 if wal_b else None
         row["total_cores"] = sum(r * k[c] for c in ("ingest", "executor", "notifier", "policy",
@@ -66,15 +67,17 @@ def render(d: dict[str, Any]) -> str:
     k = d["k_ms"]
     lines = ["CPU ms/delivery used: " + ", ".join(f"{c} {v:.3f}" for c, v in k.items()),
              f"planned utilisation U = {d['utilisation']}",
-             f"{'deliveries/s':>12} {'ingest':>7} {'executor':>9} {'exec cores':>10} {'notifier':>8} "
-             f"{'policy':>6} {'RabbitMQ cores':>14} {'RMQ msgs/s':>10} {'PG cores':>8} {'WAL MB/s':>8} {'total cores':>11}"]
+             f"{'deliveries/s':>12} {'ingest':>7} {'executor':>9} {'exec cores':>10} "
+             f"{'notifier':>8} {'policy':>6} {'RabbitMQ cores':>14} {'RMQ msgs/s':>10} "
+             f"{'PG cores':>8} {'WAL MB/s':>8} {'total cores':>11}"]
     for r, row in d["rates"].items():
         wal = row["postgres_wal_mb_per_s"]
         lines.append(
-            f"{int(r):>12,} {row['ingest_replicas']:>7} {row['executor_replicas']:>9} {row['executor_cores']:>10.1f} "
-            f"{row['notifier_replicas']:>8} {row['policy_replicas']:>6} {row['rabbitmq_cores']:>14.1f} "
-            f"{row['rabbitmq_msgs_per_s']:>10,} {row['postgres_cores']:>8.1f} {'-' if wal is None else f'{wal:.1f}':>8} "
-            f"{row['total_cores']:>11.1f}")
+            f"{int(r):>12,} {row['ingest_replicas']:>7} {row['executor_replicas']:>9} "
+            f"{row['executor_cores']:>10.1f} {row['notifier_replicas']:>8} "
+            f"{row['policy_replicas']:>6} {row['rabbitmq_cores']:>14.1f} "
+            f"{row['rabbitmq_msgs_per_s']:>10,} {row['postgres_cores']:>8.1f} "
+            f"{'-' if wal is None else f'{wal:.1f}':>8} {row['total_cores']:>11.1f}")
     return "\n".join(lines)
 
 
