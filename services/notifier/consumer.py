@@ -34,7 +34,13 @@ from services.notifier.dsn import (
     render_dsn_bytes,
     to_bytes,
 )
-from services.notifier.notices import NoticeLimiter, annotate_suppressed, notice_key
+from services.notifier.notices import (
+    Decision,
+    NoticeKey,
+    NoticeLimiter,
+    annotate_suppressed,
+    notice_key,
+)
 from services.notifier.policy_client import PolicyClient
 from shared.db import session_scope
 from shared.schemas import Event, EventRef
@@ -48,6 +54,7 @@ log = logging.getLogger("mailexec.notifier.consumer")
 PREFETCH = 2000
 BUFFER_MAX = PREFETCH * 3 // 4
 RENDER_SLICE = 16  # DSNs rendered between two looks at the event loop
+NOTICE_BATCH = 256  # postmaster notices stored per transaction at most
 _HEAD_SLACK = 4096
 
 
@@ -97,6 +104,11 @@ class EventConsumer:
         )
         self._limiter = NoticeLimiter(settings.postmaster_notice_interval_s)
         self._notice_lock = asyncio.Lock()
+        # Notices are stored in batches: one transaction per notice, serialised, managed
+        # ~20/s here (a commit waits for its WAL flush) — a busy account with a broken
+        # program filled the queue with them.
+        self._notices: list[Buffered] = []
+        self._notice_task: asyncio.Task[None] | None = None
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -117,7 +129,9 @@ class EventConsumer:
             return
         item = Buffered(event, message)
         if event.kind == "admin_notice":
-            await store_with_retry([item], self._store_notice, self._dead_letter)
+            self._notices.append(item)
+            if self._notice_task is None or self._notice_task.done():
+                self._notice_task = asyncio.create_task(self._drain_notices())
             return
         reason = rules.skip_reason(event)
         if reason is not None:
@@ -219,24 +233,55 @@ class EventConsumer:
             warned |= rules.reported_recipients(content)
         return rules.without_recipients(event, warned) if warned else event
 
+    async def _drain_notices(self) -> None:
+        """Store queued notices, as many per transaction as arrived meanwhile."""
+        while self._notices:
+            await asyncio.sleep(0)  # notices delivered together join one batch
+            batch, self._notices = self._notices[:NOTICE_BATCH], self._notices[NOTICE_BATCH:]
+            await store_with_retry(batch, self._store_notice, self._dead_letter)
+
+    async def flush_notices(self) -> None:
+        """Wait until the queued notices are stored (graceful shutdown)."""
+        if self._notice_task is not None:
+            await self._notice_task
+
+    def cancel_notices(self) -> None:
+        """Drop unstored notices (the broker redelivers the unacked messages)."""
+        if self._notice_task is not None:
+            self._notice_task.cancel()
+        self._notices = []
+
     async def _store_notice(self, items: list[Buffered]) -> None:
-        (item,) = items
-        event = item.event
+        """Postmaster notices of ``items`` in one transaction: every event recorded as
+        seen, the rate limit decided in order (on a copy of the limiter, adopted only once
+        the transaction committed), a notice stored for each one the limit lets through."""
         policy = await self._policy.get()
         now = datetime.now(UTC)
-        key = notice_key(event)
+        outcomes: list[tuple[Buffered, NoticeKey, Decision | None, uuid.UUID | None]] = []
         async with self._notice_lock:
-            decision = None
-            nid = None
+            trial = self._limiter.copy()
             async with session_scope() as session:
-                if await repo.mark_seen(session, [event.event_id]):
-                    decision = self._limiter.decide(key, now)
+                fresh = await repo.mark_seen(session, [i.event.event_id for i in items])
+                heads: dict[uuid.UUID, bytes] = {}
+                done: set[uuid.UUID] = set()
+                for item in items:
+                    event = item.event
+                    key = notice_key(event)
+                    if event.event_id not in fresh or event.event_id in done:
+                        outcomes.append((item, key, None, None))
+                        continue
+                    done.add(event.event_id)
+                    decision = trial.decide(key, now)
+                    trial.record(key, decision, now)
+                    nid = None
                     if decision.send:
                         head = None
                         if event.message_id is not None:
-                            head = await repo.load_original(
-                                session, event.message_id, MAX_RETURNED_HEADER_BYTES + _HEAD_SLACK
-                            )
+                            if event.message_id not in heads:
+                                heads[event.message_id] = await repo.load_original(
+                                    session, event.message_id,
+                                    MAX_RETURNED_HEADER_BYTES + _HEAD_SLACK) or b""
+                            head = heads[event.message_id] or None
                         notice = render_admin_notice(
                             event,
                             head,
@@ -254,18 +299,25 @@ class EventConsumer:
                             message_id=event.message_id,
                             event_ids=[event.event_id],
                         )
-            if decision is not None:
-                self._limiter.record(key, decision, now)
-        extra = {"event_id": str(event.event_id), "message_id": str(event.message_id),
-                 "reason": key[1], "account": key[0], "program": key[2]}
-        if nid is not None:
-            metrics.DSNS.labels(kind="admin_notice", state="pending").inc()
-            metrics.EVENTS.labels(kind="admin_notice", result="stored").inc()
-            log.info("postmaster notice queued", extra={**extra, "notification_id": str(nid)})
+                    outcomes.append((item, key, decision, nid))
+            self._limiter = trial  # committed: the decisions stand
+        stored = False
+        for item, key, outcome, nid in outcomes:
+            event = item.event
+            extra = {"event_id": str(event.event_id), "message_id": str(event.message_id),
+                     "reason": key[1], "account": key[0], "program": key[2]}
+            if nid is not None:
+                stored = True
+                metrics.DSNS.labels(kind="admin_notice", state="pending").inc()
+                metrics.EVENTS.labels(kind="admin_notice", result="stored").inc()
+                log.info("postmaster notice queued", extra={**extra, "notification_id": str(nid)})
+            elif outcome is not None:
+                metrics.EVENTS.labels(kind="admin_notice", result="rate_limited").inc()
+                log.info("postmaster notice rate-limited",
+                         extra={**extra, "suppressed": outcome.suppressed})
+            else:
+                metrics.EVENTS.labels(kind="admin_notice", result="duplicate").inc()
+        if stored:
             self._on_stored()
-        elif decision is not None:
-            metrics.EVENTS.labels(kind="admin_notice", result="rate_limited").inc()
-            log.info("postmaster notice rate-limited", extra={**extra, "suppressed": decision.suppressed})
-        else:
-            metrics.EVENTS.labels(kind="admin_notice", result="duplicate").inc()
-        await settle(item.message, ack=True)
+        for item, *_ in outcomes:
+            await settle(item.message, ack=True)

@@ -56,6 +56,12 @@ class NoticeLimiter:
             return Decision(False, state.suppressed + 1, state.last_sent)
         return Decision(True, state.suppressed, state.last_sent)
 
+    def copy(self) -> NoticeLimiter:
+        """A trial copy: a batch decides on it and is adopted only once committed."""
+        other = NoticeLimiter(self._interval)
+        other._state = {k: _State(s.last_sent, s.suppressed) for k, s in self._state.items()}
+        return other
+
     def record(self, key: NoticeKey, decision: Decision, now: datetime) -> None:
         """Apply a decision once what it decided has been committed."""
         if decision.send:

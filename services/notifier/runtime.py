@@ -95,6 +95,10 @@ class Runtime:
             await asyncio.wait_for(self.consumer.aggregator.flush_all(), timeout=10.0)
         except TimeoutError:
             self.consumer.aggregator.cancel()
+        try:
+            await asyncio.wait_for(self.consumer.flush_notices(), timeout=10.0)
+        except TimeoutError:
+            self.consumer.cancel_notices()
         await self.sender.stop()
         if self.broker is not None:
             await self.broker.close()

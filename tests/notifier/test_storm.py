@@ -253,3 +253,42 @@ async def test_a_kept_connection_the_relay_closed_is_replaced_without_deferring(
         assert sink.handler.connections == 3
     finally:
         await sink.stop()
+
+
+async def test_a_storm_of_postmaster_notices_is_stored_in_batches_and_rate_limited(
+    notifier: StartNotifier, sink: SmtpSink, publish: Publish, broker: Any
+) -> None:
+    """A broken program on a busy account: every failed delivery is an admin notice.
+    They are stored many per transaction (one each, serialised, managed ~20/s and filled
+    the queue), and the rate limit still lets one notice per account through."""
+    from tests.notifier.conftest import POSTMASTER, program_failed_notice
+
+    await notifier(sink.url)
+    accounts = ["busy1@example.org", "busy2@example.org"]
+    events = []
+    for n in range(300):
+        account = accounts[n % 2]
+        mid = uuid.uuid4()
+        await store_message(mid, sender="alice@example.net")
+        events.append(make_event("admin_notice", mid, [recipient(account, "admin_notice")],
+                                 notice=program_failed_notice(account)))
+    await asyncio.gather(*(publish(e) for e in events))  # arriving as a storm does
+
+    async def drained() -> bool:
+        return await queue_depth(broker, "notifier.events") == 0
+
+    await wait_for(drained, timeout=30, what="all 300 notices consumed")
+    await wait_for(lambda: len(sink.received) >= 2, what="the two notices")
+    await asyncio.sleep(0.5)
+    rows = [r for r in await notifications() if r["kind"] == "admin_notice"]
+    assert len(rows) == 2  # one per account; the other 298 counted as suppressed
+    assert sorted(r.rcpt_tos[0] for r in sink.received) == [POSTMASTER] * 2
+    conn = await db_conn()
+    try:
+        seen = await conn.fetchval("SELECT count(*) FROM notifier.seen_events")
+        # now() is the transaction's start: rows of one transaction share it
+        transactions = await conn.fetchval("SELECT count(DISTINCT at) FROM notifier.seen_events")
+    finally:
+        await conn.close()
+    assert seen == 300  # every event recorded: a redelivery produces nothing again
+    assert transactions < 300 / 4, transactions
