@@ -320,10 +320,8 @@ class Repo:
         if entry is None:
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._bodies[message_id] = (fut, 1)
-            granted = 0
             try:
-                granted = await self.body_budget.acquire(size)
-                self._budget[message_id] = granted
+                self._budget[message_id] = await self.body_budget.acquire(size)
                 async with self._conn() as conn:
                     body = await conn.fetchval(
                         "SELECT body FROM mail.messages WHERE id = $1", message_id
@@ -333,9 +331,7 @@ class Repo:
                 fut.set_result(bytes(body))
             except BaseException as exc:
                 fut.set_exception(exc)
-                fut.exception()
-                if granted and self._budget.pop(message_id, None) is not None:
-                    self.body_budget.release(granted)
+                fut.exception()  # the budget, if granted, is released below with the last ref
         else:
             fut = entry[0]
             self._bodies[message_id] = (fut, entry[1] + 1)

@@ -61,7 +61,7 @@ from shared.schemas import Job
 log = logging.getLogger("mailexec.executor")
 
 RECORD_RETRY_S = 30.0
-REANNOUNCE_PAUSE_S = 1.0
+REQUEUE_PAUSE_S = 1.0  # before handing a job back to the broker to retry it
 MAX_DIAGNOSTIC = 2000
 
 
@@ -191,7 +191,7 @@ class Worker:
             # unsettled job on a live channel would never come back.
             log.warning("publish failed after recording; job requeued to announce it",
                         extra={**_ctx(job, v, duration, v.kind), "error": exc.message})
-            await asyncio.sleep(REANNOUNCE_PAUSE_S)
+            await asyncio.sleep(REQUEUE_PAUSE_S)
             await _settle(message, requeue=True)
             return
         log.log(logging.WARNING if v.kind == "retry" else logging.INFO, "delivery %s", v.kind,
@@ -221,7 +221,7 @@ class Worker:
                 log.warning("cannot re-announce a recorded outcome yet; requeued",
                             extra={"message_id": str(job.message_id), "recipient": job.recipient,
                                    "error": exc.message})
-                await asyncio.sleep(REANNOUNCE_PAUSE_S)
+                await asyncio.sleep(REQUEUE_PAUSE_S)
                 await _settle(message, requeue=True)
                 return
         log.info("job skipped: outcome already recorded or job running elsewhere",
@@ -252,7 +252,7 @@ class Worker:
         try:
             await self.pub.retry(job, infra_retries + 1, infra_retries=infra_retries + 1)
         except Unavailable:
-            await asyncio.sleep(REANNOUNCE_PAUSE_S)
+            await asyncio.sleep(REQUEUE_PAUSE_S)
             await _settle(message, requeue=True)
             return
         await _settle(message)

@@ -262,7 +262,7 @@ class EventConsumer:
             trial = self._limiter.copy()
             async with session_scope() as session:
                 fresh = await repo.mark_seen(session, [i.event.event_id for i in items])
-                heads: dict[uuid.UUID, bytes] = {}
+                heads: dict[uuid.UUID, bytes | None] = {}
                 done: set[uuid.UUID] = set()
                 for item in items:
                     event = item.event
@@ -280,8 +280,8 @@ class EventConsumer:
                             if event.message_id not in heads:
                                 heads[event.message_id] = await repo.load_original(
                                     session, event.message_id,
-                                    MAX_RETURNED_HEADER_BYTES + _HEAD_SLACK) or b""
-                            head = heads[event.message_id] or None
+                                    MAX_RETURNED_HEADER_BYTES + _HEAD_SLACK)
+                            head = heads[event.message_id]
                         notice = render_admin_notice(
                             event,
                             head,
