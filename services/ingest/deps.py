@@ -17,6 +17,8 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SubmitterDep = Annotated[Principal, Depends(require("mta", "admin"))]
+# who may submit: the FastAPI route and services.ingest.fastpath both check this
+SUBMIT_ROLES = ("mta", "admin")
+SubmitterDep = Annotated[Principal, Depends(require(*SUBMIT_ROLES))]
 ReaderDep = Annotated[Principal, Depends(require("mta", "admin", "user"))]
 AdminDep = Annotated[Principal, Depends(require("admin"))]

@@ -22,13 +22,13 @@ from shared.auth import authenticate, check_role
 from shared.errors import MailexecError
 from shared.httpapp import internal_error_response, mailexec_error_response
 
-from .routes.messages import accept
+from .deps import SUBMIT_ROLES
+from .routes.messages import accept, router
 from .runtime import Runtime
 
 log = logging.getLogger("mailexec.http")
 
-PATH = "/v1/messages"
-SUBMIT_ROLES = ("mta", "admin")
+PATH = router.prefix  # POST "" under it is the submit route
 
 
 class SubmitFastPath:

@@ -64,7 +64,7 @@ ACCOUNTS = ("succ", "fail", "defer")
 # the relay's 250 and the commit re-sends that DSN. Each fault that can hit that window
 # may re-send at most what the sender workers hold: the DSN each is sending and the ones
 # accepted in the last few ms, still waiting for their gathered "sent" mark.
-NOTIFIER_SEND_WORKERS = WORKERS * HELD_PER_WORKER
+RESENDS_PER_FAULT = WORKERS * HELD_PER_WORKER
 STRICT_DSN = os.environ.get("CHAOS_STRICT_DSN", "") == "1"
 PG_DOWN_S = 3.0
 RECONNECT_TIMEOUT_S = 60.0
@@ -653,7 +653,7 @@ class Chaos:
         dsns = self.dsns(by_message_id=True)
         lg.dsn_total = sum(len(v) for v in everything.values())
         lg.dsn_resent = lg.dsn_total - sum(len(v) for v in dsns.values())
-        lg.dsn_resend_bound = NOTIFIER_SEND_WORKERS * sum(
+        lg.dsn_resend_bound = RESENDS_PER_FAULT * sum(
             1 for f in lg.faults if f.name in ("kill -9 notifier", "restart postgresql"))
         if lg.dsn_resent:
             lg.details.append(f"{lg.dsn_resent} DSN(s) re-sent with the same Message-ID")
