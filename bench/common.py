@@ -341,3 +341,12 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path | None = None,
             pass
         time.sleep(0.2)
     raise SystemExit(f"{url} not ready{tail()}")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.common import wait_ready
+from bench.common import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PROGRAM_C = b"#include <unistd.h>\nint main(void){char b[65536];while(read(0,b,sizeof b)>0);return 0;}\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def pg(sql: str) -> None:

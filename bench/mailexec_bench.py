@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from bench.common import (
     build_program,
     cmdline,
     comm,
+    free_port,
     loadavg,
     machine_cpu_s,
     percentiles,
@@ -60,12 +60,6 @@ EXECUTORS = max(1, int(os.environ.get("BENCH_EXECUTORS", "1") or 1))
 
 PG_BACKGROUND = ("walwriter", "checkpointer", "background writer", "autovacuum launcher",
                  "logical replication launcher", "stats collector")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pg(sql: str, *args: Any, db: str = PG_BENCH, fetch: bool = False) -> Any:

@@ -48,7 +48,16 @@ import aio_pika
 import asyncpg
 import orjson
 
-from bench.common import CLK_TCK, ROOT, FileTail, loadavg, self_cpu_s, vm_hwm_kib, wait_ready
+from bench.common import (
+    CLK_TCK,
+    ROOT,
+    FileTail,
+    free_port,
+    loadavg,
+    self_cpu_s,
+    vm_hwm_kib,
+    wait_ready,
+)
 
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 RCPT_DOMAIN = "rcpt.bench.example"
@@ -61,14 +70,6 @@ ORIGINAL = (
 
 def say(msg: str) -> None:
     print(f"notifier_rate: {msg}", flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rabbitmqctl(*args: str, check: bool = True) -> None:

@@ -5,7 +5,6 @@ smtp-source. Never touches a system-wide Postfix."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from bench.common import (
     Counter,
     Workdir,
     build_program,
+    free_port,
     loadavg,
     machine_cpu_s,
     say,
@@ -36,12 +36,6 @@ BENCH_MAIN_CF = [
     "smtpd_peername_lookup = no",
     "append_dot_mydomain = no",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def instance(root: Path, prog: Path, user: str) -> PrivatePostfix:

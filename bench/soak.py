@@ -35,16 +35,8 @@ import sys
 import time
 from typing import Any
 
-from bench.common import BENCH_DIR, Config, Workdir, ensure_user, loadavg, say
+from bench.common import BENCH_DIR, Config, Workdir, ensure_user, free_port, loadavg, say
 from tests.chaos.soak import queue_depths, rss_mib
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _sample(p: Any, t0: float) -> dict[str, Any]:
@@ -107,7 +99,7 @@ def main() -> int:
         from tests.chaos.pgcluster import PrivateCluster, drop_leftovers
 
         drop_leftovers()
-        cluster = PrivateCluster(_free_port())
+        cluster = PrivateCluster(free_port())
         cluster.create()
         os.environ["MAILEXEC_TEST_PG_ADMIN"] = cluster.admin_dsn  # read by mailexec_bench
         say(f"private PostgreSQL cluster {cluster.version}/{cluster.name} on port {cluster.port}"
