@@ -35,6 +35,21 @@ class Settings(BaseSettings):
     # ingest HTTP worker processes (each with its own batcher and relay); 1 = one process
     ingest_workers: int = 1
     policy_port: int = 8026
+    # LMTP (RFC 2033) in ingest: TCP port (0 = off) and an optional Unix socket for an MTA
+    # on the same host. Who may connect without AUTH: clients in the trusted networks and
+    # the Unix socket (its mode and group keep account uids out); everyone else only after
+    # STARTTLS + AUTH PLAIN (user "mta", an mta token as the password).
+    lmtp_port: int = 8024
+    lmtp_socket: str = ""
+    lmtp_socket_mode: str = "0660"
+    lmtp_socket_group: str = ""
+    lmtp_trusted_networks: str = "127.0.0.0/8,::1"
+    lmtp_tls_cert: str = ""
+    lmtp_tls_key: str = ""
+    # Connections one ingest process serves at once (more get 421 4.3.2) and how long an
+    # idle connection is kept (RFC 5321 §4.5.3.2.7 asks servers for at least 5 minutes).
+    lmtp_max_connections: int = 256
+    lmtp_idle_timeout_s: float = 300.0
     notifier_port: int = 8027
     executor_metrics_port: int = 8028
 
