@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 
 from shared import topology
@@ -115,6 +124,33 @@ class Broker:
                 f"RabbitMQ publish failed ({type(exc).__name__}); retry later",
                 code="broker_unavailable",
             ) from exc
+
+    async def on_policy_changed(
+        self, who: str, handle: Callable[[dict[str, Any]], Awaitable[None] | None]
+    ) -> None:
+        """Call ``handle(body)`` for every ``policy.changed`` broadcast (docs/internals.md).
+
+        The queue is exclusive and auto-deleted, and named by us: a robust channel
+        re-declares it after a reconnect, and a server-named (amq.gen-*) queue can't be
+        re-declared by name. A body that is not a JSON object arrives as ``{}`` (the
+        receiver then forgets everything it cached: the safe reading).
+        """
+        channel = await self.new_channel(prefetch=16)
+        name = f"{who}.policy.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+        await queue.bind(topology.POLICY_EXCHANGE, routing_key="")
+
+        async def consume(message: AbstractIncomingMessage) -> None:
+            async with message.process(requeue=False):
+                try:
+                    body = orjson.loads(message.body)
+                except orjson.JSONDecodeError:
+                    body = {}
+                result = handle(body if isinstance(body, dict) else {})
+                if result is not None:
+                    await result
+
+        await queue.consume(consume)
 
     async def close(self) -> None:
         if self.connection is not None:

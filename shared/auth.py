@@ -139,7 +139,16 @@ async def authenticate(request: Request) -> Principal:
         raise Unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>'", code="missing_token"
         )
-    digest = hash_token(token.strip())
+    return await authenticate_token(token.strip(), client)
+
+
+async def authenticate_token(token: str, client: str) -> Principal:
+    """The principal of ``token`` presented by ``client`` (an address, for the rate limit).
+
+    The one check behind every way a token arrives: HTTP bearer tokens and LMTP's
+    ``AUTH PLAIN`` password. Raises Unauthorized (wrong token) or TooManyRequests.
+    """
+    digest = hash_token(token)
     principal = _bootstrap(digest) or await _lookup(digest)
     if principal is None:
         # Only failures are limited: behind a shared proxy every client has one address, and

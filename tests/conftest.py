@@ -75,6 +75,7 @@ def mx_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         "MAILEXEC_TRUSTED_DIR": str(trusted),
         "MAILEXEC_REPORTING_MTA": "mx.test.example",
         "MAILEXEC_LOG_LEVEL": "warning",
+        "MAILEXEC_LMTP_PORT": "0",  # tests that speak LMTP give their process a port
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -105,7 +105,7 @@ class DeadLetters:
         rcpt = None
         if snap is not None and env_row is not None:
             rcpt = _recipient(snap.address, snap.orcpt, status, diag)
-            env = envelope_from_db(env_row)
+            env = envelope_from_db(env_row, snap.notify)
             if await self.repo.force_final(snap.job_id, "bounced", status, diag):
                 ev = Event(kind="bounce", event_id=event_id(snap.job_id, -2, "bounce"),
                            message_id=snap.message_id, occurred_at=datetime.now(UTC), envelope=env,

@@ -30,8 +30,10 @@ def envelope_of(job: Job) -> EventEnvelope:
                          arrival_date=job.arrival)
 
 
-def envelope_from_db(env: MessageEnvelope) -> EventEnvelope:
-    notify = [n for n in env.notify if n in ("NEVER", "SUCCESS", "FAILURE", "DELAY")] or [
+def envelope_from_db(env: MessageEnvelope, notify_of_recipient: list[str] | None = None) -> EventEnvelope:
+    """The event envelope from the stored message; NOTIFY is the recipient's when it has one."""
+    notify = [n for n in (notify_of_recipient or env.notify)
+              if n in ("NEVER", "SUCCESS", "FAILURE", "DELAY")] or [
         "FAILURE", "DELAY"]
     ret = env.ret if env.ret in ("FULL", "HDRS") else None
     return EventEnvelope(sender=env.sender, envid=env.envid, ret=ret,  # type: ignore[arg-type]

@@ -29,15 +29,11 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
-import uuid
 from contextlib import nullcontext
 from typing import Any
 
-import orjson
 import uvicorn
-from aio_pika.abc import AbstractIncomingMessage
 
 from services.executor.chain import Deps
 from services.executor.dead import DeadLetters
@@ -157,30 +153,17 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
                                     log_config=None, access_log=False, lifespan="off"))
     http_task = loop.create_task(server.serve(), name="metrics-http")
 
-    async def on_policy_changed(message: AbstractIncomingMessage) -> None:
-        async with message.process(requeue=False):
-            try:
-                body = orjson.loads(message.body)
-            except orjson.JSONDecodeError:
-                body = {}
-            what = body.get("what") if isinstance(body, dict) else None
-            policy.invalidate(what, body.get("key") if isinstance(body, dict) else None)
-            if isinstance(body, dict) and body.get("suspended") is False and (
-                what == "settings" or worker.held_since_drain
-            ):
-                loop.create_task(worker.release_held())
+    def on_policy_changed(body: dict[str, Any]) -> None:
+        what = body.get("what")
+        policy.invalidate(what, body.get("key"))
+        if body.get("suspended") is False and (what == "settings" or worker.held_since_drain):
+            loop.create_task(worker.release_held())
 
     jobs_ch = await broker.new_channel(prefetch=settings.executor_prefetch)
     jobs_q = await jobs_ch.declare_queue(topology.DELIVERIES_QUEUE, passive=True)
     dead_ch = await broker.new_channel(prefetch=4)
     dead_q = await dead_ch.declare_queue(topology.DELIVERIES_DEAD, passive=True)
-    pol_ch = await broker.new_channel(prefetch=16)
-    # Named by us: a robust channel re-declares it after a reconnect, and a server-named
-    # (amq.gen-*) queue can't be re-declared by name.
-    pol_name = f"executor.policy.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    pol_q = await pol_ch.declare_queue(pol_name, exclusive=True, auto_delete=True)
-    await pol_q.bind(topology.POLICY_EXCHANGE, routing_key="")
-    await pol_q.consume(on_policy_changed)
+    await broker.on_policy_changed("executor", on_policy_changed)
     await dead_q.consume(dead.on_message)
     jobs_tag = await jobs_q.consume(worker.on_message)
     # A resume that happened while no executor was running: held jobs would wait 60 s.

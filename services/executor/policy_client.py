@@ -6,7 +6,8 @@ What it does
     token over one HTTP/1.1 keep-alive pool (httpx), and caches the answers in
     process: dropped when a ``policy.changed`` event names them (see
     :meth:`PolicyClient.invalidate`) and after :data:`POLICY_CACHE_TTL_S` anyway.
-    Concurrent misses for the same key share one request (no thundering herd).
+    Concurrent misses for the same key share one request (no thundering herd); the
+    cache itself is :class:`shared.cache.AsyncCache`.
 
 What it guarantees
     - An answer fetched before an invalidation is never cached after it (a
@@ -26,8 +27,6 @@ Settings
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ import httpx
 import orjson
 
 from services.executor.errors import ExecutorError
+from shared.cache import AsyncCache
 from shared.status import DEFAULT_TEMPFAIL_EXIT_CODES
 
 POLICY_CACHE_TTL_S = 30.0
@@ -134,10 +134,7 @@ class PolicyClient:
             timeout=httpx.Timeout(10.0, connect=3.0),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
         )
-        self._ttl = ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
-        self._generation = 0
+        self._cache = AsyncCache(ttl_s)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -166,43 +163,22 @@ class PolicyClient:
 
     def invalidate(self, what: str | None = None, key: str | None = None) -> None:
         """Forget cached answers a ``policy.changed`` event makes stale (all when unsure)."""
-        self._generation += 1
         if what == "account" and key:
-            self._cache.pop(("account", key.lower()), None)
+            gone = ("account", key.lower())
+            self._cache.invalidate(lambda k: k == gone)
         elif what == "program":
-            self._cache = {k: v for k, v in self._cache.items() if k[0] not in ("program", "status")}
+            self._cache.invalidate(lambda k: k[0] in ("program", "status"))  # type: ignore[index]
         elif what == "settings":
-            self._cache = {k: v for k, v in self._cache.items() if k[0] not in ("settings", "status")}
+            self._cache.invalidate(lambda k: k[0] in ("settings", "status"))  # type: ignore[index]
         elif what == "token":
             return
         else:
-            self._cache.clear()
+            self._cache.invalidate()
 
     # --- plumbing ----------------------------------------------------------------------
 
     async def _cached(self, key: tuple[str, str], fetch: Callable[[], Awaitable[T]]) -> T:
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]  # type: ignore[no-any-return]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)  # type: ignore[no-any-return]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        generation = self._generation
-        try:
-            value = await fetch()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters (if any) re-raise it themselves
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        if generation == self._generation:
-            self._cache[key] = (time.monotonic() + self._ttl, value)
-        fut.set_result(value)
-        return value
+        return await self._cache.get(key, fetch)
 
     async def _request(self, path: str) -> httpx.Response:
         try:

@@ -120,6 +120,7 @@ class RecipientSnapshot:
     message_id: uuid.UUID
     address: str
     orcpt: str | None
+    notify: list[str] | None  # RFC 3461 NOTIFY of this recipient; None = the message's
     state: str
     status: str | None
     diagnostic: str | None
@@ -352,7 +353,7 @@ class Repo:
     async def snapshot(self, job_id: uuid.UUID) -> RecipientSnapshot | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                "SELECT id, message_id, address, orcpt, state, status, diagnostic, attempts, "
+                "SELECT id, message_id, address, orcpt, notify, state, status, diagnostic, attempts, "
                 "next_program, delay_notified_at, updated_at FROM mail.recipients WHERE id = $1",
                 job_id,
             )
@@ -365,7 +366,8 @@ class Repo:
             )
         return RecipientSnapshot(
             job_id=row["id"], message_id=row["message_id"], address=row["address"],
-            orcpt=row["orcpt"], state=row["state"], status=row["status"],
+            orcpt=row["orcpt"], notify=list(row["notify"]) if row["notify"] else None,
+            state=row["state"], status=row["status"],
             diagnostic=row["diagnostic"], attempts=row["attempts"],
             next_program=row["next_program"], delay_notified_at=row["delay_notified_at"],
             updated_at=row["updated_at"], last_run=dict(run) if run else None,

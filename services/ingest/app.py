@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,8 +17,9 @@ from .routes import messages
 from .runtime import Runtime
 
 
-def build_app(settings: Settings | None = None) -> FastAPI:
-    runtime = Runtime(settings or get_settings())
+def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | None = None) -> FastAPI:
+    """``lmtp_socket``: the LMTP Unix socket when the worker supervisor bound it (main.py)."""
+    runtime = Runtime(settings or get_settings(), lmtp_socket)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

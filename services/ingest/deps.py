@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from shared.auth import Principal, require
 
+from .envelope import SUBMIT_ROLES
 from .runtime import Runtime
 
 
@@ -17,8 +18,6 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-# who may submit: the FastAPI route and services.ingest.fastpath both check this
-SUBMIT_ROLES = ("mta", "admin")
 SubmitterDep = Annotated[Principal, Depends(require(*SUBMIT_ROLES))]
 ReaderDep = Annotated[Principal, Depends(require("mta", "admin", "user"))]
 AdminDep = Annotated[Principal, Depends(require("admin"))]

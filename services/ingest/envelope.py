@@ -1,10 +1,13 @@
-"""The SMTP envelope of a submission (query parameters of ``POST /v1/messages``).
+"""The SMTP envelope of a submission: query parameters of ``POST /v1/messages``, or the
+``MAIL``/``RCPT`` commands of an LMTP transaction (``lmtp.py``); one set of rules for both.
 
 Validated before a single body byte is read, so a bad envelope costs nothing. Every
 problem is a :class:`shared.errors.BadRequest` naming the parameter and what to fix.
 RFC 3461 rules: ``NOTIFY`` is ``NEVER`` alone or a set of ``SUCCESS``, ``FAILURE``,
 ``DELAY`` (default ``FAILURE,DELAY``); ``RET`` is ``FULL`` or ``HDRS``; ``ENVID`` is
-xtext of at most 100 characters (kept encoded, as it travels in DSNs).
+xtext of at most 100 characters and ``ORCPT`` is ``addr-type;xtext`` (both kept encoded,
+as they travel in DSNs). NOTIFY and ORCPT belong to a recipient (LMTP gives them per
+``RCPT``); HTTP's ``notify=`` applies to every recipient of the POST.
 """
 
 from __future__ import annotations
@@ -15,18 +18,24 @@ from dataclasses import dataclass
 from shared.addresses import AddressError, parse_mailbox, parse_recipient
 from shared.errors import BadRequest
 
+# Who may submit an envelope: the HTTP route, its fast path and LMTP's AUTH all check this.
+SUBMIT_ROLES = ("mta", "admin")
 MAX_RECIPIENTS = 1000
 MAX_ENVID_CHARS = 100
+MAX_ORCPT_CHARS = 500
 DEFAULT_NOTIFY = ("FAILURE", "DELAY")
 NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY")
 # xtext: printable US-ASCII except "+" and "=", or "+" followed by two upper-case hex digits.
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
+_ORCPT = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*);(.+)")
 
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
     address: str  # canonical form, as the MTA spelled the local part
     account: str  # lower-cased: the policy.accounts key
+    notify: tuple[str, ...] | None = None  # RFC 3461 NOTIFY of this recipient; None: the message's
+    orcpt: str | None = None  # RFC 3461 ORCPT as given (addr-type;xtext)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +47,7 @@ class Envelope:
     notify: tuple[str, ...]
 
 
-def _notify(raw: str | None) -> tuple[str, ...]:
+def parse_notify(raw: str | None) -> tuple[str, ...]:
     if raw is None:
         return DEFAULT_NOTIFY
     words = {w.strip().upper() for w in raw.split(",")}
@@ -64,7 +73,7 @@ def _notify(raw: str | None) -> tuple[str, ...]:
     return tuple(w for w in NOTIFY_ORDER if w in words)
 
 
-def _ret(raw: str | None) -> str | None:
+def parse_ret(raw: str | None) -> str | None:
     if raw is None:
         return None
     value = raw.strip().upper()
@@ -73,7 +82,7 @@ def _ret(raw: str | None) -> str | None:
     return value
 
 
-def _envid(raw: str | None) -> str | None:
+def parse_envid(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
     if len(raw) > MAX_ENVID_CHARS:
@@ -89,6 +98,36 @@ def _envid(raw: str | None) -> str | None:
     return raw
 
 
+def parse_orcpt(raw: str | None) -> str | None:
+    """RFC 3461 ORCPT ``addr-type;xtext`` (e.g. ``rfc822;bob@example.org``), kept encoded."""
+    if raw is None:
+        return None
+    match = _ORCPT.fullmatch(raw)
+    if len(raw) > MAX_ORCPT_CHARS or match is None or not _XTEXT.fullmatch(match.group(2)):
+        raise BadRequest(
+            "orcpt: not addr-type;xtext (e.g. rfc822;bob@example.org, '+' and '=' as +2B and "
+            f"+3D), at most {MAX_ORCPT_CHARS} characters (RFC 3461)",
+            code="bad_orcpt",
+        )
+    return raw
+
+
+def parse_sender(sender: str) -> str:
+    try:
+        return parse_mailbox(sender)
+    except AddressError as exc:
+        raise BadRequest(f"from: {exc}", code="bad_sender") from None
+
+
+def make_recipient(raw: str, *, notify: tuple[str, ...] | None = None,
+                   orcpt: str | None = None) -> Recipient:
+    try:
+        address = parse_recipient(raw)
+    except AddressError as exc:
+        raise BadRequest(f"to: {exc}", code="bad_recipient") from None
+    return Recipient(address=address, account=address.lower(), notify=notify, orcpt=orcpt)
+
+
 def parse_envelope(
     sender: str | None,
     to: list[str],
@@ -101,10 +140,7 @@ def parse_envelope(
         raise BadRequest(
             "from: missing; pass from= (empty) for the null reverse-path <>", code="bad_sender"
         )
-    try:
-        canonical_sender = parse_mailbox(sender)
-    except AddressError as exc:
-        raise BadRequest(f"from: {exc}", code="bad_sender") from None
+    canonical_sender = parse_sender(sender)
     if not to:
         raise BadRequest("to: at least one recipient is required", code="no_recipients")
     if len(to) > MAX_RECIPIENTS:
@@ -114,17 +150,12 @@ def parse_envelope(
         )
     seen: dict[str, Recipient] = {}
     for raw in to:
-        try:
-            address = parse_recipient(raw)
-        except AddressError as exc:
-            raise BadRequest(f"to: {exc}", code="bad_recipient") from None
-        account = address.lower()
-        if account not in seen:
-            seen[account] = Recipient(address=address, account=account)
+        rcpt = make_recipient(raw)
+        seen.setdefault(rcpt.account, rcpt)
     return Envelope(
         sender=canonical_sender,
         recipients=tuple(seen.values()),
-        envid=_envid(envid),
-        ret=_ret(ret),
-        notify=_notify(notify),
+        envid=parse_envid(envid),
+        ret=parse_ret(ret),
+        notify=parse_notify(notify),
     )

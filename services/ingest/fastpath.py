@@ -22,7 +22,7 @@ from shared.auth import authenticate, check_role
 from shared.errors import MailexecError
 from shared.httpapp import internal_error_response, mailexec_error_response
 
-from .deps import SUBMIT_ROLES
+from .envelope import SUBMIT_ROLES
 from .routes.messages import accept, router
 from .runtime import Runtime
 

@@ -33,3 +33,17 @@ OUTBOX_UNPUBLISHED = Gauge(
 RELAY_PUBLISHED = Counter(
     "mailexec_outbox_relayed_total", "Jobs published by the outbox relay (left behind by a failure)"
 )
+
+LMTP_CONNECTIONS = Counter(
+    "mailexec_lmtp_connections_total",
+    "LMTP connections by listener (tcp, unix) and result (accepted, refused: over the limit)",
+    ["listener", "result"],
+)
+LMTP_OPEN = Gauge("mailexec_lmtp_connections_open", "LMTP connections open in this process")
+LMTP_BYTES = Counter("mailexec_lmtp_received_bytes_total", "Bytes received on LMTP connections")
+LMTP_REPLIES = Counter(
+    "mailexec_lmtp_replies_total",
+    "LMTP replies that decide a recipient's or client's fate, by stage (auth, mail, rcpt, "
+    "data) and reply code; data replies count one per recipient (RFC 2033)",
+    ["stage", "code"],
+)

@@ -189,6 +189,9 @@ class Outbox:
             recipient_ids=[uuid.uuid4() for _ in rcpts],
             addresses=[r.address for r in rcpts],
             accounts=[r.account for r in rcpts],
+            notifies=[None if r.notify is None or r.notify == envelope.notify else ",".join(r.notify)
+                      for r in rcpts],
+            orcpts=[r.orcpt for r in rcpts],
         )
         sub = _Submission(message, fut)
         if idempotency_key is not None:
@@ -258,11 +261,13 @@ class Outbox:
         jobs: list[tuple[_Submission, uuid.UUID, bytes]] = []
         for sub in batch:
             m = sub.message
-            for rid, address in zip(m.recipient_ids, m.addresses, strict=True):
+            for rid, address, notify, orcpt in zip(m.recipient_ids, m.addresses, m.notifies,
+                                                   m.orcpts, strict=True):
                 body = job_body(
                     job_id=rid, message_id=m.id, recipient=address, sender=m.sender,
-                    envid=m.envid, ret=m.ret, notify=m.notify, arrival=m.received_at,
-                    size=len(m.body), body=m.body, inline_limit=self.inline_limit,
+                    envid=m.envid, ret=m.ret, notify=notify.split(",") if notify else m.notify,
+                    arrival=m.received_at, size=len(m.body), body=m.body,
+                    inline_limit=self.inline_limit, orcpt=orcpt,
                 )
                 jobs.append((sub, rid, body))
         started = time.perf_counter()

@@ -65,6 +65,9 @@ class NewMessage:
     recipient_ids: Sequence[uuid.UUID]
     addresses: Sequence[str]
     accounts: Sequence[str]
+    # per recipient: RFC 3461 NOTIFY ("SUCCESS,DELAY"; None = the message's) and ORCPT
+    notifies: Sequence[str | None]
+    orcpts: Sequence[str | None]
 
 
 INSERT_BATCH = """
@@ -79,10 +82,10 @@ WITH m AS (
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
 ), r AS (
-    INSERT INTO mail.recipients (id, message_id, address, account)
-    SELECT y.id, y.message_id, y.address, y.account
-    FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[])
-         AS y(id, message_id, address, account)
+    INSERT INTO mail.recipients (id, message_id, address, account, notify, orcpt)
+    SELECT y.id, y.message_id, y.address, y.account, string_to_array(y.notify, ','), y.orcpt
+    FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[], $14::text[], $15::text[])
+         AS y(id, message_id, address, account, notify, orcpt)
     JOIN m ON m.id = y.message_id
 )
 SELECT id FROM m
@@ -103,7 +106,7 @@ GROUP BY m.id
 
 RELAY_SELECT = """
 SELECT r.id, r.message_id, r.address, r.orcpt, r.state, r.attempts, r.next_program,
-       m.sender, m.envid, m.ret, m.notify, m.size, m.received_at,
+       m.sender, m.envid, m.ret, coalesce(r.notify, m.notify) AS notify, m.size, m.received_at,
        CASE WHEN m.size <= $2 THEN m.body END AS body
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 WHERE NOT r.published AND r.created_at < now() - make_interval(secs => $1)
@@ -120,11 +123,11 @@ FROM mail.messages WHERE id = $1
 """
 
 GET_RECIPIENTS = """
-SELECT id, address, account, orcpt, state, attempts, next_program, status, diagnostic,
-       created_at, updated_at, final_at
-FROM mail.recipients
-WHERE message_id = $1 AND ($2::text IS NULL OR account = $2)
-ORDER BY address, id
+SELECT r.id, r.address, r.account, r.orcpt, coalesce(r.notify, m.notify) AS notify, r.state,
+       r.attempts, r.next_program, r.status, r.diagnostic, r.created_at, r.updated_at, r.final_at
+FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
+WHERE r.message_id = $1 AND ($2::text IS NULL OR r.account = $2)
+ORDER BY r.address, r.id
 """
 
 GET_RUNS = """
@@ -191,7 +194,7 @@ class Database:
 
         A message whose Idempotency-Key already exists is skipped (with its recipients).
         """
-        cols: list[list[Any]] = [[] for _ in range(13)]
+        cols: list[list[Any]] = [[] for _ in range(15)]
         for m in messages:
             for i, v in enumerate(
                 (m.id, m.sender, m.envid, m.ret, ",".join(m.notify), len(m.body), m.body,
@@ -202,6 +205,8 @@ class Database:
             cols[10].extend([m.id] * len(m.recipient_ids))
             cols[11].extend(m.addresses)
             cols[12].extend(m.accounts)
+            cols[13].extend(m.notifies)
+            cols[14].extend(m.orcpts)
         async with self.connection() as conn:
             rows = await conn.fetch(INSERT_BATCH, *cols)
         return {r[0] for r in rows}

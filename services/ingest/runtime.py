@@ -1,4 +1,5 @@
-"""The long-lived parts of one ingest process: DB pool, broker, batcher, relay.
+"""The long-lived parts of one ingest process: DB pool, broker, batcher, relay, and the
+LMTP listeners with their RCPT-time account check.
 
 Why a separate object: the lifespan starts it, the routes reach it through
 ``deps.RuntimeDep``, and tests of the batching can build one without HTTP.
@@ -12,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from urllib.parse import urlsplit
 
 from shared.amqp import Broker, redact
 from shared.errors import Unavailable
 from shared.settings import Settings
 
+from .lmtp import LMTPServer
 from .outbox import Outbox, Relay
+from .recipients import AccountCheck
 from .repo import Database
 
 log = logging.getLogger("mailexec.ingest")
@@ -34,25 +38,33 @@ def _robust_url(url: str) -> str:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, lmtp_socket: socket.socket | None = None) -> None:
+        """``lmtp_socket``: the LMTP Unix socket, when a supervisor bound it for its workers."""
         self.settings = settings
         self.db = Database(settings.database_url)
         self.broker = Broker(_robust_url(settings.amqp_url))
         self.outbox = Outbox(self.db, self.broker, inline_limit=settings.inline_body_bytes)
         self.relay = Relay(self.db, self.broker, inline_limit=settings.inline_body_bytes)
         self._connector: asyncio.Task[None] | None = None
+        self.accounts = AccountCheck(settings.policy_url, settings.service_token)
+        self.lmtp: LMTPServer | None = None
+        if settings.lmtp_port or settings.lmtp_socket or lmtp_socket is not None:
+            self.lmtp = LMTPServer(settings, self.outbox, self.accounts, lmtp_socket)
 
     async def start(self) -> None:
         await self.db.start()
         self._connector = asyncio.create_task(self._connect_broker(), name="ingest-broker")
         self.outbox.start()
         self.relay.start()
+        if self.lmtp is not None:
+            await self.lmtp.start()
 
     async def _connect_broker(self) -> None:
         warned = False
         while True:
             try:
                 await self.broker.connect(timeout=2)
+                await self.broker.on_policy_changed("ingest", self.accounts.invalidate)
                 log.info("broker connected", extra={"amqp": redact(self.settings.amqp_url)})
                 return
             except Exception as exc:  # Unavailable, or a channel/declare error
@@ -69,6 +81,9 @@ class Runtime:
         return {"database": await self.db.ping(), "broker": self.broker.ready}
 
     async def stop(self) -> None:
+        if self.lmtp is not None:
+            await self.lmtp.stop()  # first: messages between their dot and replies finish
+        await self.accounts.close()
         if self._connector is not None:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -199,6 +199,8 @@ async def get_message(message_id: str, principal: ReaderDep, runtime: RuntimeDep
                 {
                     "address": r["address"],
                     "account": r["account"],
+                    "notify": list(r["notify"]),
+                    "orcpt": r["orcpt"],
                     "state": r["state"],
                     "attempts": r["attempts"],
                     "status": r["status"],
