@@ -54,7 +54,7 @@ import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from shared.auth import authenticate_token
 from shared.errors import BadRequest, MailexecError, TooManyRequests, Unauthorized
@@ -202,15 +202,16 @@ class Session(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        tr = cast(asyncio.Transport, transport)  # uvloop's transports are no subclasses
+        self.transport = tr
         if not self.listener.local:
             peer = transport.get_extra_info("peername")
             self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
             self.trusted = is_trusted(peer, self.server.trusted_networks)
         if not self.server.admit(self):
             metrics.LMTP_CONNECTIONS.labels(listener=self.listener.name, result="refused").inc()
-            self.transport.write(b"421 4.3.2 too many connections; try again later\r\n")
-            self.transport.close()
+            tr.write(b"421 4.3.2 too many connections; try again later\r\n")
+            tr.close()
             self.closed = True
             return
         metrics.LMTP_CONNECTIONS.labels(listener=self.listener.name, result="accepted").inc()
