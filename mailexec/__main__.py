@@ -1,3 +1,3 @@
-from mailexec.cli import main
+from mailexec.entry import main
 
 main()

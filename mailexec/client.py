@@ -1,4 +1,4 @@
-"""HTTP client for the mailexec REST APIs, used by the operator CLI and ``mailexec submit``.
+"""HTTP client for the mailexec REST APIs, used by the operator CLI (not by ``mailexec submit``).
 
 Where things come from (first match wins):
 
@@ -22,34 +22,32 @@ what the status means for an operator, and a sysexits exit code. Tokens are neve
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-# sysexits.h
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_NOUSER = 67
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_PROTOCOL = 76
-EX_NOPERM = 77
-EX_CONFIG = 78
+# one definition of the exit codes, default URLs and config-file lookup: the light
+# `mailexec submit` (standard library only) owns them, the operator commands import them
+from mailexec.submit import (
+    DEFAULT_URLS,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_PROTOCOL,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,  # noqa: F401  (mailexec.commands import it from here)
+    ConfigError,
+    read_config_file,
+    resolve_token,
+    resolve_url,
+)
 
 SERVICES = ("policy", "ingest", "notifier")
-DEFAULT_URLS = {
-    "policy": "http://127.0.0.1:8026",
-    "ingest": "http://127.0.0.1:8025",
-    "notifier": "http://127.0.0.1:8027",
-}
 
 
 class ApiError(Exception):
@@ -81,31 +79,12 @@ class ApiError(Exception):
         return " ".join(text.split())
 
 
-def config_paths() -> list[Path]:
-    explicit = os.environ.get("MAILEXEC_CLI_CONFIG")
-    if explicit:
-        return [Path(explicit)]
-    try:
-        home = Path.home()
-    except (KeyError, RuntimeError):  # no HOME and no passwd entry
-        home = None
-    paths = [home / ".config" / "mailexec" / "cli.toml"] if home else []
-    paths.append(Path("/etc/mailexec/cli.toml"))
-    return paths
-
-
 def load_config_file() -> dict[str, Any]:
     """The first readable config file, parsed; ``{}`` when there is none."""
-    for path in config_paths():
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        try:
-            return tomllib.loads(data.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(f"cannot parse the CLI config file {path}: {exc}", exit_code=EX_CONFIG) from None
-    return {}
+    try:
+        return read_config_file()
+    except ConfigError as exc:
+        raise ApiError(str(exc), exit_code=EX_CONFIG) from None
 
 
 @dataclass
@@ -125,14 +104,8 @@ class ClientConfig:
         timeout: float = 30.0,
     ) -> ClientConfig:
         file_cfg = load_config_file()
-        resolved: dict[str, str] = {}
-        for svc in SERVICES:
-            override = (urls or {}).get(svc)
-            env = os.environ.get(f"MAILEXEC_{svc.upper()}_URL")
-            resolved[svc] = (
-                override or env or str(file_cfg.get(f"{svc}_url") or "") or DEFAULT_URLS[svc]
-            ).rstrip("/")
-        tok = token or os.environ.get(token_env) or str(file_cfg.get(token_key) or "")
+        resolved = {svc: resolve_url(svc, (urls or {}).get(svc), file_cfg) for svc in SERVICES}
+        tok = resolve_token(token, token_env, token_key, file_cfg)
         return cls(urls=resolved, token=tok, timeout=timeout)
 
 

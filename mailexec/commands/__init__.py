@@ -6,7 +6,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from mailexec.commands import accounts, importdir, messages, programs, settings, submit
+    from mailexec.commands import accounts, importdir, messages, programs, settings
 
     app.add_typer(programs.app, name="programs")
     app.add_typer(accounts.app, name="accounts")
@@ -17,4 +17,18 @@ def register(app: typer.Typer) -> None:
     app.command("resume")(settings.resume)
     app.command("status")(settings.status)
     app.command("import-trusted-dir")(importdir.import_trusted_dir)
-    app.command("submit", cls=submit.SubmitCommand)(submit.submit)
+    # every argument (--help too) goes to the light implementation, which parses them itself
+    app.command(
+        "submit",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(submit)
+
+
+def submit(ctx: typer.Context) -> None:
+    """Submit the message on stdin to ingest (for MTAs); exit status per sysexits."""
+    # The console script runs mailexec.submit before typer is imported (mailexec.entry);
+    # this listing is for `mailexec --help` and for callers of the typer app.
+    from mailexec.submit import main
+
+    raise typer.Exit(main(list(ctx.args)))
