@@ -54,6 +54,31 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "policy": {"ingress": {"enabled": True, "hostname": "policy.example.org"}},
         },
     ),
+    # LMTP for MTAs in and outside the cluster: STARTTLS from a cert-manager style Secret,
+    # a trusted MTA pod range, a LoadBalancer Service and its clients' ipBlock.
+    "lmtp-tls": _merge(
+        REQUIRED,
+        {
+            "ingest": {
+                "lmtp": {
+                    "trustedNetworks": ["10.42.7.0/24", "fd00:42::/64"],
+                    "maxConnections": 64,
+                    "idleTimeoutSeconds": 120,
+                    "tls": {"enabled": True, "existingSecret": "mx-lmtp-tls", "certKey": "fullchain.pem"},
+                    "externalService": {
+                        "enabled": True,
+                        "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                    },
+                    "networkPolicy": {
+                        "from": [
+                            {"podSelector": {"matchLabels": {"app": "postfix"}}},
+                            {"ipBlock": {"cidr": "198.51.100.0/24"}},
+                        ]
+                    },
+                }
+            }
+        },
+    ),
     "sandbox-opt-ins": _merge(
         REQUIRED,
         {"executor": {"sandbox": {"networkIsolation": {"enabled": True}, "bwrap": {"enabled": True}}}},

@@ -161,6 +161,10 @@ def test_values_yaml_satisfies_its_schema(chart: Any, required: dict) -> None:
         {"keda": {"queueLength": 0}},
         {"executor": {"sandbox": {"networkIsolation": {"enabled": "yes"}}}},
         {"unknownTopLevelKey": 1},
+        {"ingest": {"lmtp": {"containerPort": 70000}}},
+        {"ingest": {"lmtp": {"trustedNetworks": "10.0.0.0/8"}}},
+        {"ingest": {"lmtp": {"externalService": {"type": "ClusterIP"}}}},
+        {"ingest": {"lmtp": {"externalService": {"externalTrafficPolicy": "Nearby"}}}},
     ],
 )
 def test_schema_refuses_bad_values(chart: Any, bad: dict, required: dict, merge_values: Any) -> None:
@@ -434,6 +438,16 @@ def egress_ports(spec: dict) -> set[int]:
     return {port["port"] for rule in spec["egress"] for port in rule["ports"]}
 
 
+def rules_by_port(spec: dict) -> dict[int, dict]:
+    """A NetworkPolicy's ingress rules by the port they open (one rule per port here)."""
+    rules: dict[int, dict] = {}
+    for rule in spec["ingress"]:
+        for port in rule["ports"]:
+            assert port["port"] not in rules, f"two rules open {port['port']}"
+            rules[port["port"]] = rule
+    return rules
+
+
 def test_only_ingest_is_reachable_from_mtas(rendered: dict) -> None:
     objects = rendered["default"]
     for component in SERVICES:
@@ -443,8 +457,9 @@ def test_only_ingest_is_reachable_from_mtas(rendered: dict) -> None:
         labels = [p.get("podSelector", {}).get("matchLabels", {}) for r in spec["ingress"] for p in r["from"]]
         has_mta = {"mailexec.io/client": "mta"} in labels
         assert has_mta == (component == "ingest"), component
-    (rule,) = policy_of(objects, "ingest")["ingress"]
-    assert [p["port"] for p in rule["ports"]] == [8025]
+    rules = rules_by_port(policy_of(objects, "ingest"))
+    assert set(rules) == {8025, LMTP_PORT}
+    assert all(len(rule["ports"]) == 1 for rule in rules.values())
 
 
 def test_only_policy_is_reachable_from_admins(rendered: dict) -> None:
@@ -477,11 +492,214 @@ def test_ingress_set_exposes_ingest_and_policy(rendered: dict) -> None:
         assert rule["host"] == host
         backend = rule["http"]["paths"][0]["backend"]["service"]
         assert backend["name"] in services
-        (rule_in,) = policy_of(objects, component)["ingress"]
-        labels = [p.get("podSelector", {}).get("matchLabels") for p in rule_in["from"]]
+        rules = rules_by_port(policy_of(objects, component))
+        labels = [p.get("podSelector", {}).get("matchLabels") for p in rules[PORTS[component]]["from"]]
         assert {"app.kubernetes.io/name": "ingress-nginx"} in labels
+    # An HTTP Ingress controller has no business on the LMTP port.
+    lmtp_from = rules_by_port(policy_of(objects, "ingest"))[LMTP_PORT]["from"]
+    assert {"app.kubernetes.io/name": "ingress-nginx"} not in [
+        p["podSelector"]["matchLabels"] for p in lmtp_from
+    ]
     tls = named(objects, "Ingress", "mx-mailexec-ingest")["spec"]["tls"]
     assert tls == [{"hosts": ["ingest.example.org"], "secretName": "ingest.example.org-tls"}]
+
+
+# --- LMTP (SPEC §2 ingest: RFC 2033 listener, STARTTLS, RCPT-time policy lookups) ------
+
+LMTP_PORT = 8024
+MTA_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"mailexec.io/client": "mta"}}}
+
+
+def ingest_pod(objects: list[dict]) -> tuple[dict, dict]:
+    pod = deployment(objects, "ingest")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def env_of(container: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def service_ports(objects: list[dict], name: str) -> dict[str, dict]:
+    return {p["name"]: p for p in named(objects, "Service", name)["spec"]["ports"]}
+
+
+def test_lmtp_listens_on_its_own_port_of_ingest_only(rendered: dict) -> None:
+    objects = rendered["default"]
+    pod, container = ingest_pod(objects)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8025, "lmtp": LMTP_PORT}
+    env = env_of(container)
+    assert env["MAILEXEC_LMTP_PORT"] == str(LMTP_PORT)
+    assert env["MAILEXEC_LMTP_TRUSTED_NETWORKS"] == "127.0.0.0/8,::1"
+    assert env["MAILEXEC_LMTP_MAX_CONNECTIONS"] == "256"
+    assert env["MAILEXEC_LMTP_IDLE_TIMEOUT_S"] == "300"
+    # No TLS unless asked for: no certificate named, nothing mounted.
+    assert "MAILEXEC_LMTP_TLS_CERT" not in env and "MAILEXEC_LMTP_TLS_KEY" not in env
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    # The probes stay on HTTP.
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    for service in ("policy", "notifier", "executor"):
+        (other,) = deployment(objects, service)["spec"]["template"]["spec"]["containers"]
+        assert "lmtp" not in {p["name"] for p in other["ports"]}, service
+        assert not any(name.startswith("MAILEXEC_LMTP_") for name in env_of(other)), service
+    assert not any(k.startswith("MAILEXEC_LMTP_") for k in named(objects, "ConfigMap", "mx-mailexec")["data"])
+
+
+def test_ingest_service_carries_the_lmtp_port(rendered: dict) -> None:
+    objects = rendered["default"]
+    ports = service_ports(objects, "mx-mailexec-ingest")
+    assert (ports["http"]["port"], ports["http"]["targetPort"]) == (8025, "http")
+    assert (ports["lmtp"]["port"], ports["lmtp"]["targetPort"]) == (LMTP_PORT, "lmtp")
+    assert ports["lmtp"]["protocol"] == "TCP"
+    # Nothing exposed outside the cluster unless asked for.
+    assert "mx-mailexec-ingest-lmtp" not in {s["metadata"]["name"] for s in of_kind(objects, "Service")}
+
+
+def test_networkpolicy_admits_lmtp_from_its_own_peers_only(rendered: dict) -> None:
+    rules = rules_by_port(policy_of(rendered["default"], "ingest"))
+    assert rules[LMTP_PORT]["from"] == [MTA_PEER]
+    custom = rules_by_port(policy_of(rendered["lmtp-tls"], "ingest"))
+    assert custom[LMTP_PORT]["from"] == [
+        {"podSelector": {"matchLabels": {"app": "postfix"}}},
+        {"ipBlock": {"cidr": "198.51.100.0/24"}},
+    ]
+    # The LMTP peers open LMTP only, not HTTP.
+    assert {"ipBlock": {"cidr": "198.51.100.0/24"}} not in custom[8025]["from"]
+    for component in ("policy", "notifier", "executor"):
+        spec = policy_of(rendered["lmtp-tls"], component)
+        assert LMTP_PORT not in {p["port"] for r in spec["ingress"] for p in r["ports"]}, component
+
+
+def test_ingest_can_ask_policy_at_rcpt_time(value_set: str, rendered: dict) -> None:
+    """Reachable (both NetworkPolicies), addressed (MAILEXEC_POLICY_URL) and authorised
+    (MAILEXEC_SERVICE_TOKEN, role service)."""
+    objects = rendered[value_set]
+    spec = policy_of(objects, "ingest")
+    (to_policy,) = [r for r in spec["egress"] if r["ports"][0]["port"] == 8026]
+    assert peer_components(to_policy["to"]) == {"policy"}
+    (from_rule,) = policy_of(objects, "policy")["ingress"]
+    assert "ingest" in peer_components(from_rule["from"])
+    _, container = ingest_pod(objects)
+    refs = {kind: ref[kind]["name"] for ref in container["envFrom"] for kind in ref}
+    config = named(objects, "ConfigMap", refs["configMapRef"])["data"]
+    assert config["MAILEXEC_POLICY_URL"] == "http://mx-mailexec-policy.mail.svc:8026"
+    if value_set == "existing-secret":
+        assert refs["secretRef"] == "mailexec-external"  # holds MAILEXEC_SERVICE_TOKEN (README)
+    else:
+        secret = named(objects, "Secret", refs["secretRef"])["stringData"]
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", secret["MAILEXEC_SERVICE_TOKEN"])
+    assert not {"MAILEXEC_POLICY_URL", "MAILEXEC_SERVICE_TOKEN"} & set(env_of(container))
+
+
+def test_lmtp_environment_is_what_the_program_accepts(rendered: dict) -> None:
+    """The ConfigMap plus ingest's own variables, read by Settings and the listener's own
+    parser as `serve ingest` does."""
+    import ipaddress
+
+    from services.ingest.lmtp import parse_networks
+
+    parsed: dict[str, Settings] = {}
+    for value_set, port, networks in (
+        ("default", LMTP_PORT, ["127.0.0.0/8", "::1"]),
+        ("lmtp-tls", LMTP_PORT, ["10.42.7.0/24", "fd00:42::/64"]),
+    ):
+        objects = rendered[value_set]
+        _, container = ingest_pod(objects)
+        env = {**named(objects, "ConfigMap", "mx-mailexec")["data"], **env_of(container)}
+        fields = {k.removeprefix("MAILEXEC_").lower(): v for k, v in env.items() if k.startswith("MAILEXEC_")}
+        settings = parsed[value_set] = Settings(**fields)
+        assert settings.lmtp_port == port
+        assert settings.bind_host == "0.0.0.0"
+        assert settings.lmtp_port != settings.ingest_port
+        assert parse_networks(settings.lmtp_trusted_networks) == tuple(
+            ipaddress.ip_network(n, strict=True) for n in networks
+        )
+    assert parsed["lmtp-tls"].lmtp_max_connections == 64
+    assert parsed["lmtp-tls"].lmtp_idle_timeout_s == 120.0
+
+
+def test_tls_secret_is_mounted_read_only_and_named_by_the_settings(rendered: dict) -> None:
+    objects = rendered["lmtp-tls"]
+    pod, container = ingest_pod(objects)
+    volumes = {v["name"]: v for v in pod["volumes"] if "secret" in v}
+    (name,) = volumes
+    secret = volumes[name]["secret"]
+    assert secret["secretName"] == "mx-lmtp-tls"
+    assert {i["key"]: i["path"] for i in secret["items"]} == {
+        "fullchain.pem": "tls.crt",
+        "tls.key": "tls.key",
+    }
+    # Owner root, group fsGroup, 0440: uid 10001 reads it through its fsGroup, nobody else.
+    assert secret["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == name]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount  # a renewed Secret reaches the running pod
+    env = env_of(container)
+    assert env["MAILEXEC_LMTP_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    assert env["MAILEXEC_LMTP_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+    assert env["MAILEXEC_LMTP_TRUSTED_NETWORKS"] == "10.42.7.0/24,fd00:42::/64"
+    # Only ingest pods see the key.
+    for component, other in pod_templates(objects):
+        if component != "ingest":
+            assert "mx-lmtp-tls" not in json.dumps(other.get("volumes", [])), component
+
+
+def test_external_lmtp_service_exposes_lmtp_alone_and_keeps_client_addresses(rendered: dict) -> None:
+    objects = rendered["lmtp-tls"]
+    service = named(objects, "Service", "mx-mailexec-ingest-lmtp")["spec"]
+    assert service["type"] == "LoadBalancer"
+    assert service["externalTrafficPolicy"] == "Local"
+    assert service["loadBalancerSourceRanges"] == ["198.51.100.0/24"]
+    (port,) = service["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("lmtp", LMTP_PORT, "lmtp")
+    assert service["selector"] == deployment(objects, "ingest")["spec"]["selector"]["matchLabels"]
+
+
+def test_lmtp_off_closes_the_port_everywhere(render: Any, required: dict, merge_values: Any) -> None:
+    objects = render(merge_values(required, {"ingest": {"lmtp": {"enabled": False}}}))
+    _, container = ingest_pod(objects)
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    # The program's default is to listen: off must say so.
+    assert env_of(container) == {"MAILEXEC_LMTP_PORT": "0"}
+    assert list(service_ports(objects, "mx-mailexec-ingest")) == ["http"]
+    assert set(rules_by_port(policy_of(objects, "ingest"))) == {8025}
+
+
+def test_empty_lmtp_peers_admit_nobody(render: Any, required: dict, merge_values: Any) -> None:
+    """An ingress rule without `from` would admit everyone: an empty list renders no rule."""
+    objects = render(merge_values(required, {"ingest": {"lmtp": {"networkPolicy": {"from": []}}}}))
+    assert set(rules_by_port(policy_of(objects, "ingest"))) == {8025}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"tls": {"enabled": True}}, "ingest.lmtp.tls.enabled needs ingest.lmtp.tls.existingSecret"),
+        ({"trustedNetworks": ["mta.example.org"]}, '"mta.example.org" is not an IP network'),
+        ({"trustedNetworks": ["10.0.0.0/33"]}, '"10.0.0.0/33" is not an IP network'),
+        ({"trustedNetworks": ["10.0.0.0/8", "0.0.0.0/0"]}, "would let every client deliver without AUTH"),
+        ({"trustedNetworks": ["::/0"]}, "would let every client deliver without AUTH"),
+        ({"containerPort": 8025}, "ingest.lmtp.containerPort must differ from ingest.containerPort"),
+        ({"enabled": False, "externalService": {"enabled": True}}, "needs ingest.lmtp.enabled"),
+    ],
+)
+def test_lmtp_values_fail_early_and_readably(
+    chart: Any, required: dict, merge_values: Any, bad: dict, message: str
+) -> None:
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        chart.render(merge_values(required, {"ingest": {"lmtp": bad}}), name="mx", namespace=NAMESPACE)
+
+
+def test_notes_say_where_lmtp_is_and_who_may_use_it(notes: Any, required: dict, value_sets: dict) -> None:
+    text = notes(required)
+    assert "lmtp:inet:mx-mailexec-ingest.mail.svc:8024" in text
+    assert "WARNING: as configured only a client inside an ingest pod" in text
+    text = notes(value_sets["lmtp-tls"])
+    assert 'STARTTLS, then AUTH PLAIN as user "mta"' in text
+    assert "mx-mailexec-ingest-lmtp" in text
+    assert "WARNING" not in text.split("LMTP:", 1)[1].split("Executor sandbox")[0]
 
 
 # --- documentation -------------------------------------------------------------------

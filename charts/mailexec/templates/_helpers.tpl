@@ -167,6 +167,73 @@ type: RuntimeDefault
 {{- end -}}
 {{- end -}}
 
+{{/*
+ingest's LMTP listener (RFC 2033): the pieces mailexec.serviceDeployment and mailexec.service
+take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to listen).
+*/}}
+{{- define "mailexec.ingest.lmtp.tlsDir" -}}/etc/mailexec/lmtp-tls{{- end -}}
+
+{{- define "mailexec.ingest.lmtp.env" -}}
+{{- $lmtp := .Values.ingest.lmtp -}}
+- name: MAILEXEC_LMTP_PORT
+  value: {{ ternary $lmtp.containerPort 0 $lmtp.enabled | quote }}
+{{- if $lmtp.enabled }}
+- name: MAILEXEC_LMTP_TRUSTED_NETWORKS
+  value: {{ join "," $lmtp.trustedNetworks | quote }}
+- name: MAILEXEC_LMTP_MAX_CONNECTIONS
+  value: {{ $lmtp.maxConnections | quote }}
+- name: MAILEXEC_LMTP_IDLE_TIMEOUT_S
+  value: {{ $lmtp.idleTimeoutSeconds | quote }}
+{{- if $lmtp.tls.enabled }}
+- name: MAILEXEC_LMTP_TLS_CERT
+  value: {{ printf "%s/tls.crt" (include "mailexec.ingest.lmtp.tlsDir" .) | quote }}
+- name: MAILEXEC_LMTP_TLS_KEY
+  value: {{ printf "%s/tls.key" (include "mailexec.ingest.lmtp.tlsDir" .) | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "mailexec.ingest.lmtp.containerPorts" -}}
+{{- if .Values.ingest.lmtp.enabled -}}
+- name: lmtp
+  containerPort: {{ .Values.ingest.lmtp.containerPort }}
+  protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{- define "mailexec.ingest.lmtp.servicePorts" -}}
+{{- if .Values.ingest.lmtp.enabled -}}
+- name: lmtp
+  port: {{ .Values.ingest.lmtp.service.port }}
+  targetPort: lmtp
+  protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{/* The certificate and key, read-only, readable by the pod's fsGroup only (mode 0440). */}}
+{{- define "mailexec.ingest.lmtp.volumeMounts" -}}
+{{- if and .Values.ingest.lmtp.enabled .Values.ingest.lmtp.tls.enabled -}}
+- name: lmtp-tls
+  mountPath: {{ include "mailexec.ingest.lmtp.tlsDir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "mailexec.ingest.lmtp.volumes" -}}
+{{- $tls := .Values.ingest.lmtp.tls -}}
+{{- if and .Values.ingest.lmtp.enabled $tls.enabled -}}
+- name: lmtp-tls
+  secret:
+    secretName: {{ $tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $tls.certKey }}
+        path: tls.crt
+      - key: {{ $tls.keyKey }}
+        path: tls.key
+{{- end -}}
+{{- end -}}
+
 {{/* Fail early, with a message a user can act on. */}}
 {{- define "mailexec.validateValues" -}}
 {{- $messages := list -}}
@@ -185,6 +252,26 @@ type: RuntimeDefault
 {{- if eq (upper . | trimPrefix "CAP_") "SYS_ADMIN" -}}
 {{- $messages = append $messages "mailexec: executor.extraCapabilities may not contain SYS_ADMIN; set executor.sandbox.networkIsolation.enabled=true (documented opt-in) instead" -}}
 {{- end -}}
+{{- end -}}
+{{- $lmtp := .Values.ingest.lmtp -}}
+{{- if $lmtp.enabled -}}
+{{- if and $lmtp.tls.enabled (not $lmtp.tls.existingSecret) -}}
+{{- $messages = append $messages "mailexec: ingest.lmtp.tls.enabled needs ingest.lmtp.tls.existingSecret, a Secret with the PEM certificate chain and key (e.g. a cert-manager Certificate's Secret)" -}}
+{{- end -}}
+{{- if eq (int $lmtp.containerPort) (int .Values.ingest.containerPort) -}}
+{{- $messages = append $messages "mailexec: ingest.lmtp.containerPort must differ from ingest.containerPort (LMTP and HTTP are separate listeners)" -}}
+{{- end -}}
+{{- $ipv4 := `^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$` -}}
+{{- $ipv6 := `^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$` -}}
+{{- range $lmtp.trustedNetworks -}}
+{{- if not (or (regexMatch $ipv4 .) (regexMatch $ipv6 .)) -}}
+{{- $messages = append $messages (printf "mailexec: ingest.lmtp.trustedNetworks: %q is not an IP network in CIDR form (e.g. 10.42.0.0/16, fd00::/8)" .) -}}
+{{- else if hasSuffix "/0" . -}}
+{{- $messages = append $messages (printf "mailexec: ingest.lmtp.trustedNetworks: %q would let every client deliver without AUTH; list the MTAs' networks" .) -}}
+{{- end -}}
+{{- end -}}
+{{- else if $lmtp.externalService.enabled -}}
+{{- $messages = append $messages "mailexec: ingest.lmtp.externalService.enabled needs ingest.lmtp.enabled" -}}
 {{- end -}}
 {{- if and .Values.keda.enabled (lt (int .Values.keda.maxReplicaCount) (int .Values.keda.minReplicaCount)) -}}
 {{- $messages = append $messages "mailexec: keda.maxReplicaCount must be >= keda.minReplicaCount" -}}

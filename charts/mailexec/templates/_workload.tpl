@@ -2,7 +2,11 @@
 Shared pieces of the service workloads. Each takes (dict "root" $ "component" NAME).
 */}}
 
-{{/* The Deployment of an unprivileged HTTP service (ingest, policy, notifier). */}}
+{{/*
+The Deployment of an unprivileged HTTP service (ingest, policy, notifier). Optional keys of
+the dict, each a rendered YAML list (or empty): "env", "ports", "volumeMounts", "volumes" —
+what one component adds (ingest's LMTP listener).
+*/}}
 {{- define "mailexec.serviceDeployment" -}}
 {{- $root := .root -}}
 {{- $values := index $root.Values .component -}}
@@ -69,14 +73,22 @@ spec:
                 name: {{ include "mailexec.fullname" $root }}
             - secretRef:
                 name: {{ include "mailexec.secretName" $root }}
-          {{- with $values.extraEnvVars }}
+          {{- if or .env $values.extraEnvVars }}
           env:
+            {{- with .env }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $values.extraEnvVars }}
             {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- end }}
           ports:
             - name: http
               containerPort: {{ $values.containerPort }}
               protocol: TCP
+            {{- with .ports }}
+            {{- . | nindent 12 }}
+            {{- end }}
           {{- if $values.livenessProbe.enabled }}
           livenessProbe:
             {{- include "mailexec.probe" (dict "probe" $values.livenessProbe "path" "/healthz" "port" "http") | nindent 12 }}
@@ -90,12 +102,19 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- with .volumeMounts }}
+            {{- . | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: 256Mi
+        {{- with .volumes }}
+        {{- . | nindent 8 }}
+        {{- end }}
 {{- end -}}
 
+{{/* A component's ClusterIP (or other) Service; the optional "ports" key adds rendered ports. */}}
 {{- define "mailexec.service" -}}
 {{- $root := .root -}}
 {{- $values := index $root.Values .component -}}
@@ -116,6 +135,9 @@ spec:
       port: {{ $values.service.port }}
       targetPort: http
       protocol: TCP
+    {{- with .ports }}
+    {{- . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{- define "mailexec.pdb" -}}
