@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import yaml
 from mailexec import cli, supervisor
 
 COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
+LMTP_TLS = COMPOSE.with_name("compose.lmtp-tls.yaml")
 MAILEXEC_SERVICES = {"ingest", "policy", "notifier", "executor"}
 PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
 
@@ -125,3 +128,79 @@ def test_host_ports_are_loopback_only(services: dict) -> None:
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
+
+
+# --- LMTP (SPEC §2 ingest) -----------------------------------------------------------
+
+
+def unset(value: str) -> str:
+    """A value as compose interpolates it with its variables unset (`${NAME:-default}`)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def networks_of(service: dict[str, Any]) -> set[str]:
+    return set(service.get("networks") or ["default"])
+
+
+def test_ingest_serves_lmtp_beside_http(services: dict) -> None:
+    ingest = services["ingest"]
+    assert sorted(ingest["ports"]) == ["127.0.0.1:8024:8024", "127.0.0.1:8025:8025"]
+    assert ingest["environment"]["MAILEXEC_LMTP_PORT"] == "8024"
+    # The healthcheck stays on HTTP.
+    assert ingest["environment"]["HEALTH_PORT"] == "8025"
+    assert ingest["healthcheck"] == services["policy"]["healthcheck"]
+
+
+def test_ingest_can_ask_policy_at_rcpt_time(services: dict) -> None:
+    ingest = services["ingest"]
+    env = ingest["environment"]
+    assert env["MAILEXEC_POLICY_URL"] == "http://policy:8026"
+    # policy accepts the bootstrap service token it is given itself.
+    assert env["MAILEXEC_SERVICE_TOKEN"] == services["policy"]["environment"]["MAILEXEC_SERVICE_TOKEN"]
+    assert env["MAILEXEC_SERVICE_TOKEN"]
+    assert "default" in networks_of(ingest) and "default" in networks_of(services["policy"])
+    assert ingest["depends_on"]["policy"] == {"condition": "service_healthy"}
+
+
+def test_only_addresses_handed_out_on_the_mta_network_are_trusted(compose: dict, services: dict) -> None:
+    from services.ingest.lmtp import is_trusted, parse_networks
+
+    env = services["ingest"]["environment"]
+    (config,) = compose["networks"]["mta"]["ipam"]["config"]
+    # One variable drives both, so they can't drift apart when the subnet is changed.
+    assert config["ip_range"] == env["MAILEXEC_LMTP_TRUSTED_NETWORKS"]
+    subnet = ipaddress.ip_network(unset(config["subnet"]))
+    gateway = ipaddress.ip_address(unset(config["gateway"]))
+    ip_range = ipaddress.ip_network(unset(config["ip_range"]), strict=True)
+    assert ip_range.subnet_of(subnet)  # type: ignore[arg-type]
+    trusted = parse_networks(unset(env["MAILEXEC_LMTP_TRUSTED_NETWORKS"]))
+    assert trusted == (ip_range,)
+    # An MTA container on the network (its addresses come from ip_range) needs no AUTH.
+    assert is_trusted((str(ip_range[1]), 40000), trusted)
+    assert is_trusted((f"::ffff:{ip_range[-2]}", 40000, 0, 0), trusted)
+    # Host-published ports reach ingest from the gateway (or through pasta, from loopback):
+    # those clients are every local user of the host, so they must STARTTLS and AUTH.
+    assert gateway in subnet
+    for peer in (str(gateway), "127.0.0.1", "::1", str(subnet[2])):
+        assert not is_trusted((peer, 40000), trusted), peer
+    # Of this file, only ingest is on it; never the executor, whose programs share its network.
+    assert {name for name, service in services.items() if "mta" in networks_of(service)} == {"ingest"}
+    assert services["ingest"]["networks"]["mta"]["aliases"] == ["ingest-lmtp"]
+
+
+def test_tls_override_mounts_certificate_and_key_as_secrets() -> None:
+    from shared.settings import Settings
+
+    override = yaml.safe_load(LMTP_TLS.read_text())
+    assert set(override["services"]) == {"ingest"}
+    ingest = override["services"]["ingest"]
+    names = set(ingest["secrets"])
+    assert names == set(override["secrets"]) and len(names) == 2
+    env = ingest["environment"]
+    assert {env["MAILEXEC_LMTP_TLS_CERT"], env["MAILEXEC_LMTP_TLS_KEY"]} == {
+        f"/run/secrets/{n}" for n in names
+    }
+    assert set(env) <= {f"MAILEXEC_{field.upper()}" for field in Settings.model_fields}
+    for name in names:
+        # The operator names the files; no default path inside the repository.
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", override["secrets"][name]["file"]), name
