@@ -11,7 +11,8 @@ policy says                            RCPT reply
 =====================================  ==========================================
 account with program delivery enabled  accepted (also while delivery is suspended:
                                        the job is parked, as for HTTP)
-no such account (404)                  ``550 5.1.1``
+no such account (404, or an address    ``550 5.1.1``
+policy's account grammar refuses)
 program delivery not enabled           ``550 5.3.0``
 unreachable, timeout, 5xx, 401/403     ``451 4.3.0``: the MTA retries; never a 5xx
 =====================================  ==========================================
@@ -78,6 +79,10 @@ class AccountCheck:
             self.last_error = f"policy service unreachable: {type(exc).__name__}"
             return Answer.POLICY_UNAVAILABLE
         if resp.status_code == 404:
+            return Answer.NO_SUCH_ACCOUNT
+        if resp.status_code == 400 and b"invalid_address" in resp.content:
+            # Valid in SMTP but outside policy's account grammar (UTF-8, quoted local
+            # parts): no account can ever have this address.
             return Answer.NO_SUCH_ACCOUNT
         if resp.status_code != 200:
             self.last_error = f"policy service answered {resp.status_code}"
