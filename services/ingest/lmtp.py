@@ -602,13 +602,7 @@ class Session(asyncio.Protocol):
             metrics.LMTP_REPLIES.labels(stage="rcpt", code="250").inc()
             self._reply("250 2.1.5 OK")
             return
-        if answer is Answer.NO_SUCH_ACCOUNT:
-            reply = f"550 5.1.1 <{rcpt.address}>: no such account for program delivery"
-        elif answer is Answer.NOT_PROGRAM_DELIVERY:
-            reply = f"550 5.3.0 <{rcpt.address}>: program delivery is not configured for this account"
-        else:
-            reply = (f"451 4.3.0 <{rcpt.address}>: cannot check the recipient now "
-                     f"({self.server.accounts.last_error}); try again later")
+        reply = refusal(answer, rcpt.address, self.server.accounts.last_error)
         metrics.LMTP_REPLIES.labels(stage="rcpt", code=reply[:3]).inc()
         log.info("lmtp recipient refused",
                  extra={"recipient": rcpt.address, "sender": self.sender, "reply": reply,
@@ -664,6 +658,16 @@ class Session(asyncio.Protocol):
         metrics.LMTP_REPLIES.labels(stage="data", code="250").inc(len(recipients))
         for r in recipients:
             self._reply(f"250 2.0.0 <{r.address}> queued as {accepted.message_id}")
+
+
+def refusal(answer: Answer, address: str, why: str) -> str:
+    """The RCPT reply for an account check that did not accept (SPEC §2; never a 5xx when
+    policy could not be asked)."""
+    if answer is Answer.NO_SUCH_ACCOUNT:
+        return f"550 5.1.1 <{address}>: no such account for program delivery"
+    if answer is Answer.NOT_PROGRAM_DELIVERY:
+        return f"550 5.3.0 <{address}>: program delivery is not configured for this account"
+    return f"451 4.3.0 <{address}>: cannot check the recipient now ({why}); try again later"
 
 
 def _unique(recipients: list[Recipient]) -> Iterable[Recipient]:
