@@ -243,6 +243,7 @@ def main() -> int:
         f"""
   policy    {urls['policy']}   (API docs {urls['policy']}/docs)
   ingest    {urls['ingest']}   (API docs {urls['ingest']}/docs)
+  LMTP      127.0.0.1:{s.lmtp_port}   (for an MTA: Postfix lmtp:inet:127.0.0.1:{s.lmtp_port})
   notifier  {urls['notifier']}
   executor  {urls['executor']}/metrics
   DSNs      SMTP sink 127.0.0.1:{SINK_PORT} -> {RUN_DIR / 'mail'}
@@ -256,6 +257,8 @@ Try it (another terminal):
       -H 'Content-Type: message/rfc822' --data-binary @- \\
       '{urls['ingest']}/v1/messages?from=alice@example.org&to=demo@localhost'
   curl -s -H 'Authorization: Bearer {env['MAILEXEC_INGEST_TOKEN']}' {urls['ingest']}/v1/messages/<id>
+  swaks --protocol LMTP --server 127.0.0.1:{s.lmtp_port} --from alice@example.org --to demo@localhost
+                                # the same over LMTP, as an MTA would (apt-get install swaks)
   ls {DEMO_HOME}/inbox          # the delivered message, written by uid {DEMO_UID}
   curl -s -H 'Authorization: Bearer {env['MAILEXEC_ADMIN_TOKEN']}' {urls['policy']}/v1/status
 
