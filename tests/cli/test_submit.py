@@ -8,12 +8,15 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from mailexec.submit import OPTIONS
+from mailexec.submit import OPTIONS, simple_toml
 from tests.cli.fake_ingest import Answer, FakeIngest
 from tests.cli.helpers import mx, mx_json
 from tests.conftest import free_port
@@ -349,3 +352,25 @@ def test_submit_is_registered_once() -> None:
     assert r.exit_code == 0 and "--idempotency-key" in r.stdout and "--defer-auth-errors" in r.stdout
     r = CliRunner().invoke(app, ["submit", "--from=a@example.net"])
     assert r.exit_code == 64 and r.stderr.startswith("5.3.5 ")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet="ab_-1 \t=\"'#\\\r.[]\x01\x7f€", max_size=14),
+            st.builds(
+                lambda k, q, v: f"{k} = {q}{v}",
+                st.sampled_from(["k", "a_b", "1", "k.x", "k k"]),
+                st.sampled_from(['"', "'", '"""']),
+                st.text(alphabet="ab \t=\"'#\\\r\x01\x7f€", max_size=10),
+            ),
+        ),
+        max_size=4,
+    )
+)
+@example(['ingest_url = "http://ingest:8025"  # c', "", "\tingest_token = 'x\"y'\r", "# done"])
+def test_the_simple_config_reader_agrees_with_tomllib(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    simple = simple_toml(text)
+    if simple is not None:  # None: tomllib reads it
+        assert simple == tomllib.loads(text)
