@@ -63,6 +63,11 @@ class AsyncCache:
         fut.set_result(value)
         return value
 
+    def peek(self, key: Hashable) -> Any:
+        """The cached answer for ``key`` if there is a live one, else None (no fetch)."""
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     def invalidate(self, match: Callable[[Hashable], bool] | None = None) -> None:
         """Forget the entries ``match`` selects (all of them when None)."""
         self._generation += 1

@@ -595,8 +595,10 @@ class Session(asyncio.Protocol):
         if not rcpt.address.isascii() and "SMTPUTF8" not in self.mail_params:
             self._error("553 5.6.7 a non-ASCII address needs SMTPUTF8 on MAIL FROM")
             return
-        self._flush()
-        answer = await self.server.accounts.check(rcpt.account)
+        answer = self.server.accounts.cached(rcpt.account)
+        if answer is None:
+            self._flush()  # RFC 2920 §3.1: send what is pending before a reply that may wait
+            answer = await self.server.accounts.check(rcpt.account)
         if answer is Answer.ACCEPT:
             self.recipients.append(rcpt)
             metrics.LMTP_REPLIES.labels(stage="rcpt", code="250").inc()

@@ -63,6 +63,11 @@ class AccountCheck:
         return await self._cache.get(account, lambda: self._ask(account),
                                      keep=lambda v: v is Answer.ACCEPT)
 
+    def cached(self, account: str) -> Answer | None:
+        """The answer if it is cached (a positive one), without asking policy."""
+        answer: Answer | None = self._cache.peek(account)
+        return answer
+
     def invalidate(self, body: dict[str, object]) -> None:
         """A ``policy.changed`` broadcast: forget what it names (everything when unsure)."""
         what, key = body.get("what"), body.get("key")
