@@ -26,8 +26,9 @@ different messages.
 Why it is built this way: an MTA starts this once per message, so its start-up cost is
 the delivery rate. :mod:`mailexec.entry` runs it before the admin CLI's stack (typer, rich,
 pydantic, httpx) is imported, and this module uses the standard library only, imported
-when a run needs it (tomllib only for a non-empty config file, hashlib only with an
-idempotency key, tempfile only past 1 MiB, ssl only for https). It speaks HTTP/1.1 over a
+when a run needs it: tomllib only for a config file that is more than ``key = "text"``
+lines, hashlib (OpenSSL) only for a message past 1 MiB (smaller ones get the builtin
+SHA-256), tempfile only past 1 MiB, ssl and certifi only for https. It speaks HTTP/1.1 over a
 socket itself because ``http.client`` imports ``email.parser`` and ``ssl`` (≈ 20 ms CPU,
 half the budget). ``tests/cli/test_submit_cost.py`` holds it to ≤ 40 ms CPU and ≤ 20 MB
 RSS per run, and checks that none of the admin stack is imported.
