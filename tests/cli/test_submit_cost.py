@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from tests.conftest import free_port
 
 MAILEXEC = Path(sys.executable).with_name("mailexec")  # the console script pip installed
 RUNS = 20
+BATCHES = 3  # see check_budget
 CPU_BUDGET_MS = 40.0
 RSS_BUDGET_MB = 20.0
 # what `mailexec submit` must never load: the admin CLI and the services' stack
@@ -105,9 +106,9 @@ def pipe_env(**extra: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "MAILEXEC_CLI_CONFIG": os.devnull, **extra}
 
 
-def run(report: Path, args: list[str], env: dict[str, str], body: bytes = MSG) -> Run:
+def launch(report: Path, argv: list[str], env: dict[str, str], body: bytes = MSG) -> Run:
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), str(MAILEXEC), "submit", *args],
+        [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *argv],
         input=body,
         capture_output=True,
         env=env,
@@ -123,25 +124,49 @@ def run(report: Path, args: list[str], env: dict[str, str], body: bytes = MSG) -
     )
 
 
-def check_budget(what: str, runs: list[Run], capsys: pytest.CaptureFixture[str]) -> None:
-    cpu = statistics.median(r.cpu_ms for r in runs)
-    rss = statistics.median(r.rss_mb for r in runs)
-    with capsys.disabled():
-        print(
-            f"\nmailexec submit, {what}: median of {len(runs)}: {cpu:.1f} ms CPU (user+sys), "
+def run(report: Path, args: list[str], env: dict[str, str]) -> Run:
+    return launch(report, [str(MAILEXEC), "submit", *args], env)
+
+
+def check_budget(
+    what: str, batch: Callable[[], list[Run]], report: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Median of RUNS within the budget, in one of up to BATCHES batches.
+
+    CPU time grows when other processes share the caches and cores (on a busy 2-CPU test
+    machine the bare interpreter goes from ≈ 23 to ≈ 35 ms), so a batch over the budget is
+    repeated, up to BATCHES in all; a real regression fails every batch. Each batch is
+    printed, and a failure says what ``python -c pass`` cost at the same time.
+    """
+    seen = []
+    for _ in range(BATCHES):
+        runs = batch()
+        cpu = statistics.median(r.cpu_ms for r in runs)
+        rss = statistics.median(r.rss_mb for r in runs)
+        line = (
+            f"mailexec submit, {what}: median of {len(runs)}: {cpu:.1f} ms CPU (user+sys), "
             f"{rss:.1f} MB max RSS (min/max CPU {min(r.cpu_ms for r in runs):.1f}/"
             f"{max(r.cpu_ms for r in runs):.1f} ms)"
         )
-    assert cpu <= CPU_BUDGET_MS, f"{what}: {cpu:.1f} ms CPU per run, budget {CPU_BUDGET_MS} ms"
-    assert rss <= RSS_BUDGET_MB, f"{what}: {rss:.1f} MB RSS per run, budget {RSS_BUDGET_MB} MB"
+        with capsys.disabled():
+            print("\n" + line)
+        if cpu <= CPU_BUDGET_MS and rss <= RSS_BUDGET_MB:
+            return
+        bare = [launch(report, [sys.executable, "-c", "pass"], pipe_env(), b"") for _ in range(RUNS)]
+        seen.append(f"{line}; python -c pass meanwhile: {statistics.median(r.cpu_ms for r in bare):.1f} ms")
+    pytest.fail(f"over the budget ({CPU_BUDGET_MS} ms CPU, {RSS_BUDGET_MB} MB RSS):\n" + "\n".join(seen))
 
 
 def test_cost_when_ingest_is_down(report_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--from=a@example.net", "--to=b@example.org", f"--ingest-url=http://127.0.0.1:{free_port()}"]
-    runs = [run(report_file, [*args, "--token", "t"], pipe_env()) for _ in range(RUNS)]
-    assert {r.returncode for r in runs} == {75}, runs[0].stderr
-    assert runs[0].stderr.startswith("4.3.0 ") and "Connection refused" in runs[0].stderr
-    check_budget("connection refused (exit 75)", runs, capsys)
+
+    def batch() -> list[Run]:
+        runs = [run(report_file, [*args, "--token", "t"], pipe_env()) for _ in range(RUNS)]
+        assert {r.returncode for r in runs} == {75}, runs[0].stderr
+        assert runs[0].stderr.startswith("4.3.0 ") and "Connection refused" in runs[0].stderr
+        return runs
+
+    check_budget("connection refused (exit 75)", batch, report_file, capsys)
 
 
 def test_cost_when_ingest_accepts(
@@ -154,11 +179,16 @@ def test_cost_when_ingest_accepts(
         config.write_text(f'ingest_url = "{ingest.url}"\ningest_token = "mta-token"  # the mta token\n')
         env = pipe_env(MAILEXEC_CLI_CONFIG=str(config))
         args = ["--from=alice@example.net", "--to=bob@example.org", "--idempotency-key=4XyZ1abc"]
-        runs = [run(report_file, args, env) for _ in range(RUNS)]
-    assert {r.returncode for r in runs} == {0}, runs[0].stderr
-    assert len(ingest.received) == RUNS and all(r.body == MSG for r in ingest.received)
-    assert ingest.received[0].headers["Authorization"] == "Bearer mta-token"
-    check_budget("ingest answers 202 (exit 0)", runs, capsys)
+
+        def batch() -> list[Run]:
+            ingest.received.clear()
+            runs = [run(report_file, args, env) for _ in range(RUNS)]
+            assert {r.returncode for r in runs} == {0}, runs[0].stderr
+            assert len(ingest.received) == RUNS and all(r.body == MSG for r in ingest.received)
+            assert ingest.received[0].headers["Authorization"] == "Bearer mta-token"
+            return runs
+
+        check_budget("ingest answers 202 (exit 0)", batch, report_file, capsys)
 
 
 def imported(args: list[str], env: dict[str, str], python_m: bool = False) -> set[str]:
