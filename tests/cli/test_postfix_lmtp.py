@@ -4,13 +4,14 @@ One private Postfix instance (Debian's postfix, smtpd on the port the notifier s
 to) and two extra ingest processes beside the package's pipeline serve every test here:
 
 - ``ingest`` with LMTP on a TCP port (127.0.0.1 is a trusted network, no AUTH) and on a
-  Unix socket under Postfix's queue directory (``private/mailexec-lmtp``, group postfix,
-  mode 0660), the socket a chrooted lmtp(8) reaches;
+  Unix socket under Postfix's queue directory (``mailexec/lmtp``, in a setgid directory of
+  group postfix, mode 2750; the socket group postfix, mode 0660), the socket a chrooted
+  lmtp(8) reaches;
 - ``ingest-tls`` with LMTP on a second port, trusting no network, with a self-signed
   certificate: Postfix must STARTTLS and AUTH PLAIN as ``mta``.
 
 Postfix (deploy/postfix/ recipe): ``lmtp`` is chrooted as in Debian's stock master.cf;
-``prog.test`` → ``lmtp:inet:127.0.0.1:PORT``, ``sock.test`` → ``lmtp:unix:private/mailexec-lmtp``,
+``prog.test`` → ``lmtp:inet:127.0.0.1:PORT``, ``sock.test`` → ``lmtp:unix:mailexec/lmtp``,
 ``auth.test`` → the ``lmtp-auth`` service (lmtp_sasl_*, lmtp_tls_security_level=encrypt);
 ``both.test`` is a virtual(8) mailbox domain whose account also gets a copy through the
 ``.mailexec`` pseudo-domain and ``lmtp_generic_maps``; ``sender.test`` holds the senders'
@@ -51,7 +52,10 @@ pytestmark = pytest.mark.timeout(180)
 HERE = Path(__file__).resolve().parent
 HOSTNAME = "mx.test.example"
 UID = 64911  # account uids 64911.. (test_postfix_e2e.py uses 64901..)
-SOCKET_NAME = "private/mailexec-lmtp"  # relative to the queue directory = lmtp(8)'s chroot
+# Relative to the queue directory = lmtp(8)'s chroot. Not in private/ (postfix's, mode 0700):
+# an unprivileged ingest could not bind there; its own setgid directory, group postfix.
+SOCKET_DIR = "mailexec"
+SOCKET_NAME = f"{SOCKET_DIR}/lmtp"
 SENDERS = ["alice", "frank", "grace", "heidi", "ivan", "judy", "postmaster"]
 
 
@@ -163,6 +167,10 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
     (pf.config / "virtual").write_text("dora@both.test   dora@both.test, dora@both.test.mailexec\n")
     (pf.config / "lmtp_generic").write_text("/^(.*)\\.mailexec$/   ${1}\n")
 
+    socket_dir = pf.queue / SOCKET_DIR
+    socket_dir.mkdir()
+    os.chown(socket_dir, 65534, _gid("postfix"))  # in production: the user ingest runs as
+    os.chmod(socket_dir, 0o2750)
     env = dict(pipeline.env)
     socket_path = pf.queue / SOCKET_NAME
     plain_env = env | {
@@ -185,7 +193,7 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
     m = Mta(pf, pipeline, ingest, ingest_tls, tcp_port, tls_port, programs)
     m.set_sasl_password("not-the-mta-token")
     try:
-        pf.start()  # creates queue/private, where ingest then binds its socket
+        pf.start()
         ingest.start(wait_ready=False)
         ingest_tls.start(wait_ready=False)
         ingest.wait_ready(60)
@@ -431,15 +439,16 @@ def test_notify_never_is_honoured_and_envid_orcpt_reach_the_dsn(
 
 
 def test_unix_socket_with_chrooted_lmtp(mta: Mta, env: dict[str, str], world_dir: Path) -> None:
-    """(g): ``lmtp:unix:private/mailexec-lmtp`` from lmtp(8) chrooted into the queue directory
+    """(g): ``lmtp:unix:mailexec/lmtp`` from lmtp(8) chrooted into the queue directory
     (nothing copied into the chroot: a Unix socket needs no /etc/services or resolver); the
-    socket is group postfix, mode 0660."""
+    socket is group postfix, mode 0660, in a directory other users cannot enter."""
     setup_programs(env, mta)
     home = add_account(env, world_dir, "gina@sock.test", UID + 3, "deliver")
     socket_path = mta.pf.queue / SOCKET_NAME
     st = socket_path.stat()
     assert oct(st.st_mode & 0o777) == "0o660"
     assert st.st_gid == _gid("postfix")
+    assert oct(socket_path.parent.stat().st_mode & 0o7777) == "0o2750"
 
     qid = send(mta, "heidi@sender.test", ["gina@sock.test"], "over the unix socket")
     text = delivered(mta, home, "over the unix socket")
