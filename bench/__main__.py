@@ -1,10 +1,13 @@
-"""`python -m bench` (what `make bench` runs): the raw spawn limit, Postfix pipe(8) and
-mailexec end to end on this machine, in one run; prints a table, the ratios, and
-writes bench/results/latest.json. See bench/README.md.
+"""`python -m bench` (what `make bench` runs): the raw spawn limit, Postfix pipe(8),
+mailexec end to end and the paths MTAs use (Postfix → pipe/lmtp/submit → mailexec) on this
+machine, in one run; prints a table, the ratios, and writes bench/results/latest.json. See
+bench/README.md.
 
-Environment: BENCH_N (5000), BENCH_N_LARGE (300), BENCH_REPS (3), BENCH_QUICK=1
-(N=500, N_LARGE=50, 1 rep), BENCH_CONCURRENCY (64), BENCH_ONLY=raw,postfix,mailexec,
-BENCH_SCENARIOS=1k_x1,1k_x10,1m_x1,latency_half_peak,ingest_only_1k,
+Environment: BENCH_N (5000), BENCH_N_LARGE (300), BENCH_N_SUBMIT (min(N, 2000)), BENCH_REPS
+(3), BENCH_QUICK=1 (N=500, N_LARGE=50, 1 rep), BENCH_CONCURRENCY (64),
+BENCH_ONLY=raw,postfix,mailexec,mta,
+BENCH_SCENARIOS=1k_x1,1k_x10,1m_x1,latency_half_peak,ingest_only_1k,mta_pipe,mta_lmtp,
+mta_submit,mta_latency,lmtp_vs_http,
 BENCH_EXECUTORS=k, BENCH_BODY=base64|x, BENCH_PROFILE=1 (py-spy the services during one
 extra 1 KiB run), BENCH_KEEP_LOGS=DIR.
 Never exits non-zero because of a figure."""
@@ -20,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from bench import mailexec_bench, postfix_bench, profiling, raw_bench, scaleout
+from bench import mailexec_bench, mta_bench, postfix_bench, profiling, raw_bench, scaleout
 from bench.common import BENCH_DIR, ROOT, Config, ensure_user, loadavg, say
 
 
@@ -113,6 +116,9 @@ def table(res: dict[str, Any]) -> str:
         for comp, s in d.get("cpu_s_per_message", {}).items():
             if _med(s) and _med(s) > 0.000005 and comp not in ("machine",):
                 L.append(row(f"  CPU/message {comp}", s, 1e3, 3, "ms"))
+    if res.get("mta"):
+        L.append("-" * 100)
+        L.extend(mta_bench.table_lines(res["mta"]))
     L.append("-" * 100)
     for k, v in res.get("ratios", {}).items():
         L.append(f"{k:<70} {v if v is None else f'{v:.2f}'}")
@@ -167,7 +173,8 @@ def main() -> int:
         "delivery is robust)")
     parts = (("raw", lambda: raw_bench.run(cfg, uid, gid)),
              ("postfix", lambda: postfix_bench.run(cfg, uid, gid)),
-             ("mailexec", lambda: mailexec_bench.run(cfg, uid, gid, profile_hook(cfg))))
+             ("mailexec", lambda: mailexec_bench.run(cfg, uid, gid, profile_hook(cfg))),
+             ("mta", lambda: mta_bench.run(cfg, uid, gid)))
     for name, fn in parts:
         if not cfg.wants(name):
             continue

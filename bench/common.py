@@ -263,6 +263,12 @@ def self_cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / CLK_TCK if f else 0.0
 
 
+def reaped_cpu_s(pid: int) -> float:
+    """cutime+cstime: what the process's children that it has waited for spent."""
+    f = _stat_fields(pid)
+    return (int(f[13]) + int(f[14])) / CLK_TCK if f else 0.0
+
+
 def tree_cpu_s(roots: list[int]) -> float:
     """CPU seconds of the process trees under ``roots`` (living processes, plus what
     they reaped). The difference of two readings is the CPU spent in between,

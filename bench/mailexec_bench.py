@@ -173,6 +173,10 @@ class Pipeline:
             "MAILEXEC_REPORTING_MTA": "bench.localdomain",
             "MAILEXEC_SMTP_URL": f"smtp://127.0.0.1:{free_port()}",
             "MAILEXEC_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+            # off unless a part asks for it (bench/mta_bench.py): ingest binds the LMTP port
+            # with SO_REUSEPORT, so on the default 8024 the bench's ingest would silently
+            # share the connections of another ingest on this machine (make run, tests)
+            "MAILEXEC_LMTP_PORT": "0",
         })
         for var in PORT_VAR.values():
             env[var] = str(free_port())
@@ -238,14 +242,23 @@ class Pipeline:
             if r.status_code >= 300:
                 raise RuntimeError(f"registering the program: {r.status_code} {r.text}")
             for k in range(N_ACCOUNTS):
-                r = c.put(f"/v1/accounts/bench{k}@bench.example", json={
-                    "owner": {"name": "mxbench", "uid": self.uid, "gid": self.gid,
-                              "home": str(self.home), "shell": "/bin/sh"},
-                    "program_delivery": {"enabled": True, "programs": ["mxprog"]},
-                    "mailbox_delivery": False,
-                })
-                r.raise_for_status()
+                self.add_account(f"bench{k}@bench.example", c)
             c.patch("/v1/settings", json={"postmaster": "postmaster@bench.example"}).raise_for_status()
+
+    def add_account(self, address: str, client: httpx.Client | None = None) -> None:
+        """An account owned by the bench uid whose one program is mxprog."""
+        h = {"Authorization": f"Bearer {self.tokens['MAILEXEC_ADMIN_TOKEN']}"}
+        c = client or httpx.Client(base_url=self.env["MAILEXEC_POLICY_URL"], headers=h, timeout=30)
+        try:
+            c.put(f"/v1/accounts/{address}", json={
+                "owner": {"name": "mxbench", "uid": self.uid, "gid": self.gid,
+                          "home": str(self.home), "shell": "/bin/sh"},
+                "program_delivery": {"enabled": True, "programs": ["mxprog"]},
+                "mailbox_delivery": False,
+            }).raise_for_status()
+        finally:
+            if client is None:
+                c.close()
 
     def reset(self) -> None:
         """Empty the mail tables and the counter between runs (the pipeline is idle)."""

@@ -38,12 +38,14 @@ BENCH_MAIN_CF = [
 ]
 
 
-def instance(root: Path, prog: Path, user: str) -> PrivatePostfix:
-    """Every address goes to one pipe(8) service running ``prog`` as ``user``."""
+def instance(root: Path, prog: Path, user: str, *, services: str | None = None,
+             main_cf: list[str] | None = None) -> PrivatePostfix:
+    """Every address goes to one pipe(8) service running ``prog`` as ``user`` (or to what
+    ``services`` and ``main_cf`` say instead: bench/mta_bench.py's other paths)."""
     return PrivatePostfix(
-        free_port(), hostname="bench.localdomain", main_cf=BENCH_MAIN_CF, base=root,
-        services=f"benchpipe unix  -       n       n       -       -       pipe\n"
-                 f"  flags=q user={user} argv={prog}",
+        free_port(), hostname="bench.localdomain", main_cf=main_cf or BENCH_MAIN_CF, base=root,
+        services=services or f"benchpipe unix  -       n       n       -       -       pipe\n"
+                             f"  flags=q user={user} argv={prog}",
     )
 
 
@@ -108,12 +110,19 @@ def run(cfg: Config, uid: int, gid: int) -> dict[str, Any]:
         wd.cleanup()
 
 
+def source_cmd(port: int, n: int, sessions: int, *, to: str = "bench@bench.example",
+               numbered: bool = True, lmtp: bool = False, reuse: bool = False) -> list[str]:
+    """smtp-source: n messages of 1 KiB over ``sessions`` parallel sessions; ``numbered``
+    (-N) makes every recipient distinct (``<seq>bench@…``: no 100% resolve-cache hits),
+    ``lmtp`` (-L) speaks LMTP, ``reuse`` (-d) keeps each connection for the next message."""
+    return ["smtp-source", "-s", str(sessions), "-m", str(n), "-l", "1024",
+            "-f", "sender@bench.example", "-t", to,
+            *(["-N"] if numbered else []), *(["-L"] if lmtp else []), *(["-d"] if reuse else []),
+            f"127.0.0.1:{port}"]
+
+
 def _source_cmd(inst: PrivatePostfix, n: int, sessions: int) -> list[str]:
-    return [
-        "smtp-source", "-s", str(sessions), "-m", str(n), "-l", "1024",
-        "-f", "sender@bench.example", "-t", "bench@bench.example", "-N",
-        f"127.0.0.1:{inst.port}",
-    ]
+    return source_cmd(inst.port, n, sessions)
 
 
 def _inject(inst: PrivatePostfix, n: int, sessions: int) -> None:
