@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test lint bench bench-quick chaos soak soak-mix clean
+.PHONY: help venv run test lint bench bench-quick bench-mta chaos soak soak-mix clean
 help:           ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
 
@@ -35,6 +35,10 @@ bench: $(STAMP)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(
 bench-quick: $(STAMP) ## the same with N=500, 1 repetition (~3-4 min)
 	$(BIN)/python -m mailexec.devrun --services-only
 	BENCH_QUICK=1 $(BIN)/python -m bench
+
+bench-mta: $(STAMP) ## just the MTA paths: Postfix -> pipe(8) / lmtp(8) / mailexec submit, LMTP vs HTTP ingest (~4 min)
+	$(BIN)/python -m mailexec.devrun --services-only
+	BENCH_QUICK=1 BENCH_N=$${BENCH_N:-2000} BENCH_ONLY=mta $(BIN)/python -m bench
 
 chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ and a private PostgreSQL)
 	$(BIN)/python -m tests.chaos

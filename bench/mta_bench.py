@@ -170,6 +170,17 @@ def run_path(p: Pipeline, inst: PrivatePostfix, path: str, n: int, cfg: Config) 
     seen = p.counter.poll()
     if t_end is None:
         raise RuntimeError(f"{path}: {seen}/{n} program runs after {cfg.timeout_s}s\n{inst.log_tail()}")
+    return {
+        "n": n, "elapsed_s": t_end - t0, "deliveries_per_s": n / (t_end - t0),
+        **_split(path, before, after, pipes0, pipes1, n),
+        "client_cpu_s_per_delivery": (client.ru_utime + client.ru_stime) / n,
+        "loadavg": loadavg(),
+    }
+
+
+def _split(path: str, before: dict[str, float], after: dict[str, float], pipes0: dict[int, float],
+           pipes1: dict[int, float], n: int) -> dict[str, Any]:
+    """CPU seconds per delivery between two snapshots, Postfix's and mailexec's apart."""
     per = {k: (after[k] - before.get(k, 0.0)) / n for k in after if k != "machine"}
     reaped = sum(v - pipes0.get(pid, 0.0) for pid, v in pipes1.items()) / n
     cpu: dict[str, float] = {"postfix": per["postfix"] - reaped}
@@ -182,14 +193,11 @@ def run_path(p: Pipeline, inst: PrivatePostfix, path: str, n: int, cfg: Config) 
             cpu["submit"] = reaped
     mx = sum(v for k, v in cpu.items() if k not in ("postfix", "program", "executor_self"))
     return {
-        "n": n, "elapsed_s": t_end - t0, "deliveries_per_s": n / (t_end - t0),
         "cpu_s_per_delivery": cpu,
         "postfix_cpu_s_per_delivery": cpu["postfix"] + cpu.get("program", 0.0),
         "mailexec_cpu_s_per_delivery": mx if path != "pipe" else None,
         "machine_cpu_s_per_delivery": (after["machine"] - before["machine"]) / n,
-        "client_cpu_s_per_delivery": (client.ru_utime + client.ru_stime) / n,
         "split_exact": not (set(pipes0) - set(pipes1)),
-        "loadavg": loadavg(),
     }
 
 
@@ -198,6 +206,7 @@ def run_latency(p: Pipeline, inst: PrivatePostfix, path: str, rate: float, cfg: 
     p.reset()
     n = min(cfg.n, max(100, int(rate * 10)))
     out = p.wd.path / f"smtpgen-{path}.txt"
+    before, pipes0 = snapshot(p, inst)
     gen = subprocess.Popen([sys.executable, "-m", "bench.smtpgen", "--port", str(inst.port),
                             "-n", str(n), "-c", str(SESSIONS), "--rate", f"{rate:.3f}",
                             "--prefix", f"lat{path}", "--out", str(out)],
@@ -206,17 +215,32 @@ def run_latency(p: Pipeline, inst: PrivatePostfix, path: str, rate: float, cfg: 
     gen_out, _ = gen.communicate(timeout=cfg.timeout_s)
     lg = json.loads(gen_out.strip().splitlines()[-1])
     _wait_drained(p, inst, lg["accepted"], path != "pipe")
+    after, pipes1 = snapshot(p, inst)
     p.counter.poll(keep=True)
     due = {}
     for line in out.read_text().splitlines():
         ident, t_due, _ = line.split()
         due[ident] = int(t_due)
     lat = [(ns - due[i]) / 1e6 for i, ns in p.counter.records if i in due]
+    cpu = _split(path, before, after, pipes0, pipes1, max(1, lg["accepted"]))
     return {"offered_rate": rate, "n": n, "accepted": lg["accepted"], "errors": lg["errors"],
-            "measured": len(lat), "latency_ms": percentiles(lat), "loadavg": loadavg()}
+            "measured": len(lat), "latency_ms": percentiles(lat), "loadavg": loadavg(), **cpu}
 
 
-def lmtp_alone(p: Pipeline, cfg: Config, reuse: bool) -> dict[str, Any]:
+def http_paced(p: Pipeline, rate: float, cfg: Config) -> dict[str, Any]:
+    """The control for (b): mailexec alone, loadgen POSTing at the same paced rate with as
+    many in flight as Postfix's sessions. Its CPU per delivery against (b)'s says what the
+    LMTP front costs or saves; mailexec's cost per delivery depends on the rate (batches)."""
+    n = min(cfg.n, max(100, int(rate * 10)))
+    r = p.run_once("http-paced", n, 1024, 1, SESSIONS, rate=rate, latency=True)
+    cpu = {k: r["cpu_s_per_delivery"].get(k, 0.0) for k in (*MAILEXEC, "executor_self")}
+    return {"offered_rate": rate, "n": n, "accepted": r["delivered"], "measured": r["delivered"],
+            "latency_ms": r["latency_ms"], "loadavg": r["loadavg"], "cpu_s_per_delivery": cpu,
+            "mailexec_cpu_s_per_delivery": sum(cpu[k] for k in MAILEXEC),
+            "machine_cpu_s_per_delivery": r["machine_cpu_s_per_delivery"]}
+
+
+def lmtp_alone(p: Pipeline, cfg: Config, reuse: bool, sessions: int = SESSIONS) -> dict[str, Any]:
     """smtp-source -L straight at ingest's LMTP port (executor stopped): accepted msgs/s."""
     if "executor" in p.services:
         p.stop("executor")
@@ -225,7 +249,7 @@ def lmtp_alone(p: Pipeline, cfg: Config, reuse: bool) -> dict[str, Any]:
     port = int(p.env["MAILEXEC_LMTP_PORT"])
     before = p.cpu_snapshot()
     t0 = time.monotonic()
-    src = subprocess.Popen(source_cmd(port, cfg.n, SESSIONS, to="bench0@bench.example",
+    src = subprocess.Popen(source_cmd(port, cfg.n, sessions, to="bench0@bench.example",
                                       numbered=False, lmtp=True, reuse=reuse),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, client = os.wait4(src.pid, 0)
@@ -263,6 +287,15 @@ def _agg(reps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _agg_paced(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"reps": reps}
+    for pc in ("p50", "p95", "p99"):
+        out[pc] = summary([r["latency_ms"][pc] for r in reps if r["latency_ms"].get(pc) is not None])
+    for key in ("postfix_cpu_s_per_delivery", "mailexec_cpu_s_per_delivery", "machine_cpu_s_per_delivery"):
+        out[key] = summary([r.get(key) for r in reps])
+    return out
+
+
 def _agg_alone(reps: list[dict[str, Any]]) -> dict[str, Any]:
     if not reps:
         return {"reps": reps}
@@ -286,6 +319,10 @@ def verdicts(out: dict[str, Any]) -> dict[str, Any]:
     lm = alone.get("lmtp_reuse", {})
     ht = alone.get("http_c64", {})
     lm_rate, ht_rate = _med(lm.get("accepted_per_s")), _med(ht.get("accepted_per_s"))
+    lm64 = _med(alone.get("lmtp_reuse_s64", {}).get("accepted_per_s"))
+    lat = out.get("latency", {})
+    b_paced = _med(lat.get("lmtp", {}).get("mailexec_cpu_s_per_delivery"))
+    h_paced = _med(lat.get("http_control", {}).get("mailexec_cpu_s_per_delivery"))
     lm_cpu = _med(lm.get("cpu_s_per_message", {}).get("ingest"))
     ht_cpu = _med(ht.get("cpu_s_per_message", {}).get("ingest"))
     div = lambda x, y: (x / y) if x and y else None  # noqa: E731
@@ -296,6 +333,8 @@ def verdicts(out: dict[str, Any]) -> dict[str, Any]:
         "(c)/(a) deliveries/s": div(c, a),
         "LMTP/HTTP alone msgs/s [goal >= 1]": div(lm_rate, ht_rate),
         "LMTP/HTTP alone ingest CPU per message [goal <= 1]": div(lm_cpu, ht_cpu),
+        "LMTP (64 sessions)/HTTP (64 in flight) alone msgs/s": div(lm64, ht_rate),
+        "(b)/HTTP control mailexec CPU per delivery at the same paced rate": div(b_paced, h_paced),
     }
 
 
@@ -333,7 +372,19 @@ def table_lines(out: dict[str, Any]) -> list[str]:
             L.append(_row(f"  latency submit->program exit p99 (paced {paced:.0f}/s)",
                           lat.get("p99"), 1, 1, "ms"))
             L.append(_row("  latency p50", lat.get("p50"), 1, 1, "ms"))
+            if path != "pipe":
+                L.append(_row("  CPU/delivery mailexec's processes, paced",
+                              lat.get("mailexec_cpu_s_per_delivery"), 1e3, 3, "ms"))
+    ctl = out.get("latency", {}).get("http_control")
+    if ctl and ctl.get("reps"):
+        paced = ctl["reps"][0]["offered_rate"]
+        L.append(f"control: mailexec alone, HTTP POST paced {paced:.0f}/s (as (b)'s paced run), 20 in flight")
+        L.append(_row("  latency submit->program exit p99", ctl.get("p99"), 1, 1, "ms"))
+        L.append(_row("  latency p50", ctl.get("p50"), 1, 1, "ms"))
+        L.append(_row("  CPU/delivery mailexec's processes, paced",
+                      ctl.get("mailexec_cpu_s_per_delivery"), 1e3, 3, "ms"))
     names = {"lmtp_reuse": "ingest alone, LMTP (smtp-source -L -d, 20 sessions)",
+             "lmtp_reuse_s64": "ingest alone, LMTP (smtp-source -L -d, 64 sessions)",
              "lmtp_connect": "ingest alone, LMTP, a connection per message",
              "http_c64": "ingest alone, HTTP (loadgen, 64 in flight)",
              "http_c20": "ingest alone, HTTP (loadgen, 20 in flight)"}
@@ -436,11 +487,26 @@ def run(cfg: Config, uid: int, gid: int) -> dict[str, Any]:
                         continue
                     lats.append(r)
                     lat = r["latency_ms"]
+                    mx = r["mailexec_cpu_s_per_delivery"]
                     say(f"{LABEL[path]} paced {r['offered_rate']:.0f}/s: {r['measured']}/{r['n']} measured, "
-                        f"latency p50/p95/p99 {lat['p50']:.1f}/{lat['p95']:.1f}/{lat['p99']:.1f} ms")
-                out["latency"][path] = {"reps": lats} | {
-                    pc: summary([r["latency_ms"][pc] for r in lats if r["latency_ms"].get(pc) is not None])
-                    for pc in ("p50", "p95", "p99")}
+                        f"latency p50/p95/p99 {lat['p50']:.1f}/{lat['p95']:.1f}/{lat['p99']:.1f} ms; "
+                        f"CPU ms/delivery Postfix {r['postfix_cpu_s_per_delivery'] * 1e3:.3f}"
+                        + (f", mailexec {mx * 1e3:.3f}" if mx is not None else ""))
+                out["latency"][path] = _agg_paced(lats)
+            b_rate = _med(out["paths"].get("lmtp", {}).get("deliveries_per_s"))
+            if b_rate:
+                ctl = []
+                for _rep in range(cfg.reps):
+                    try:
+                        ctl.append(http_paced(p, b_rate / 2, cfg))
+                    except Exception as exc:
+                        say(f"HTTP control failed: {exc!r}"[:2000])
+                        continue
+                    r, lat = ctl[-1], ctl[-1]["latency_ms"]
+                    say(f"control: HTTP POST paced {r['offered_rate']:.0f}/s: mailexec CPU "
+                        f"{r['mailexec_cpu_s_per_delivery'] * 1e3:.3f} ms/delivery, latency p50/p95/p99 "
+                        f"{lat['p50']:.1f}/{lat['p95']:.1f}/{lat['p99']:.1f} ms")
+                out["latency"]["http_control"] = _agg_paced(ctl)
         if "lmtp_vs_http" in scen:
             out["ingest_alone"] = compare_alone(p, cfg)
     except Exception as exc:
@@ -468,6 +534,7 @@ def compare_alone(p: Pipeline, cfg: Config) -> dict[str, Any]:
     """LMTP vs HTTP into one ingest process, executor stopped, interleaved per repetition."""
     runs = {
         "lmtp_reuse": lambda label: lmtp_alone(p, cfg, reuse=True),
+        "lmtp_reuse_s64": lambda label: lmtp_alone(p, cfg, reuse=True, sessions=cfg.concurrency),
         "lmtp_connect": lambda label: lmtp_alone(p, cfg, reuse=False),
         "http_c64": lambda label: ingest_only(p, cfg, label),
         "http_c20": lambda label: ingest_only(p, replace(cfg, concurrency=SESSIONS), label),
