@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def say(msg: str) -> None:
 # ---------------------------------------------------------------- statistics
 
 
-def summary(values: list[float]) -> dict[str, Any]:
+def summary(values: Sequence[float | None]) -> dict[str, Any]:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"median": None, "min": None, "max": None, "values": []}

@@ -185,6 +185,7 @@ class Pipeline:
         env["MAILEXEC_NOTIFIER_URL"] = f"http://127.0.0.1:{env['MAILEXEC_NOTIFIER_PORT']}"
         self.env = env
         self.services: dict[str, Service] = {}
+        self._backend_cpu: dict[int, float] = {}  # PostgreSQL backend pid → CPU s when last seen
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -285,7 +286,13 @@ class Pipeline:
             # the executor's own Python process, without the launchers/programs it reaped
             snap["executor_self"] = self_cpu_s(self.services["executor"].pid)
         for k, pids in infra_pids().items():
-            snap[k] = pids_cpu_s(pids) if k != "rabbitmq" else tree_cpu_s(pids)
+            if k == "pg_backends":
+                # backends come and go with the pools: keep what each one had spent when
+                # last seen, so one closing between two snapshots never makes a negative
+                self._backend_cpu.update({pid: pids_cpu_s([pid]) for pid in pids})
+                snap[k] = sum(self._backend_cpu.values())
+            else:
+                snap[k] = pids_cpu_s(pids) if k != "rabbitmq" else tree_cpu_s(pids)
         snap["machine"] = machine_cpu_s()
         return snap
 

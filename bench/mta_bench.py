@@ -51,6 +51,7 @@ from bench.common import (
     percentiles,
     reaped_cpu_s,
     say,
+    self_cpu_s,
     summary,
     tree,
     tree_cpu_s,
@@ -138,14 +139,31 @@ def instances(wd: Path, p: Pipeline, lmtp_port: int, submit: Path) -> dict[str, 
 # ---------------------------------------------------------------- measuring
 
 
-def snapshot(p: Pipeline, inst: PrivatePostfix) -> tuple[dict[str, float], dict[int, float]]:
-    """CPU seconds so far: mailexec's components, the Postfix master's tree, and per pipe(8)
-    process what it has reaped."""
+Procs = dict[int, tuple[str, float, float]]  # pid → (comm, own CPU s, CPU s of what it reaped)
+
+
+def snapshot(p: Pipeline, inst: PrivatePostfix) -> tuple[dict[str, float], Procs]:
+    """CPU seconds so far: mailexec's components, the Postfix master's tree, and each process
+    of that tree (a pipe(8) process's reaped time is its program or `mailexec submit`)."""
     snap = p.cpu_snapshot()
     master = inst.master_pid()
     snap["postfix"] = tree_cpu_s([master])
-    pipes = {pid: reaped_cpu_s(pid) for pid in tree(master, all_ppids()) if comm(pid) == "pipe"}
-    return snap, pipes
+    procs = {pid: (comm(pid), self_cpu_s(pid), reaped_cpu_s(pid)) for pid in tree(master, all_ppids())}
+    return snap, procs
+
+
+def by_process(master: int, procs0: Procs, procs1: Procs, n: int) -> dict[str, float]:
+    """Postfix's CPU per delivery by daemon (smtpd, cleanup, qmgr, lmtp …; pipe without what
+    it reaped). Processes that exited during the run (smtpd and cleanup after max_use) are
+    only known through the master's reaped time: ``exited``."""
+    out: dict[str, float] = {}
+    for pid, (name, own, _) in procs1.items():
+        out[name] = out.get(name, 0.0) + own - (procs0[pid][1] if pid in procs0 else 0.0)
+    gone = sum(own + reaped for pid, (_, own, reaped) in procs0.items() if pid not in procs1)
+    m0 = procs0.get(master, ("", 0.0, 0.0))[2]
+    m1 = procs1.get(master, ("", 0.0, 0.0))[2]
+    out["exited"] = m1 - m0 - gone
+    return {k: v / n for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def _wait_drained(p: Pipeline, inst: PrivatePostfix, n: int, mailexec: bool, timeout: float = 60) -> None:
@@ -159,28 +177,30 @@ def _wait_drained(p: Pipeline, inst: PrivatePostfix, n: int, mailexec: bool, tim
 
 def run_path(p: Pipeline, inst: PrivatePostfix, path: str, n: int, cfg: Config) -> dict[str, Any]:
     p.reset()
-    (before, pipes0), t0 = snapshot(p, inst), time.monotonic()
+    (before, procs0), t0 = snapshot(p, inst), time.monotonic()
     src = subprocess.Popen(source_cmd(inst.port, n, SESSIONS), stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     t_end = p.counter.wait_for(n, cfg.timeout_s, interval=0.01)
     _, _, client = os.wait4(src.pid, 0)
     src.returncode = 0  # reaped above
     _wait_drained(p, inst, n, path != "pipe")
-    after, pipes1 = snapshot(p, inst)
+    after, procs1 = snapshot(p, inst)
     seen = p.counter.poll()
     if t_end is None:
         raise RuntimeError(f"{path}: {seen}/{n} program runs after {cfg.timeout_s}s\n{inst.log_tail()}")
     return {
         "n": n, "elapsed_s": t_end - t0, "deliveries_per_s": n / (t_end - t0),
-        **_split(path, before, after, pipes0, pipes1, n),
+        **_split(path, inst, before, after, procs0, procs1, n),
         "client_cpu_s_per_delivery": (client.ru_utime + client.ru_stime) / n,
         "loadavg": loadavg(),
     }
 
 
-def _split(path: str, before: dict[str, float], after: dict[str, float], pipes0: dict[int, float],
-           pipes1: dict[int, float], n: int) -> dict[str, Any]:
+def _split(path: str, inst: PrivatePostfix, before: dict[str, float], after: dict[str, float],
+           procs0: Procs, procs1: Procs, n: int) -> dict[str, Any]:
     """CPU seconds per delivery between two snapshots, Postfix's and mailexec's apart."""
+    pipes0 = {pid: r for pid, (name, _, r) in procs0.items() if name == "pipe"}
+    pipes1 = {pid: r for pid, (name, _, r) in procs1.items() if name == "pipe"}
     per = {k: (after[k] - before.get(k, 0.0)) / n for k in after if k != "machine"}
     reaped = sum(v - pipes0.get(pid, 0.0) for pid, v in pipes1.items()) / n
     cpu: dict[str, float] = {"postfix": per["postfix"] - reaped}
@@ -198,6 +218,7 @@ def _split(path: str, before: dict[str, float], after: dict[str, float], pipes0:
         "mailexec_cpu_s_per_delivery": mx if path != "pipe" else None,
         "machine_cpu_s_per_delivery": (after["machine"] - before["machine"]) / n,
         "split_exact": not (set(pipes0) - set(pipes1)),
+        "postfix_by_process": by_process(inst.master_pid(), procs0, procs1, n),
     }
 
 
@@ -206,7 +227,7 @@ def run_latency(p: Pipeline, inst: PrivatePostfix, path: str, rate: float, cfg: 
     p.reset()
     n = min(cfg.n, max(100, int(rate * 10)))
     out = p.wd.path / f"smtpgen-{path}.txt"
-    before, pipes0 = snapshot(p, inst)
+    before, procs0 = snapshot(p, inst)
     gen = subprocess.Popen([sys.executable, "-m", "bench.smtpgen", "--port", str(inst.port),
                             "-n", str(n), "-c", str(SESSIONS), "--rate", f"{rate:.3f}",
                             "--prefix", f"lat{path}", "--out", str(out)],
@@ -215,14 +236,14 @@ def run_latency(p: Pipeline, inst: PrivatePostfix, path: str, rate: float, cfg: 
     gen_out, _ = gen.communicate(timeout=cfg.timeout_s)
     lg = json.loads(gen_out.strip().splitlines()[-1])
     _wait_drained(p, inst, lg["accepted"], path != "pipe")
-    after, pipes1 = snapshot(p, inst)
+    after, procs1 = snapshot(p, inst)
     p.counter.poll(keep=True)
     due = {}
     for line in out.read_text().splitlines():
         ident, t_due, _ = line.split()
         due[ident] = int(t_due)
     lat = [(ns - due[i]) / 1e6 for i, ns in p.counter.records if i in due]
-    cpu = _split(path, before, after, pipes0, pipes1, max(1, lg["accepted"]))
+    cpu = _split(path, inst, before, after, procs0, procs1, max(1, lg["accepted"]))
     return {"offered_rate": rate, "n": n, "accepted": lg["accepted"], "errors": lg["errors"],
             "measured": len(lat), "latency_ms": percentiles(lat), "loadavg": loadavg(), **cpu}
 
@@ -284,6 +305,9 @@ def _agg(reps: list[dict[str, Any]]) -> dict[str, Any]:
     out["cpu_s_per_delivery"] = {c: summary([r["cpu_s_per_delivery"].get(c, 0.0) for r in reps])
                                  for c in comps}
     out["split_exact"] = all(r["split_exact"] for r in reps)
+    names = sorted({k for r in reps for k in r.get("postfix_by_process", {})})
+    out["postfix_by_process"] = {k: summary([r["postfix_by_process"].get(k, 0.0) for r in reps])
+                                 for k in names}
     return out
 
 
@@ -358,6 +382,9 @@ def table_lines(out: dict[str, Any]) -> list[str]:
         with_prog = " (with the program)" if path == "pipe" else ""
         L.append(_row("  CPU/delivery Postfix's processes" + with_prog,
                       d.get("postfix_cpu_s_per_delivery"), 1e3, 3, "ms"))
+        procs = sorted(((k, _med(v) or 0.0) for k, v in d.get("postfix_by_process", {}).items()),
+                       key=lambda kv: -kv[1])
+        L.append("    by daemon, ms: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in procs if abs(v) > 5e-6))
         for comp, s in d.get("cpu_s_per_delivery", {}).items():
             if comp != "postfix" and (_med(s) or 0) > 0.000005:
                 L.append(_row(f"    {comp}", s, 1e3, 3, "ms"))
