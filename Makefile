@@ -36,7 +36,7 @@ bench-quick: $(STAMP) ## the same with N=500, 1 repetition (~3-4 min)
 	$(BIN)/python -m mailexec.devrun --services-only
 	BENCH_QUICK=1 $(BIN)/python -m bench
 
-bench-mta: $(STAMP) ## just the MTA paths: Postfix -> pipe(8) / lmtp(8) / mailexec submit, LMTP vs HTTP ingest (~4 min)
+bench-mta: $(STAMP) ## just the MTA paths: Postfix -> pipe(8) / lmtp(8) / mailexec submit, LMTP vs HTTP ingest (~2 min)
 	$(BIN)/python -m mailexec.devrun --services-only
 	BENCH_QUICK=1 BENCH_N=$${BENCH_N:-2000} BENCH_ONLY=mta $(BIN)/python -m bench
 
