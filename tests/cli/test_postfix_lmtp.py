@@ -15,7 +15,8 @@ Postfix (deploy/postfix/ recipe): ``lmtp`` is chrooted as in Debian's stock mast
 ``auth.test`` → the ``lmtp-auth`` service (lmtp_sasl_*, lmtp_tls_security_level=encrypt);
 ``both.test`` is a virtual(8) mailbox domain whose account also gets a copy through the
 ``.mailexec`` pseudo-domain and ``lmtp_generic_maps``; ``sender.test`` holds the senders'
-mailboxes (bounces and DSNs land there).
+mailboxes (bounces and DSNs land there); ``drop.test`` goes through a TCP relay that can cut
+the connection right after the final dot, before ingest's replies reach lmtp(8).
 
 What each test proves is in its docstring; every assertion is on what a user sees: files the
 program wrote, mailbox contents, Postfix's log lines, DSN contents, mailexec's message API.
@@ -23,13 +24,16 @@ program wrote, mailbox contents, Postfix's log lines, DSN contents, mailexec's m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +74,7 @@ class Mta:
     tcp_port: int
     tls_port: int
     programs: dict[str, Path]
+    cutter: DotCutter
 
     @property
     def smtp_port(self) -> int:
@@ -146,6 +151,7 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
     }
     cert, key = _self_signed(work)
     tcp_port, tls_port = free_port(), free_port()
+    cutter = DotCutter(tcp_port)
     pf = PostfixInstance(
         pipeline.smtp_port,
         MASTER_CF,
@@ -156,8 +162,9 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
             f"sock.test   lmtp:unix:{SOCKET_NAME}\n"
             f"auth.test   lmtp-auth:inet:127.0.0.1:{tls_port}\n"
             f".mailexec   lmtp:inet:127.0.0.1:{tcp_port}\n"
+            f"drop.test   lmtp:inet:127.0.0.1:{cutter.port}\n"
         ),
-        relay_domains="prog.test, sock.test, auth.test",
+        relay_domains="prog.test, sock.test, auth.test, drop.test",
         mailbox_domains="sender.test, both.test",
         main_cf=[
             "virtual_alias_maps = texthash:$config_directory/virtual",
@@ -190,7 +197,7 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
     log_dir = pipeline.log_dir
     ingest = ServiceProcess("ingest", plain_env, log_dir / "ingest-lmtp.log")
     ingest_tls = ServiceProcess("ingest", tls_env, log_dir / "ingest-lmtp-tls.log")
-    m = Mta(pf, pipeline, ingest, ingest_tls, tcp_port, tls_port, programs)
+    m = Mta(pf, pipeline, ingest, ingest_tls, tcp_port, tls_port, programs, cutter)
     m.set_sasl_password("not-the-mta-token")
     try:
         pf.start()
@@ -200,6 +207,7 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
         ingest_tls.wait_ready(60)
         yield m
     finally:
+        cutter.close()
         ingest_tls.stop()
         ingest.stop()
         pf.stop()
@@ -211,6 +219,76 @@ def mta(pipeline: Pipeline) -> Iterator[Mta]:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+class DotCutter:
+    """A TCP relay in front of ingest's LMTP port that, when armed, forwards the client's
+    bytes up to and including the final ``CRLF.CRLF`` of one transaction, lets ingest
+    answer, and then closes both sides without passing a single reply byte back: the
+    network failing in the window RFC 1047 describes. Later connections pass untouched."""
+
+    END = b"\r\n.\r\n"
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.armed = threading.Event()
+        self.cut = threading.Event()  # set once a connection was cut after its dot
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        cutting = self.armed.is_set()
+        self.armed.clear()
+        stop = threading.Event()
+
+        def replies() -> None:  # ingest → lmtp(8), until the cut
+            while not stop.is_set():
+                try:
+                    data = server.recv(65536)
+                except OSError:
+                    return
+                if not data or stop.is_set():
+                    return
+                client.sendall(data)
+
+        threading.Thread(target=replies, daemon=True).start()
+        tail = b""
+        in_data = False
+        try:
+            while data := client.recv(65536):
+                seen = tail + data
+                if cutting and in_data and self.END in seen:
+                    stop.set()  # no reply byte from here on reaches lmtp(8)
+                    server.sendall(data)
+                    time.sleep(1.0)  # ingest reads the dot, stores, queues, answers into the void
+                    self.cut.set()
+                    return
+                # DATA's 354 comes before the body; the body starts after "DATA\r\n"
+                in_data = in_data or b"DATA\r\n" in seen.upper()
+                tail = seen[-8:]
+                server.sendall(data)
+        except OSError:
+            pass
+        finally:
+            stop.set()
+            for s in (client, server):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
 
 
 def setup_programs(env: dict[str, str], mta: Mta) -> None:
@@ -550,6 +628,43 @@ def test_ingest_down_defers_then_delivers_exactly_once(
     rcpt = message(env, stored["id"])["recipients"][0]
     assert rcpt["state"] == "delivered"
     assert len(rcpt["programs"]) == 1, rcpt
+
+
+def test_connection_cut_after_the_dot_runs_the_program_at_least_once(
+    mta: Mta, env: dict[str, str], world_dir: Path
+) -> None:
+    """The duplicate window (RFC 1047; docs/mta-integration.md "The duplicate window"): the
+    connection breaks after lmtp(8) sent the final dot and before ingest's reply reached it.
+    Ingest has stored and queued the message; Postfix cannot know, defers it ("may be sent
+    more than once") and sends it again. The program runs at least once (here: twice, one
+    mailexec message per attempt), never zero times, and both copies are delivered."""
+    setup_programs(env, mta)
+    home = add_account(env, world_dir, "otto@drop.test", UID + 7, "deliver")
+    mta.cutter.armed.set()
+    qid = send(mta, "judy@sender.test", ["otto@drop.test"], "cut after the dot")
+    deferred = wait_for(
+        "Postfix's deferral after the cut",
+        lambda: [x for x in mta.lines(qid) if "status=deferred" in x],
+        30,
+        mta.diagnostics,
+    )
+    assert mta.cutter.cut.is_set()
+    assert "lost connection" in deferred[0] and "may be sent more than once" in deferred[0], deferred
+    # the first copy was accepted by ingest before the cut: the program runs it regardless
+    delivered(mta, home, "cut after the dot", timeout=30)
+    mta.pf.flush()
+    [line] = sent_lines(mta, qid)
+    second = mailexec_id(line)
+
+    def both_delivered() -> list[dict[str, Any]] | None:
+        stored = messages_for(env, "otto@drop.test")
+        states = [message(env, m["id"])["recipients"][0]["state"] for m in stored]
+        return stored if len(stored) == 2 and states == ["delivered", "delivered"] else None
+
+    stored = wait_for("both copies delivered", both_delivered, 30, mta.diagnostics)
+    assert second in {m["id"] for m in stored}
+    text = (home / "delivered.mbox").read_text(errors="replace")
+    assert text.count("Subject: cut after the dot") == 2, text
 
 
 def _gid(name: str) -> int:
