@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     # How often held (suspended) jobs are re-checked; at most the held queue's 60 s TTL.
     executor_held_recheck_s: float = 60.0
     sandbox_network: bool = True
+    # Programs registered with network "egress" run in one NAT'd namespace per executor
+    # (services/executor/egress.py). Its /30 is the first free one of this range on the
+    # host (RFC 6598 shared space, the top of it: not the internet, rarely a pod or LAN
+    # range). Extra destinations it may never reach, comma-separated CIDRs: the
+    # cluster's pod and service CIDRs, the node's address (the pod's own addresses,
+    # its attached subnets, 127/8 and 169.254/16 are always dropped).
+    sandbox_egress_subnet: str = "100.64.255.0/24"
+    sandbox_egress_blocked: str = ""
     sandbox_bwrap: bool = False
     # cgroup v2 directory under which each executor makes per-run child cgroups
     # (their cgroup.kill ends setsid'd escapees); unusable → process-group kill only.
