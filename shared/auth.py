@@ -10,6 +10,13 @@ What it guarantees:
 - A client that presents many bad tokens is slowed down: after ``BAD_TOKEN_LIMIT``
   failures in ``BAD_TOKEN_WINDOW_S`` from one address its bad tokens get 429 until the
   window passes; valid tokens from that address still pass (shared proxies).
+- The per-address failure table cannot grow without bound: addresses whose failures all
+  left the window are dropped whenever a failure is noted, and at most
+  ``BAD_TOKEN_MAX_ADDRESSES`` addresses are tracked (the least recently failing go
+  first). Tested in tests/shared/test_auth_limits.py.
+- A request's token is checked before its body is read (``shared.httpapp.BodyGuard``
+  calls :func:`authenticate` first and leaves the principal in the ASGI scope, so the
+  route's dependency does not check it twice).
 
 Settings: ``MAILEXEC_ADMIN_TOKEN``, ``MAILEXEC_INGEST_TOKEN`` (role mta),
 ``MAILEXEC_SERVICE_TOKEN``; empty means that bootstrap token does not exist.
@@ -21,7 +28,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,6 +42,9 @@ from shared.settings import get_settings
 ROLES = ("admin", "mta", "user", "service")
 BAD_TOKEN_LIMIT = 30
 BAD_TOKEN_WINDOW_S = 60.0
+BAD_TOKEN_MAX_ADDRESSES = 10000
+# The ASGI scope key under which the principal of an already authenticated request waits.
+PRINCIPAL_SCOPE_KEY = "mailexec.principal"
 _CACHE_TTL_S = 5.0
 
 
@@ -58,16 +68,35 @@ def new_token(prefix: str = "mxu") -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
-_bad: dict[str, deque[float]] = defaultdict(deque)
+# address -> times of its recent failures; ordered by each address's latest failure
+# (oldest first), so expired addresses are always at the front.
+_bad: OrderedDict[str, deque[float]] = OrderedDict()
 _cache: dict[str, tuple[float, Principal | None]] = {}
+
+
+def _prune(now: float) -> None:
+    """Forget addresses with no failure inside the window, then the oldest over the cap."""
+    horizon = now - BAD_TOKEN_WINDOW_S
+    while _bad:
+        client, q = next(iter(_bad.items()))
+        if q and q[-1] >= horizon and len(_bad) <= BAD_TOKEN_MAX_ADDRESSES:
+            break
+        del _bad[client]
 
 
 def _note_failure(client: str) -> None:
     now = time.monotonic()
-    q = _bad[client]
+    q = _bad.pop(client, None)
+    if q is None:
+        q = deque(maxlen=BAD_TOKEN_LIMIT)
     q.append(now)
-    while q and q[0] < now - BAD_TOKEN_WINDOW_S:
-        q.popleft()
+    _bad[client] = q  # to the end: the most recent failure
+    _prune(now)
+
+
+def bad_token_addresses() -> int:
+    """How many addresses the bad-token limiter tracks (for tests and metrics)."""
+    return len(_bad)
 
 
 def _check_rate(client: str) -> None:
@@ -77,6 +106,9 @@ def _check_rate(client: str) -> None:
         return
     while q and q[0] < now - BAD_TOKEN_WINDOW_S:
         q.popleft()
+    if not q:
+        del _bad[client]
+        return
     if len(q) >= BAD_TOKEN_LIMIT:
         raise TooManyRequests(
             "too many requests with a bad token from this address; wait a minute and "
@@ -131,6 +163,14 @@ def forget_token(digest: str) -> None:
 
 
 async def authenticate(request: Request) -> Principal:
+    """The request's principal from its bearer token (401 missing/wrong, 429 limited).
+
+    Reads the headers only, never the body. A principal found earlier for this request
+    (``BodyGuard``, before the body) is reused.
+    """
+    known = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(known, Principal):
+        return known
     client = request.client.host if request.client else "?"
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -139,7 +179,9 @@ async def authenticate(request: Request) -> Principal:
         raise Unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>'", code="missing_token"
         )
-    return await authenticate_token(token.strip(), client)
+    principal = await authenticate_token(token.strip(), client)
+    request.scope[PRINCIPAL_SCOPE_KEY] = principal
+    return principal
 
 
 async def authenticate_token(token: str, client: str) -> Principal:

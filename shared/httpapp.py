@@ -1,13 +1,29 @@
-"""The HTTP skeleton every service shares: /healthz, /readyz, /metrics, JSON errors.
+"""The HTTP skeleton every service shares: /healthz, /readyz, /metrics, JSON errors,
+and the gate every request body passes.
 
 ``create_app`` wires the SPEC error shape ``{"error": {"code", "message"}}`` for our own
 errors, FastAPI validation errors (422, with the offending field named), unknown routes
 and anything unexpected (500, logged with a traceback, no internals in the body).
+
+Trust: request bytes come from anyone who can reach the port. What this module defends
+against, before any route or FastAPI's body parsing runs (``BodyGuard``):
+- an unauthenticated client making the process read and hold a huge body: a request
+  with a body is answered 401/429 from its headers alone, before one body byte is read
+  (tests/security/test_body_limits.py::test_unauthenticated_huge_body_*);
+- an authenticated client sending a huge JSON body: every body but the declared raw
+  uploads is capped at ``JSON_BODY_LIMIT`` bytes, by Content-Length or while a chunked
+  body streams in, with 413 in the SPEC error shape
+  (tests/security/test_body_limits.py::test_json_bodies_are_capped*);
+- NUL bytes in the query string (``RejectNulBytes``, tests/security/test_regressions.py).
+The raw uploads (ingest's message submission, policy's program bytes) are declared by
+the service (``raw_bodies``); they still pass the token check first and enforce their
+own limits while streaming.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -18,7 +34,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import MailexecError, Unavailable
+from shared.auth import authenticate
+from shared.errors import MailexecError, PayloadTooLarge, Unavailable
 
 log = logging.getLogger("mailexec.http")
 
@@ -76,6 +93,110 @@ class RejectNulBytes:
         await self.app(scope, receive, send)
 
 
+JSON_BODY_LIMIT = 64 * 1024
+# Paths anyone may call (no token): the ops endpoints and the API description.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
+                          "/docs/oauth2-redirect", "/redoc"})
+RawBody = tuple[str, str]  # (method, path regex): an upload route with its own size limit
+
+
+def body_too_large(limit: int = JSON_BODY_LIMIT) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body too large: JSON bodies are limited to {limit} bytes "
+        f"({limit // 1024} KiB)",
+        code="body_too_large",
+        limit=limit,
+    )
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip() not in (b"0", b""):
+            return True
+    return False
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.strip().isdigit() else None
+    return None
+
+
+class BodyGuard:
+    """Auth before body, and the one cap on JSON bodies (module docstring).
+
+    For a request that carries a body, outside ``PUBLIC_PATHS``: the bearer token is
+    checked from the headers (``shared.auth.authenticate``, which leaves the principal
+    in the scope for the route's own role check); a failure is answered at once, the
+    body unread. Then, unless the route is one of ``raw_bodies``, the body is read here
+    up to ``limit`` bytes (413 beyond) and replayed to the app, so nothing downstream
+    can buffer more. Requests without a body pass untouched: their routes authenticate
+    as before, with nothing to read first.
+    """
+
+    def __init__(self, app: Any, raw_bodies: Sequence[RawBody] = (),
+                 limit: int = JSON_BODY_LIMIT) -> None:
+        self.app = app
+        self.limit = limit
+        self.raw = [(method.upper(), re.compile(pattern)) for method, pattern in raw_bodies]
+
+    def _is_raw(self, method: str, path: str) -> bool:
+        return any(m == method and rx.fullmatch(path) for m, rx in self.raw)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not _has_body(scope.get("headers", [])):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        try:
+            if path not in PUBLIC_PATHS:
+                await authenticate(Request(scope))
+            if self._is_raw(scope["method"], path):
+                await self.app(scope, receive, send)
+                return
+            declared = _content_length(scope.get("headers", []))
+            if declared is not None and declared > self.limit:
+                raise body_too_large(self.limit)
+            replay = await self._read_capped(receive)
+        except MailexecError as exc:
+            await mailexec_error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, replay, send)
+
+    async def _read_capped(self, receive: Any) -> Any:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                pending: dict[str, Any] | None = message
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise body_too_large(self.limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                pending = None
+                break
+        first: dict[str, Any] | None = (
+            pending if pending is not None
+            else {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        )
+
+        async def replay() -> Any:
+            nonlocal first
+            if first is not None:
+                message, first = first, None
+                return message
+            return await receive()
+
+        return replay
+
+
 def create_app(
     *,
     title: str,
@@ -84,12 +205,15 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     version: str = "0.1.0",
     inner_middleware: Sequence[tuple[Any, dict[str, Any]]] = (),
+    raw_bodies: Sequence[RawBody] = (),
 ) -> FastAPI:
     """``inner_middleware``: (ASGI middleware class, options) run after ``RejectNulBytes``
-    and before routing, first listed outermost."""
+    and ``BodyGuard`` and before routing, first listed outermost. ``raw_bodies``: the
+    (method, path regex) of upload routes that stream and limit their own bodies."""
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     for cls, options in reversed(inner_middleware):
         app.add_middleware(cls, **options)
+    app.add_middleware(BodyGuard, raw_bodies=raw_bodies)
     app.add_middleware(RejectNulBytes)  # added last = outermost
 
     @app.exception_handler(MailexecError)

@@ -36,6 +36,8 @@ def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | Non
         ready_check=runtime.ready,
         lifespan=lifespan,
         inner_middleware=[(SubmitFastPath, {"runtime": runtime})],
+        # the message itself: streamed and limited by MAILEXEC_MAX_MESSAGE_BYTES
+        raw_bodies=[("POST", messages.router.prefix)],
     )
     app.state.runtime = runtime
     return app

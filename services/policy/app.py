@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -71,6 +72,8 @@ def create_policy_app() -> FastAPI:
         routers=[programs.router, settings.router, tokens.router, accounts.router, audit.router],
         ready_check=ready,
         lifespan=lifespan,
+        # a program's bytes: streamed and limited by MAILEXEC_MAX_PROGRAM_BYTES
+        raw_bodies=[("PUT", re.escape(programs.router.prefix) + "/.+")],
     )
     app.state.broker = broker
     return app
