@@ -753,9 +753,12 @@ class LMTPServer:
         s = self.settings
         if s.lmtp_port:
             tcp = Listener("tcp", local=False)
+            # SO_REUSEPORT only between this ingest's own workers (the kernel spreads the
+            # MTA's connections over them); the supervisor checked that nobody else holds
+            # the port. A single process binds it alone: a second ingest fails loudly.
             self._servers.append(await loop.create_server(
                 lambda: Session(self, tcp), host=s.bind_host, port=s.lmtp_port,
-                reuse_port=True, backlog=1024,
+                reuse_port=s.ingest_workers > 1, backlog=1024,
             ))
         sock = self._unix_socket
         if sock is None and s.lmtp_socket:

@@ -5,8 +5,11 @@ across processes (unique Idempotency-Key index, relay with ``FOR UPDATE SKIP LOC
 so a multi-core box can spend more than one core on parsing. The supervisor here binds
 the HTTP port and the LMTP Unix socket once, forks the workers (they inherit both), and
 starts a worker again when one dies; each worker binds the LMTP TCP port itself with
-``SO_REUSEPORT``, so the kernel spreads MTA connections over them. It replaces uvicorn's
-own supervisor, which can hand its workers only the sockets it serves HTTP on.
+``SO_REUSEPORT``, so the kernel spreads MTA connections over them. Before that the
+supervisor binds the port once *without* it: another process listening there (a second
+ingest of the same uid would otherwise silently share the port and its connections) makes
+it refuse to start. It replaces uvicorn's own supervisor, which can hand its workers only
+the sockets it serves HTTP on.
 """
 
 from __future__ import annotations
@@ -71,9 +74,27 @@ def _worker(settings: Settings, http: socket.socket, lmtp: socket.socket | None)
     return 0 if server.started else 1
 
 
+def _lmtp_port_free(settings: Settings) -> bool:
+    """Nobody listens on the LMTP port: bind it once without SO_REUSEPORT, then let go."""
+    family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no holder
+        try:
+            probe.bind((settings.bind_host, settings.lmtp_port))
+        except OSError as exc:
+            log.error(
+                "cannot listen for LMTP: %s:%d is in use (%s); stop the other process or set "
+                "MAILEXEC_LMTP_PORT", settings.bind_host, settings.lmtp_port, exc.strerror,
+                extra={"port": settings.lmtp_port})
+            return False
+    return True
+
+
 def _supervise(settings: Settings) -> int:
     from .lmtp import bind_unix_socket
 
+    if settings.lmtp_port and not _lmtp_port_free(settings):
+        return 1
     http = uvicorn.Config(worker_app, factory=True, **_options(settings)).bind_socket()
     lmtp = None
     if settings.lmtp_socket:

@@ -553,6 +553,27 @@ async def test_several_workers_share_tcp_and_the_socket(
     assert not Path(sock).exists()  # noqa: ASYNC240 - the supervisor removes the socket it bound
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_ingest_on_the_same_lmtp_port_refuses_to_start(
+    mx_env: dict[str, str], accounts: World, tmp_path: Path, workers: str
+) -> None:
+    """SO_REUSEPORT is for one ingest's own workers: a second ingest (same uid) pointed at a
+    port already served must not silently take half of the MTA's connections."""
+    port = accounts.tcp[1]
+    env = _env(mx_env, accounts.policy.port, MAILEXEC_LMTP_PORT=str(port),
+               MAILEXEC_INGEST_WORKERS=workers)
+    second = ServiceProcess("ingest", env, tmp_path / "second.log")
+    with pytest.raises(RuntimeError, match="in use"):
+        second.start(timeout=30)
+    second.stop()
+    c = LMTPClient(accounts.tcp)  # the first one still serves every connection
+    try:
+        c.lhlo()
+        assert c.deliver("a@example.net", ["bob@example.org"], MSG)[1][0][0] == 250
+    finally:
+        c.close()
+
+
 def _swaks() -> str | None:
     if shutil.which("swaks"):
         return shutil.which("swaks")
