@@ -118,6 +118,10 @@ class Status(BaseModel):
 # --- programs --------------------------------------------------------------------------
 
 
+Network = Literal["none", "egress"]
+MAX_DESCRIPTION_CHARS = 2000
+
+
 class ProgramMeta(BaseModel):
     name: str
     sha256: str
@@ -126,6 +130,25 @@ class ProgramMeta(BaseModel):
     registered_by: str
     registered_at: datetime
     updated_at: datetime
+    description: str | None = None
+    network: Network = "none"
+
+
+class ProgramPatch(Strict):
+    """``PATCH /v1/programs/{name}``: either field, unknown ones refused; null clears the
+    description. ``network`` is what the program may reach when it runs: ``none`` (no
+    network at all) or ``egress`` (outside addresses only, the control plane dropped)."""
+
+    description: Annotated[
+        str, Field(max_length=MAX_DESCRIPTION_CHARS, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+    ] | None = None
+    network: Network | None = None
+
+    @model_validator(mode="after")
+    def _network_not_null(self) -> ProgramPatch:
+        if "network" in self.model_fields_set and self.network is None:
+            raise ValueError("network must be 'none' or 'egress', not null")
+        return self
 
 
 class ProgramList(BaseModel):

@@ -81,6 +81,17 @@ async def put_program(
     return (await s.execute(stmt)).mappings().one()
 
 
+async def set_program_meta(s: AsyncSession, name: str, fields: dict[str, Any]) -> RowMapping:
+    """Change ``description``/``network`` of a registered program (the bytes stay)."""
+    stmt = (
+        update(t.programs)
+        .where(t.programs.c.name == name)
+        .values(**fields, updated_at=now())
+        .returning(*PROGRAM_META)
+    )
+    return (await s.execute(stmt)).mappings().one()
+
+
 async def delete_program(s: AsyncSession, name: str) -> bool:
     res = await s.execute(delete(t.programs).where(t.programs.c.name == name))
     return bool(res.rowcount)  # type: ignore[attr-defined]

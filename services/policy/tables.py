@@ -29,6 +29,8 @@ programs = Table(
     Column("registered_by", Text, nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("description", Text),  # migration 0003
+    Column("network", Text, nullable=False, server_default="none"),  # 'none' | 'egress'
 )
 
 settings = Table(

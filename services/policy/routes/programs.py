@@ -1,4 +1,12 @@
-"""Trusted programs: upload (raw bytes), metadata, content, removal."""
+"""Trusted programs: upload (raw bytes), metadata (description, network), content, removal.
+
+Who may do what: the admin everything; the service role reads metadata and bytes (the
+executor runs them); a ``user`` lists programs and reads their metadata, never their
+bytes, so it can choose among them (SPEC §2). ``network`` is what a program may reach
+when it runs (``none`` | ``egress``, SPEC §3 rule 6): changing it is audited with the
+old and new value, and announced on ``policy.changed`` so executors refetch the
+program's entry before its next run, without a restart.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +20,18 @@ from sqlalchemy.engine import RowMapping
 
 from services.policy import interpreters, repo
 from services.policy import tables as t
-from services.policy.deps import AdminDep, BrokerDep, ReaderDep, SessionDep, transaction
+from services.policy.deps import (
+    AdminDep,
+    BrokerDep,
+    ProgramsReaderDep,
+    ReaderDep,
+    SessionDep,
+    transaction,
+)
 from services.policy.errors import InterpreterRefused
 from services.policy.events import announce
 from services.policy.metrics import INTERPRETER_REFUSALS, INTERPRETERS_ALLOWED, PROGRAMS
-from services.policy.models import ProgramList, ProgramMeta
+from services.policy.models import ProgramList, ProgramMeta, ProgramPatch
 from services.policy.validation import check_program_name
 from shared.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedia
 from shared.settings import get_settings
@@ -65,7 +80,7 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, str]:
 
 
 @router.get("", response_model=ProgramList)
-async def list_programs(principal: ReaderDep, session: SessionDep) -> ProgramList:
+async def list_programs(principal: ProgramsReaderDep, session: SessionDep) -> ProgramList:
     async with transaction(session):
         rows = await repo.list_programs(session)
     items = [_meta(r) for r in rows]
@@ -92,7 +107,7 @@ async def program_content(name: str, principal: ReaderDep, session: SessionDep) 
 
 
 @router.get("/{name:raw}", response_model=ProgramMeta)
-async def get_program(name: str, principal: ReaderDep, session: SessionDep) -> ProgramMeta:
+async def get_program(name: str, principal: ProgramsReaderDep, session: SessionDep) -> ProgramMeta:
     check_program_name(name)
     async with transaction(session):
         row = await repo.get_program(session, name)
@@ -156,6 +171,37 @@ async def put_program(
                     extra={"program": name, "reason": verdict.reason, "actor": principal.name})
     await announce(broker, what="program", key=name, action="put", suspended=suspended)
     response.status_code = status.HTTP_201_CREATED if old is None else status.HTTP_200_OK
+    return _meta(row)
+
+
+@router.patch(
+    "/{name:raw}",
+    response_model=ProgramMeta,
+    responses={404: {"description": "no such program"},
+               422: {"description": "unknown field or invalid value"}},
+)
+async def patch_program(
+    name: str, patch: ProgramPatch, principal: AdminDep, session: SessionDep, broker: BrokerDep
+) -> ProgramMeta:
+    check_program_name(name)
+    changes = patch.model_dump(mode="json", exclude_unset=True)
+    async with transaction(session):
+        old = await repo.get_program(session, name, for_update=True)
+        if old is None:
+            raise NotFound(f"no trusted program named {name!r}", code="no_such_program")
+        changed = sorted(k for k, v in changes.items() if old[k] != v)
+        if not changed:
+            return _meta(old)
+        row = await repo.set_program_meta(session, name, {k: changes[k] for k in changed})
+        await repo.add_audit(session, actor=principal.name, action="patch", kind="program",
+                             target=name, old={k: old[k] for k in changed},
+                             new={k: row[k] for k in changed})
+        suspended = (await repo.load_settings(session)).suspended
+    if "network" in changed:
+        log.warning("program network changed", extra={
+            "program": name, "actor": principal.name, "old": old["network"],
+            "new": row["network"]})
+    await announce(broker, what="program", key=name, action="patch", suspended=suspended)
     return _meta(row)
 
 
