@@ -12,8 +12,11 @@ as they travel in DSNs). NOTIFY and ORCPT belong to a recipient (LMTP gives them
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+
+import orjson
 
 from shared.addresses import AddressError, parse_mailbox, parse_recipient
 from shared.errors import BadRequest
@@ -159,3 +162,24 @@ def parse_envelope(
         ret=parse_ret(ret),
         notify=parse_notify(notify),
     )
+
+
+def content_hash(envelope: Envelope, body: bytes) -> str:
+    """SHA-256 (hex) of everything a submission asks for: the key an Idempotency-Key is bound to.
+
+    Covers the sender, every recipient with its NOTIFY and ORCPT, RET, ENVID, the
+    message's NOTIFY and the body; recipients in address order (the same set given in
+    another order is the same message). The envelope part is length-prefixed JSON, so
+    no two different submissions encode alike.
+    """
+    recipients = sorted(
+        ([r.address, list(r.notify) if r.notify is not None else None, r.orcpt]
+         for r in envelope.recipients),
+        key=lambda r: str(r[0]),
+    )
+    head = orjson.dumps([envelope.sender, recipients, envelope.ret, envelope.envid,
+                         list(envelope.notify)])
+    digest = hashlib.sha256(len(head).to_bytes(8, "big"))
+    digest.update(head)
+    digest.update(body)
+    return digest.hexdigest()

@@ -14,7 +14,7 @@ MESSAGES_ACCEPTED = Counter(
 MESSAGES_REJECTED = Counter(
     "mailexec_messages_rejected_total",
     "Submissions refused, by reason (bad_request, too_large, length_required, "
-    "unsupported_media, database, broker)",
+    "unsupported_media, database, broker, idempotency_conflict)",
     ["reason"],
 )
 PUBLISH_SECONDS = Histogram(

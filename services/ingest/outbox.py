@@ -41,7 +41,11 @@ several ingest processes share the work without publishing a row twice.
 
 Idempotency-Key: the same key within one process joins the in-flight submission; across
 processes the unique index decides, and the loser waits until the winner's jobs are all
-confirmed (then 202 with the same id) — it never publishes the jobs itself.
+confirmed (then 202 with the same id) — it never publishes the jobs itself. A key is bound
+to the hash of the envelope and body it was first used with (``envelope.content_hash``,
+stored in ``mail.messages.idempotency_hash``): the same key with another message is 409
+(:func:`key_reused`), in-flight or stored, and the answer says nothing about the message
+that holds the key. Rows stored before the hash existed (NULL) answer as before.
 """
 
 from __future__ import annotations
@@ -61,10 +65,10 @@ import orjson
 
 from shared import topology
 from shared.amqp import Broker
-from shared.errors import MailexecError, Unavailable
+from shared.errors import Conflict, MailexecError, Unavailable
 
 from . import metrics
-from .envelope import Envelope
+from .envelope import Envelope, content_hash
 from .repo import MARK_PUBLISHED, RELAY_SELECT, Database, NewMessage
 
 log = logging.getLogger("mailexec.ingest")
@@ -131,6 +135,15 @@ def job_body(
     return orjson.dumps(job)
 
 
+def key_reused() -> Conflict:
+    """409 for an Idempotency-Key already bound to another message (no detail of that one)."""
+    return Conflict(
+        "this Idempotency-Key was already used for another message (a different envelope "
+        "or body); use a new key for a new message",
+        code="idempotency_key_reused",
+    )
+
+
 def _resolve(fut: asyncio.Future[Accepted], result: Accepted | BaseException) -> None:
     if fut.done():
         return
@@ -172,8 +185,13 @@ class Outbox:
         """Store and queue one message; returns once every job is confirmed (or raises)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Accepted] = loop.create_future()
+        digest = content_hash(envelope, body) if idempotency_key is not None else None
         if idempotency_key is not None and idempotency_key in self._by_key:
-            self._by_key[idempotency_key].followers.append(fut)
+            leader = self._by_key[idempotency_key]
+            if leader.message.idempotency_hash != digest:
+                metrics.MESSAGES_REJECTED.labels(reason="idempotency_conflict").inc()
+                raise key_reused()
+            leader.followers.append(fut)
             first = await fut
             return Accepted(first.message_id, first.recipients, duplicate=True)
         rcpts = envelope.recipients
@@ -192,6 +210,7 @@ class Outbox:
             notifies=[None if r.notify is None or r.notify == envelope.notify else ",".join(r.notify)
                       for r in rcpts],
             orcpts=[r.orcpt for r in rcpts],
+            idempotency_hash=digest,
         )
         sub = _Submission(message, fut)
         if idempotency_key is not None:
@@ -360,6 +379,10 @@ class Outbox:
                     sub.attempts += 1
                     self._queue.put_nowait(sub)
                     return
+                stored = row["idempotency_hash"]
+                if stored is not None and stored != sub.message.idempotency_hash:
+                    metrics.MESSAGES_REJECTED.labels(reason="idempotency_conflict").inc()
+                    raise key_reused()
                 if row["all_published"]:
                     self._finish(sub, Accepted(row["id"], tuple(row["addresses"]), duplicate=True))
                     return

@@ -68,17 +68,20 @@ class NewMessage:
     # per recipient: RFC 3461 NOTIFY ("SUCCESS,DELAY"; None = the message's) and ORCPT
     notifies: Sequence[str | None]
     orcpts: Sequence[str | None]
+    # envelope.content_hash of the submission when it has an Idempotency-Key, else None
+    idempotency_hash: str | None = None
 
 
 INSERT_BATCH = """
 WITH m AS (
     INSERT INTO mail.messages
-        (id, sender, envid, ret, notify, size, body, idempotency_key, received_at)
+        (id, sender, envid, ret, notify, size, body, idempotency_key, received_at,
+         idempotency_hash)
     SELECT x.id, x.sender, x.envid, x.ret, string_to_array(x.notify, ','), x.size, x.body,
-           x.ikey, x.received_at
+           x.ikey, x.received_at, x.ihash
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                $7::bytea[], $8::text[], $9::timestamptz[])
-         AS x(id, sender, envid, ret, notify, size, body, ikey, received_at)
+                $7::bytea[], $8::text[], $9::timestamptz[], $16::text[])
+         AS x(id, sender, envid, ret, notify, size, body, ikey, received_at, ihash)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
 ), r AS (
@@ -96,12 +99,12 @@ MARK_PUBLISHED = "UPDATE mail.recipients SET published = true WHERE id = ANY($1:
 DELETE_MESSAGES = "DELETE FROM mail.messages WHERE id = ANY($1::uuid[])"
 
 FIND_BY_KEY = """
-SELECT m.id, coalesce(bool_and(r.published), true) AS all_published,
+SELECT m.id, m.idempotency_hash, coalesce(bool_and(r.published), true) AS all_published,
        coalesce(array_agg(r.address ORDER BY r.address) FILTER (WHERE r.id IS NOT NULL),
                 '{}') AS addresses
 FROM mail.messages m LEFT JOIN mail.recipients r ON r.message_id = m.id
 WHERE m.idempotency_key = $1
-GROUP BY m.id
+GROUP BY m.id, m.idempotency_hash
 """
 
 RELAY_SELECT = """
@@ -194,7 +197,7 @@ class Database:
 
         A message whose Idempotency-Key already exists is skipped (with its recipients).
         """
-        cols: list[list[Any]] = [[] for _ in range(15)]
+        cols: list[list[Any]] = [[] for _ in range(16)]
         for m in messages:
             for i, v in enumerate(
                 (m.id, m.sender, m.envid, m.ret, ",".join(m.notify), len(m.body), m.body,
@@ -207,6 +210,7 @@ class Database:
             cols[12].extend(m.accounts)
             cols[13].extend(m.notifies)
             cols[14].extend(m.orcpts)
+            cols[15].append(m.idempotency_hash)
         async with self.connection() as conn:
             rows = await conn.fetch(INSERT_BATCH, *cols)
         return {r[0] for r in rows}
