@@ -97,6 +97,7 @@ def _idempotency_key(raw: str | None) -> str | None:
     responses={
         202: {"description": "stored, and one job per recipient confirmed by the broker"},
         400: {"description": "bad address or envelope"},
+        409: {"description": "Idempotency-Key already used for a different envelope or body"},
         411: {"description": "no Content-Length and not chunked"},
         413: {"description": "larger than MAILEXEC_MAX_MESSAGE_BYTES (5.2.3)"},
         415: {"description": "Content-Type is not message/rfc822"},
