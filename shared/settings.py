@@ -60,6 +60,11 @@ class Settings(BaseSettings):
 
     # Executor
     trusted_dir: str = "/var/lib/mailexec/trusted"
+    # The unprivileged service user the executor's Python process drops to once the
+    # spawner is started (services/executor/privdrop.py): a passwd name, or uid[:gid].
+    # Empty = the passwd entry "mailexec" if there is one, else 10001:10001 (the image's
+    # mailexec user). Never an account's uid: the spawner refuses to run programs as it.
+    executor_user: str = ""
     executor_concurrency: int = 64
     executor_prefetch: int = 128
     # Bytes of message bodies (those too large to travel inline in the job) one executor
