@@ -1,19 +1,27 @@
-"""`mailexec programs add|list|show|remove`: the trusted-program registry (the old trusted directory)."""
+"""`mailexec programs add|list|show|set|remove`: the trusted-program registry (the old trusted directory)."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from mailexec.client import EX_NOINPUT, Client
+from mailexec.client import EX_NOINPUT, EX_USAGE, Client
 from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, err, fail, kv_table, out, table
 
 app = typer.Typer(
-    help="Trusted programs: register inspected programs, list, show, remove.", no_args_is_help=True
+    help="Trusted programs: register inspected programs, list, show, set metadata, remove.",
+    no_args_is_help=True,
 )
+
+
+class Network(StrEnum):
+    none = "none"
+    egress = "egress"
+
 
 
 def _short(sha: object) -> str:
@@ -81,6 +89,7 @@ def list_(token: TokenOpt = None, as_json: JsonOpt = False) -> None:
                 ("size", "bytes"),
                 ("sha256", "sha256", _short),
                 ("interpreter", "interpreter"),
+                ("network", "network"),
                 ("registered_by", "registered by"),
                 ("updated_at", "updated"),
             ],
@@ -89,15 +98,71 @@ def list_(token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     )
 
 
+SHOW_FIRST = ("name", "description", "network")
+
+
+def _shown(meta: dict[str, Any]) -> dict[str, Any]:
+    first = {k: meta.get(k) for k in SHOW_FIRST}
+    if first["description"] is None:
+        first["description"] = "(none)"
+    return {**first, **{k: v for k, v in meta.items() if k not in SHOW_FIRST}}
+
+
 @app.command("show")
 def show(name: str, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Show one trusted program's metadata (sha256, size, who registered it, when)."""
+    """Show one trusted program: description, network, sha256, size, who registered it, when."""
     with api(token) as client:
         meta = client.get("policy", f"/v1/programs/{quote(name, safe='')}")
     if as_json:
         emit_json(meta)
     else:
-        out.print(kv_table(meta, title=f"program {name}"))
+        out.print(kv_table(_shown(meta), title=f"program {name}"))
+
+
+@app.command("set")
+def set_(
+    name: str,
+    network: Annotated[
+        Network | None,
+        typer.Option(
+            "--network",
+            help="what the program may reach when it runs: none (no network at all) or egress "
+            "(outside addresses only; the control plane, cluster and metadata addresses are "
+            "dropped). Audited.",
+        ),
+    ] = None,
+    description: Annotated[
+        str | None,
+        typer.Option("--description", help="what it does, shown to users choosing programs"),
+    ] = None,
+    no_description: Annotated[
+        bool, typer.Option("--no-description", help="remove the description")
+    ] = False,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a trusted program's metadata (its bytes stay; `programs add` replaces those)."""
+    if description is not None and no_description:
+        raise fail("give --description or --no-description, not both", EX_USAGE)
+    patch: dict[str, Any] = {}
+    if network is not None:
+        patch["network"] = network.value
+    if description is not None:
+        patch["description"] = description
+    if no_description:
+        patch["description"] = None
+    if not patch:
+        raise fail("nothing to change: give --network, --description or --no-description",
+                   EX_USAGE)
+    with api(token) as client:
+        meta = client.patch("policy", f"/v1/programs/{quote(name, safe='')}", json=patch)
+    if as_json:
+        emit_json(meta)
+        return
+    out.print(kv_table({k: _shown(meta)[k] for k in patch}, title=f"program {name}: changed"))
+    if meta.get("network") == "egress" and "network" in patch:
+        err.print(f"note: {name} may now open connections to outside addresses; executors "
+                  "need NET_ADMIN for that (docs/security.md)", markup=False)
 
 
 @app.command("remove")

@@ -103,7 +103,9 @@ def test_programs_accounts_tokens_settings(env: dict[str, str], tmp_path: Path) 
     assert mx_json(env, "accounts", "programs", "bob@example.org")["enabled"] is False
     r = mx(env, "accounts", "programs", "u1@example.org", "--token", user_token)
     assert r.returncode == 77 and "HTTP 403" in r.stderr
-    r = mx(env, "programs", "list", "--token", user_token)
+    r = mx(env, "programs", "list", "--token", user_token)  # to choose among them
+    assert r.returncode == 0 and "mymail" in r.stdout, r.stderr
+    r = mx(env, "programs", "remove", "mymail", "--token", user_token)
     assert r.returncode == 77 and "role" in r.stderr
 
     # settings: typed parsing of key=value
