@@ -119,11 +119,17 @@ class Account:
         )
 
 
+NETWORKS = ("none", "egress")
+
+
 @dataclass(frozen=True)
 class ProgramMeta:
     name: str
     sha256: str
     size: int
+    # What the run may reach (SPEC §3 rule 6): "none" or "egress". Refetched after a
+    # policy.changed naming programs, so a PATCH applies without a restart.
+    network: str = "none"
 
 
 class PolicyClient:
@@ -223,7 +229,11 @@ class PolicyClient:
         if data is None:
             return None
         try:
-            return ProgramMeta(name=name, sha256=str(data["sha256"]), size=int(data.get("size", 0)))
+            network = str(data.get("network") or "none")
+            if network not in NETWORKS:  # never guess wider access than we understand
+                raise ValueError(f"unknown network {network!r}")
+            return ProgramMeta(name=name, sha256=str(data["sha256"]), size=int(data.get("size", 0)),
+                               network=network)
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyUnavailable(f"unusable program record for {name}: {exc}") from exc
 
