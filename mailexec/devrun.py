@@ -10,8 +10,10 @@ account owned by an unprivileged uid) and prints where everything is, until Ctrl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -117,24 +119,66 @@ def ensure_infra() -> None:
             say("bubblewrap could not be installed; the executor will run without it")
 
 
+TOKEN_VARS = (
+    ("MAILEXEC_ADMIN_TOKEN", "mxa"),
+    ("MAILEXEC_INGEST_TOKEN", "mxm"),
+    ("MAILEXEC_SERVICE_TOKEN", "mxs"),
+)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, atomically.
+
+    A new file of a random name is created beside ``path`` with mode 0600 from the start
+    (O_EXCL, O_NOFOLLOW: nothing planted there is opened), written, fsynced and renamed
+    over ``path``: no reader ever sees a partial file or one with a wider mode, and a
+    symlink at ``path`` is replaced, not followed.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines, with or without ``export`` and shell quoting (older files)."""
+    found: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = shlex.split(line.removeprefix("export "))
+        if len(words) == 1 and "=" in words[0]:
+            key, _, value = words[0].partition("=")
+            found[key] = value
+    return found
+
+
 def _tokens() -> dict[str, str]:
-    """Tokens from the environment, else the ones saved by an earlier `make run`, else new."""
+    """Tokens from the environment, else the ones saved by an earlier `make run`, else new.
+
+    Saved as ``export`` lines, so ``. .run/tokens.env && mailexec status`` works.
+    """
     RUN_DIR.mkdir(exist_ok=True)
     saved = RUN_DIR / "tokens.env"
-    found: dict[str, str] = {}
-    if saved.exists():
-        for line in saved.read_text().splitlines():
-            key, _, value = line.partition("=")
-            found[key] = value
+    found = read_env_file(saved) if saved.exists() else {}
     out = {}
-    for var, prefix in (
-        ("MAILEXEC_ADMIN_TOKEN", "mxa"),
-        ("MAILEXEC_INGEST_TOKEN", "mxm"),
-        ("MAILEXEC_SERVICE_TOKEN", "mxs"),
-    ):
+    for var, prefix in TOKEN_VARS:
         out[var] = os.environ.get(var) or found.get(var) or f"{prefix}_{secrets.token_urlsafe(24)}"
-    saved.write_text("".join(f"{k}={v}\n" for k, v in out.items()))
-    saved.chmod(0o600)
+    write_private(saved, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in out.items()))
     return out
 
 
@@ -247,7 +291,7 @@ def main() -> int:
   notifier  {urls['notifier']}
   executor  {urls['executor']}/metrics
   DSNs      SMTP sink 127.0.0.1:{SINK_PORT} -> {RUN_DIR / 'mail'}
-  tokens    saved in {RUN_DIR / 'tokens.env'}
+  tokens    saved in {RUN_DIR / 'tokens.env'} (mode 0600; `. .run/tokens.env` sets them)
     admin   {env['MAILEXEC_ADMIN_TOKEN']}
     mta     {env['MAILEXEC_INGEST_TOKEN']}
 

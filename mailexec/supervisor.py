@@ -12,8 +12,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 SERVICES = ("policy", "ingest", "executor", "notifier")
+# Secrets a service never uses and so never gets (issue 13). The executor runs account
+# owners' programs: a flaw there must not hand out the admin or mta token; it talks to
+# policy with the service token only. Their ``_FILE`` forms are withheld too.
+WITHHELD = {"executor": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN")}
+
+
+def service_env(name: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment service ``name`` is started with: ours minus what it must not hold."""
+    env = dict(os.environ if environ is None else environ)
+    for var in WITHHELD.get(name, ()):
+        env.pop(var, None)
+        env.pop(f"{var}_FILE", None)
+    return env
 
 
 def available_services() -> list[str]:
@@ -21,7 +35,8 @@ def available_services() -> list[str]:
 
 
 def _spawn(name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "mailexec", "serve", name])
+    return subprocess.Popen([sys.executable, "-m", "mailexec", "serve", name],
+                            env=service_env(name))
 
 
 def run(services: list[str] | None = None) -> int:
