@@ -1,11 +1,16 @@
-"""deploy/compose.yaml: health-gated start order, hardening, real `mailexec` commands."""
+"""deploy/compose.yaml: health-gated start order, hardening, real `mailexec` commands,
+generated secrets read through files, and the sandbox's capabilities (issue 13)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import ipaddress
 import re
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import typer.main
@@ -15,8 +20,31 @@ from mailexec import cli, supervisor
 
 COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
 LMTP_TLS = COMPOSE.with_name("compose.lmtp-tls.yaml")
+EGRESS = COMPOSE.with_name("compose.egress.yaml")
 MAILEXEC_SERVICES = {"ingest", "policy", "notifier", "executor"}
+ONE_SHOTS = {"secrets", "migrate"}
 PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
+EXECUTOR_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN"}
+# Settings holding a secret (SPEC §2: each may be given as <NAME>_FILE instead).
+SECRET_SETTINGS = {
+    "MAILEXEC_DATABASE_URL",
+    "MAILEXEC_AMQP_URL",
+    "MAILEXEC_SMTP_URL",
+    "MAILEXEC_ADMIN_TOKEN",
+    "MAILEXEC_INGEST_TOKEN",
+    "MAILEXEC_SERVICE_TOKEN",
+    "MAILEXEC_CONSOLE_SECRET",
+}
+# Names issue 13 fixes whose executor side lands in another change (the network engineer's).
+PENDING_SETTINGS = {"MAILEXEC_SANDBOX_EGRESS_BLOCKED"}
+
+
+def setting_names() -> set[str]:
+    """Every MAILEXEC_* name the programs accept: the settings and their <NAME>_FILE forms."""
+    from shared.settings import Settings
+
+    fields = {f"MAILEXEC_{field.upper()}" for field in Settings.model_fields}
+    return fields | {f"{name}_FILE" for name in SECRET_SETTINGS} | PENDING_SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +62,7 @@ def is_mailexec(service: dict[str, Any]) -> bool:
 
 
 def test_the_whole_pipeline_is_there(services: dict) -> None:
-    assert set(services) == {"postgres", "rabbitmq", "mailpit", "migrate", *MAILEXEC_SERVICES}
+    assert set(services) == {"postgres", "rabbitmq", "mailpit", *ONE_SHOTS, *MAILEXEC_SERVICES}
     assert "management" in services["rabbitmq"]["image"]
     assert "mailpit" in services["mailpit"]["image"]
     assert {"context": "..", "dockerfile": "deploy/Dockerfile"} == services["migrate"]["build"]
@@ -43,7 +71,7 @@ def test_the_whole_pipeline_is_there(services: dict) -> None:
 
 def test_every_long_running_service_has_a_healthcheck(services: dict) -> None:
     for name, service in services.items():
-        if name == "migrate":
+        if name in ONE_SHOTS:
             assert service["restart"] == "no"
             continue
         check = service.get("healthcheck")
@@ -62,8 +90,14 @@ def test_start_order_is_gated_on_health_and_migrations(services: dict) -> None:
     for name, service in services.items():
         for dependency, gate in (service.get("depends_on") or {}).items():
             assert dependency in services, (name, dependency)
-            expected = "service_completed_successfully" if dependency == "migrate" else "service_healthy"
+            expected = (
+                "service_completed_successfully" if dependency in ONE_SHOTS else "service_healthy"
+            )
             assert gate == {"condition": expected}, (name, dependency)
+    assert "depends_on" not in services["secrets"]
+    # The databases take their passwords from files the secrets service writes first.
+    assert set(services["postgres"]["depends_on"]) == {"secrets"}
+    assert set(services["rabbitmq"]["depends_on"]) == {"secrets"}
     assert set(services["migrate"]["depends_on"]) == {"postgres", "rabbitmq"}
     for name in MAILEXEC_SERVICES:
         assert {"postgres", "rabbitmq", "migrate"} <= set(services[name]["depends_on"]), name
@@ -81,7 +115,7 @@ def click_root() -> Any:
 def test_commands_are_real_mailexec_subcommands(services: dict) -> None:
     root = click_root()
     for name, service in services.items():
-        if not is_mailexec(service):
+        if not is_mailexec(service) or name == "secrets":
             continue
         command = service["command"]
         sub = root.commands.get(command[0])
@@ -97,17 +131,15 @@ def test_commands_are_real_mailexec_subcommands(services: dict) -> None:
 
 
 def test_mailexec_environment_names_real_settings(services: dict) -> None:
-    from shared.settings import Settings
-
-    fields = {f"MAILEXEC_{field.upper()}" for field in Settings.model_fields}
+    fields = setting_names()
     for name, service in services.items():
-        if is_mailexec(service):
+        if is_mailexec(service) and name != "secrets":
             names = {key for key in service["environment"] if key.startswith("MAILEXEC_")}
             assert names <= fields, (name, sorted(names - fields))
             assert service["environment"]["MAILEXEC_BIND_HOST"] == "0.0.0.0"
 
 
-def test_only_the_executor_is_root_and_it_keeps_three_capabilities(services: dict) -> None:
+def test_only_the_executor_and_the_secrets_writer_are_root(services: dict) -> None:
     for name, service in services.items():
         if not is_mailexec(service):
             continue
@@ -116,12 +148,72 @@ def test_only_the_executor_is_root_and_it_keeps_three_capabilities(services: dic
         assert "no-new-privileges:true" in service["security_opt"], name
         if name == "executor":
             assert service["user"] == "0:0"
-            assert sorted(service["cap_add"]) == ["KILL", "SETGID", "SETUID"]
             mounts = {entry.split(":")[0] for entry in service["tmpfs"]}
             assert mounts == {"/tmp", service["environment"]["MAILEXEC_TRUSTED_DIR"]}
+        elif name == "secrets":
+            # Root only to hand files to their readers' uids: CAP_CHOWN, no network.
+            assert service["user"] == "0:0"
+            assert service["cap_add"] == ["CHOWN"]
+            assert service["network_mode"] == "none"
+            assert "ports" not in service and "environment" not in service
         else:
             assert service["user"] == "10001:10001", name
             assert "cap_add" not in service, name
+
+
+def test_executor_holds_exactly_what_the_sandbox_needs(services: dict) -> None:
+    """SETUID/SETGID/KILL for the drop and the kill, SYS_ADMIN for the namespaces and
+    mounts; never NET_ADMIN without the egress overlay (SPEC §5)."""
+    executor = services["executor"]
+    assert executor["cap_drop"] == ["ALL"]
+    assert sorted(executor["cap_add"]) == sorted(EXECUTOR_CAPS)
+    assert len(executor["cap_add"]) == len(EXECUTOR_CAPS)
+    assert not executor.get("privileged")
+    # The default seccomp profile stays (it admits unshare/mount with CAP_SYS_ADMIN);
+    # only AppArmor's `deny mount` is lifted.
+    opts = set(executor["security_opt"])
+    assert opts == {"no-new-privileges:true", "apparmor=unconfined"}
+    assert not any(opt.startswith("seccomp") for opt in opts)
+    assert "cgroup" not in executor and "pid" not in executor and "network_mode" not in executor
+    assert "sysctls" not in executor
+    for name, service in services.items():
+        assert "NET_ADMIN" not in service.get("cap_add", []), name
+        assert not service.get("privileged"), name
+
+
+def test_isolation_is_on_by_default(services: dict) -> None:
+    """Issue 13: the shipped compose file had MAILEXEC_SANDBOX_NETWORK=false."""
+    text = COMPOSE.read_text()
+    assert "MAILEXEC_SANDBOX_NETWORK" not in text
+    assert "MAILEXEC_SANDBOX_BWRAP" not in text
+    from shared.settings import Settings
+
+    assert Settings.model_fields["sandbox_network"].default is True
+
+
+def test_egress_overlay_adds_net_admin_to_the_executor_alone() -> None:
+    overlay = yaml.safe_load(EGRESS.read_text())
+    assert set(overlay) == {"services"}
+    assert set(overlay["services"]) == {"executor"}
+    executor = overlay["services"]["executor"]
+    # compose merges cap_add as a set: the overlay names only what it adds.
+    assert executor["cap_add"] == ["NET_ADMIN"]
+    assert set(executor) == {"cap_add", "sysctls", "environment"}
+    assert executor["sysctls"] == {"net.ipv4.ip_forward": "1"}
+    assert set(executor["environment"]) <= setting_names()
+    blocked = [
+        ipaddress.ip_network(net)
+        for net in unset(executor["environment"]["MAILEXEC_SANDBOX_EGRESS_BLOCKED"]).split(",")
+    ]
+    # Every private and shared address the containers, the host's LAN and the `mta`
+    # network can have is blocked; public addresses are not.
+    for address in ("172.17.0.2", "172.30.1.5", "10.190.24.130", "192.168.1.10",
+                    "100.64.0.1", "fd00::5", "fe80::1"):
+        ip = ipaddress.ip_address(address)
+        assert any(ip in net for net in blocked if net.version == ip.version), address
+    for address in ("192.0.2.1", "8.8.8.8", "2001:db8::1"):
+        ip = ipaddress.ip_address(address)
+        assert not any(ip in net for net in blocked if net.version == ip.version), address
 
 
 def test_host_ports_are_loopback_only(services: dict) -> None:
@@ -155,9 +247,12 @@ def test_ingest_can_ask_policy_at_rcpt_time(services: dict) -> None:
     ingest = services["ingest"]
     env = ingest["environment"]
     assert env["MAILEXEC_POLICY_URL"] == "http://policy:8026"
-    # policy accepts the bootstrap service token it is given itself.
-    assert env["MAILEXEC_SERVICE_TOKEN"] == services["policy"]["environment"]["MAILEXEC_SERVICE_TOKEN"]
-    assert env["MAILEXEC_SERVICE_TOKEN"]
+    # policy accepts the bootstrap service token it is given itself: the same file of the
+    # same volume.
+    policy = services["policy"]
+    token = env["MAILEXEC_SERVICE_TOKEN_FILE"]
+    assert token == policy["environment"]["MAILEXEC_SERVICE_TOKEN_FILE"]
+    assert volume_of(ingest, token) == volume_of(policy, token) == "secrets-mailexec"
     assert "default" in networks_of(ingest) and "default" in networks_of(services["policy"])
     assert ingest["depends_on"]["policy"] == {"condition": "service_healthy"}
 
@@ -204,3 +299,166 @@ def test_tls_override_mounts_certificate_and_key_as_secrets() -> None:
     for name in names:
         # The operator names the files; no default path inside the repository.
         assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", override["secrets"][name]["file"]), name
+
+
+# --- generated secrets, read through files (issue 13) ---------------------------------
+
+
+@functools.cache
+def compose_secrets() -> Any:
+    """deploy/compose_secrets.py, the script the `secrets` service runs."""
+    path = COMPOSE.with_name("compose_secrets.py")
+    spec = importlib.util.spec_from_file_location("compose_secrets", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def volume_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """target -> (source, read-only) of a service's volumes (short syntax)."""
+    out = {}
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def volume_of(service: dict[str, Any], path: str) -> str:
+    """The volume a file path of the service lies on (its deepest mount above the path)."""
+    mounts = volume_mounts(service)
+    parents = [t for t in mounts if path.startswith(t.rstrip("/") + "/")]
+    assert parents, f"{path} is on no volume of the service"
+    return mounts[max(parents, key=len)][0]
+
+
+MASTER = {
+    "postgres_password": "pg" * 16,
+    "rabbitmq_password": "mq" * 16,
+    "admin_token": "ad" * 16,
+    "ingest_token": "in" * 16,
+    "service_token": "se" * 16,
+}
+# Which secret files each mailexec process gets: the executor and the migrations no
+# admin or mta token (issue 13: the executor received tokens it never uses).
+EXPECTED_FILES = {
+    "policy": {"database_url", "amqp_url", "admin_token", "ingest_token", "service_token"},
+    "ingest": {"database_url", "amqp_url", "admin_token", "ingest_token", "service_token"},
+    "notifier": {"database_url", "amqp_url", "admin_token", "ingest_token", "service_token"},
+    "migrate": {"database_url", "amqp_url"},
+    "executor": {"database_url", "amqp_url", "service_token"},
+}
+
+
+def test_no_fixed_credentials_in_any_compose_file() -> None:
+    for path in (COMPOSE, EGRESS, LMTP_TLS):
+        text = path.read_text()
+        # No URL with a password, none of the literals the file used to ship.
+        assert not re.search(r"://[^/\s:@'\"]+:[^/\s@'\"]+@", text), path.name
+        for literal in ("compose-admin-token", "compose-ingest-token", "compose-service-token",
+                        "mailexec:mailexec", "RABBITMQ_DEFAULT_PASS", "POSTGRES_PASSWORD:"):
+            assert literal not in text, (path.name, literal)
+        for name, service in yaml.safe_load(text)["services"].items():
+            for key, value in (service.get("environment") or {}).items():
+                # A secret is named by a file, never given as a value.
+                assert not re.search(r"(PASSWORD|PASS|TOKEN|SECRET)$", key), (path.name, name, key)
+                if key.startswith("MAILEXEC_") and not key.endswith("_FILE"):
+                    assert key not in SECRET_SETTINGS - {"MAILEXEC_SMTP_URL"}, (name, key)
+                    assert urlsplit(unset(str(value))).password is None, (name, key)
+
+
+def test_every_secret_reaches_mailexec_as_a_file_of_its_own_volume(services: dict) -> None:
+    written = compose_secrets().files_for(MASTER)
+    for name, expected in EXPECTED_FILES.items():
+        service = services[name]
+        env = service["environment"]
+        files = {key: path for key, path in env.items() if key.endswith("_FILE")}
+        assert {Path(p).name for p in files.values()} == expected, name
+        for key, path in files.items():
+            # MAILEXEC_DATABASE_URL_FILE -> .../database_url, and so on.
+            assert key.removeprefix("MAILEXEC_").removesuffix("_FILE").lower() == Path(path).name
+            volume = volume_of(service, path)
+            consumer = volume.removeprefix("secrets-")
+            assert volume == f"secrets-{consumer}" and consumer in written, (name, volume)
+            assert Path(path).name in written[consumer], (name, path)
+            target = path.rsplit("/", 1)[0]
+            assert volume_mounts(service)[target] == (volume, True), (name, "mounted read-only")
+        assert not (set(env) & (SECRET_SETTINGS - {"MAILEXEC_SMTP_URL"})), name
+
+
+def test_executor_gets_the_service_token_and_nothing_else(services: dict) -> None:
+    executor = services["executor"]
+    env = executor["environment"]
+    assert not [key for key in env if "ADMIN" in key or "INGEST" in key]
+    assert {source for source, _ in volume_mounts(executor).values()} == {"secrets-executor"}
+    written = compose_secrets().files_for(MASTER)["executor"]
+    contents = "\n".join(written.values())
+    assert MASTER["service_token"] in contents
+    assert MASTER["admin_token"] not in contents and MASTER["ingest_token"] not in contents
+    # The URLs carry the generated passwords, the same ones the databases are given.
+    database = urlsplit(written["database_url"])
+    assert (database.username, database.password) == ("mailexec", MASTER["postgres_password"])
+    assert (database.hostname, database.port, database.path) == ("postgres", 5432, "/mailexec")
+    amqp = urlsplit(written["amqp_url"])
+    assert (amqp.username, amqp.password) == ("mailexec", MASTER["rabbitmq_password"])
+    assert amqp.hostname == "rabbitmq"
+
+
+def test_each_secrets_volume_is_mounted_by_its_consumers_only(services: dict) -> None:
+    module = compose_secrets()
+    consumers = module.consumers()
+    users = {
+        "secrets-postgres": {"postgres"},
+        "secrets-rabbitmq": {"rabbitmq"},
+        "secrets-mailexec": {"ingest", "policy", "notifier", "migrate"},
+        "secrets-executor": {"executor"},
+    }
+    mounted: dict[str, set[str]] = {}
+    for name, service in services.items():
+        for source, _ in volume_mounts(service).values():
+            mounted.setdefault(source, set()).add(name)
+    # The master copy: the secrets service alone.
+    assert mounted["secrets"] == {"secrets"}
+    for volume, readers in users.items():
+        assert mounted[volume] == readers | {"secrets"}, volume
+    # The secrets service writes each consumer's directory onto that consumer's volume,
+    # at the paths the script uses, and runs the script it mounts.
+    writer = services["secrets"]
+    mounts = volume_mounts(writer)
+    assert mounts[str(module.MASTER_DIR)] == ("secrets", False)
+    for consumer in consumers.values():
+        assert mounts[f"{module.OUT_DIR}/{consumer.directory}"] == (f"secrets-{consumer.directory}", False)
+    script = [t for t, (s, _) in mounts.items() if s.endswith("compose_secrets.py")]
+    assert script and writer["entrypoint"] == ["python3", *script]
+    assert (COMPOSE.parent / mounts[script[0]][0]).resolve() == COMPOSE.with_name("compose_secrets.py")
+    # Files are owned by the uid that reads them.
+    for name in ("ingest", "policy", "notifier", "migrate"):
+        assert services[name]["user"] == f"{consumers['mailexec'].uid}:{consumers['mailexec'].gid}"
+    assert services["executor"]["user"] == f"{consumers['executor'].uid}:{consumers['executor'].gid}"
+
+
+def test_postgres_uses_password_authentication_not_trust(services: dict) -> None:
+    postgres = services["postgres"]
+    env = postgres["environment"]
+    assert "POSTGRES_PASSWORD" not in env
+    assert env["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    args = env["POSTGRES_INITDB_ARGS"].split()
+    # initdb's own default for the Unix socket is trust: override both.
+    assert "--auth-local=scram-sha-256" in args and "--auth-host=scram-sha-256" in args
+    assert "trust" not in yaml.safe_dump(postgres)
+    path = env["POSTGRES_PASSWORD_FILE"]
+    assert volume_of(postgres, path) == "secrets-postgres"
+    written = compose_secrets().files_for(MASTER)
+    assert written["postgres"][Path(path).name] == MASTER["postgres_password"]
+
+
+def test_rabbitmq_user_comes_from_the_generated_config(services: dict) -> None:
+    rabbitmq = services["rabbitmq"]
+    path = rabbitmq["environment"]["RABBITMQ_CONFIG_FILE"]
+    assert set(rabbitmq["environment"]) == {"RABBITMQ_CONFIG_FILE"}
+    assert volume_of(rabbitmq, path) == "secrets-rabbitmq"
+    config = compose_secrets().files_for(MASTER)["rabbitmq"][Path(path).name]
+    pairs = dict(line.split(" = ", 1) for line in config.splitlines())
+    assert pairs["default_user"] == "mailexec"
+    assert pairs["default_pass"] == MASTER["rabbitmq_password"]
