@@ -1,10 +1,13 @@
 """Resolving what a delivery runs, as a file descriptor the launcher can fexecve.
 
 What it does
-    Secure mode (:meth:`ProgramStore.open_trusted`): the executor keeps a local,
-    root-owned copy of every registered program it has run, one file per SHA-256
-    under ``settings.trusted_dir`` (written to a temp file, fsync'd, renamed; mode
-    0755, owner root). For exec it hands out a descriptor of a *sealed memfd*
+    Secure mode (:meth:`ProgramStore.open_trusted`): the executor keeps a local
+    copy of every registered program it has run, one file per SHA-256 under
+    ``settings.trusted_dir`` (written to a temp file, fsync'd, renamed; mode 0755,
+    owner the executor's service user, or root for copies made before the
+    privilege drop existed). Every access goes through a descriptor of the
+    directory opened at start, so the service user needs no search permission on
+    its parents after the drop (``privdrop.py``). For exec it hands out a descriptor of a *sealed memfd*
     (``memfd_create`` + write + ``F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL``)
     holding those bytes, cached per SHA-256.
     Insecure mode (:func:`open_insecure`): an absolute path, links followed, that
@@ -24,9 +27,11 @@ What it guarantees
       user-supplied path is ever opened (the caller reduces entries to their
       basename, SPEC §3.5).
     - :class:`ProgramStore` refuses to start (:class:`SandboxUnavailable`) when
-      the trusted directory or any parent is not owned by root or is writable by
-      anyone else (a root-owned sticky directory such as ``/tmp`` is accepted as a
-      parent: others can't rename or remove entries they don't own).
+      the trusted directory is owned by anyone but root or ``owner_uid`` (the
+      service user), any parent by anyone but root, or any of them is writable by
+      group or others (a root-owned sticky directory such as ``/tmp`` is accepted
+      as a parent: others can't rename or remove entries they don't own); before
+      writing each copy it checks the directory again, on its descriptor.
     - Every :class:`ExecHandle` owns its descriptor (close-on-exec in the
       executor; the launcher decides what the program inherits).
 
@@ -51,7 +56,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -124,17 +128,20 @@ def open_insecure(path: str) -> ExecHandle:
         raise
 
 
-def check_root_owned_path(directory: Path, what: str = "trusted dir") -> None:
-    """Raise SandboxUnavailable unless ``directory`` and its parents are root's alone."""
+def check_root_owned_path(directory: Path, what: str = "trusted dir", *, owner_uid: int = 0) -> None:
+    """Raise SandboxUnavailable unless ``directory`` and its parents are root's alone
+    (``directory`` itself may instead be ``owner_uid``'s: the executor's service user)."""
     real = Path(os.path.realpath(directory))
     for current in (real, *real.parents):
         try:
             st = os.lstat(current)
         except OSError as exc:
             raise SandboxUnavailable(f"{what} check: {current}: {exc.strerror}") from None
-        if st.st_uid != 0:
+        if st.st_uid != 0 and not (current == real and st.st_uid == owner_uid):
+            owners = ("root" if owner_uid == 0 or current != real
+                      else f"root or the executor's service user (uid {owner_uid})")
             raise SandboxUnavailable(
-                f"unsafe {what} {real}: {current} is owned by uid {st.st_uid}, not root"
+                f"unsafe {what} {real}: {current} is owned by uid {st.st_uid}, not {owners}"
             )
         writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         sticky_parent = current != real and st.st_mode & stat.S_ISVTX
@@ -163,6 +170,13 @@ def sealed_memfd(name: str, content: bytes) -> int:
         raise
 
 
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _hash_fd(fd: int) -> str:
     digest = hashlib.sha256()
     offset = 0
@@ -173,10 +187,11 @@ def _hash_fd(fd: int) -> str:
 
 
 class ProgramStore:
-    """The executor's root-owned local copy of the trusted-program registry."""
+    """The executor's local copy of the trusted-program registry (root's or the service user's)."""
 
-    def __init__(self, trusted_dir: str | Path, *, cache_size: int = 128) -> None:
+    def __init__(self, trusted_dir: str | Path, *, cache_size: int = 128, owner_uid: int = 0) -> None:
         self.dir = Path(trusted_dir)
+        self.owner_uid = owner_uid
         if os.geteuid() != 0:
             raise SandboxUnavailable("the program store must be run by root")
         if not self.dir.exists():
@@ -188,7 +203,15 @@ class ProgramStore:
                     os.chmod(directory, 0o755)  # whatever the umask
             except OSError as exc:
                 raise SandboxUnavailable(f"cannot create trusted dir {self.dir}: {exc}") from None
-        check_root_owned_path(self.dir)
+        check_root_owned_path(self.dir, owner_uid=owner_uid)
+        # Everything goes through this fd: after the privilege drop the service user may
+        # not be able to search the parents (a 0700 directory above it).
+        self.dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.check_dir()
+        except BaseException:
+            os.close(self.dir_fd)
+            raise
         self._cache_size = cache_size
         self._memfds: OrderedDict[str, tuple[int, bool]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -226,6 +249,22 @@ class ProgramStore:
         while self._memfds:
             _, (fd, _) = self._memfds.popitem()
             os.close(fd)
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def check_dir(self) -> None:
+        """SandboxUnavailable unless the open directory is root's or the service user's
+        and writable by nobody else (checked at start and before writing each copy)."""
+        st = os.fstat(self.dir_fd)
+        if st.st_uid not in (0, self.owner_uid):
+            raise SandboxUnavailable(
+                f"unsafe trusted dir {self.dir}: owned by uid {st.st_uid}, neither root nor the "
+                f"executor's service user (uid {self.owner_uid}); refusing to use it")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SandboxUnavailable(
+                f"unsafe trusted dir {self.dir}: writable by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it")
 
     def forget(self, sha256: str) -> None:
         """Drop the cached memfd of ``sha256`` (the next open re-reads and re-verifies)."""
@@ -250,9 +289,23 @@ class ProgramStore:
     def _memfd_from_disk(self, name: str, sha256: str) -> int | None:
         path = self.dir / sha256
         try:
-            content = path.read_bytes()
+            # O_NOFOLLOW: a symlink put there is no copy; O_NONBLOCK: nor is a FIFO
+            fd = os.open(sha256, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=self.dir_fd)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # ELOOP (a symlink), EACCES (a copy the service user can't read)
+            log.warning("local copy %s of program %r unusable (%s); refetching", path, name,
+                        exc.strerror)
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                log.warning("local copy %s of program %r is not a regular file; refetching",
+                            path, name)
+                return None
+            content = _read_all(fd)
+        finally:
+            os.close(fd)
         if hashlib.sha256(content).hexdigest() != sha256:
             log.warning("local copy %s of program %r does not match its sha256; refetching",
                         path, name)
@@ -266,7 +319,10 @@ class ProgramStore:
                 f"program {name!r}: the registry's bytes have sha256 {got}, expected {sha256}; "
                 "refusing to run it"
             )
-        tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{sha256}.", dir=self.dir)
+        self.check_dir()
+        tmp_name = f".{sha256}.{os.urandom(6).hex()}"
+        tmp_fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o700, dir_fd=self.dir_fd)
         try:
             os.fchmod(tmp_fd, 0o755)
             view = memoryview(content)
@@ -275,15 +331,11 @@ class ProgramStore:
             os.fsync(tmp_fd)
         except BaseException:
             os.close(tmp_fd)
-            os.unlink(tmp_name)
+            os.unlink(tmp_name, dir_fd=self.dir_fd)
             raise
         os.close(tmp_fd)
-        os.rename(tmp_name, self.dir / sha256)
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        os.rename(tmp_name, sha256, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
         return self._seal_verified(name, sha256, content)
 
     @staticmethod
