@@ -95,7 +95,14 @@ _register_commands()
 
 
 def main() -> None:
-    app(prog_name="mailexec")
+    from mailexec.secretfile import SecretFileError
+    from mailexec.submit import EX_CONFIG
+
+    try:
+        app(prog_name="mailexec")
+    except SecretFileError as exc:  # a MAILEXEC_*_FILE secret: say which, not a traceback
+        typer.echo(f"mailexec: {exc}", err=True)
+        raise SystemExit(EX_CONFIG) from None
 
 
 if __name__ == "__main__":

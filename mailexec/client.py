@@ -105,7 +105,10 @@ class ClientConfig:
     ) -> ClientConfig:
         file_cfg = load_config_file()
         resolved = {svc: resolve_url(svc, (urls or {}).get(svc), file_cfg) for svc in SERVICES}
-        tok = resolve_token(token, token_env, token_key, file_cfg)
+        try:
+            tok = resolve_token(token, token_env, token_key, file_cfg)
+        except ConfigError as exc:  # MAILEXEC_*_TOKEN and its _FILE form
+            raise ApiError(str(exc), exit_code=EX_CONFIG) from None
         return cls(urls=resolved, token=tok, timeout=timeout)
 
 

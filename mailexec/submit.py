@@ -2,7 +2,8 @@
 
 Reads one message on stdin, spools it (memory up to 1 MiB, then a temporary file), and
 POSTs it to ingest ``/v1/messages`` with a Content-Length, authenticated with the mta token
-(``--token``, ``MAILEXEC_INGEST_TOKEN``, or ``ingest_token`` in the CLI config file).
+(``--token``, ``MAILEXEC_INGEST_TOKEN`` or ``MAILEXEC_INGEST_TOKEN_FILE``, or ``ingest_token``
+in the CLI config file).
 
 Exit status follows sysexits.h, which every MTA understands, and one line on stderr that
 starts with an RFC 3463 status code (pipe(8) puts it in the bounce or the log):
@@ -83,7 +84,7 @@ OPTIONS: tuple[tuple[str, str, str | None, str], ...] = (
     ("--ret", "", "FULL|HDRS", "DSN RET"),
     ("--notify", "", "LIST", "DSN NOTIFY: NEVER or SUCCESS,FAILURE,DELAY (default FAILURE,DELAY)"),
     ("--idempotency-key", "", "KEY", "same key + same message = same id (Postfix: ${queue_id})"),
-    ("--token", "", "TOKEN", "mta token (default MAILEXEC_INGEST_TOKEN / ingest_token)"),
+    ("--token", "", "TOKEN", "mta token (default MAILEXEC_INGEST_TOKEN[_FILE] / ingest_token)"),
     ("--ingest-url", "", "URL", f"default MAILEXEC_INGEST_URL, ingest_url, {DEFAULT_URLS['ingest']}"),
     ("--timeout", "", "SECONDS", "seconds to wait for ingest [default: 120]"),
     ("--defer-auth-errors", "", None, "exit 75 (retry) instead of 77 on 401/403"),
@@ -194,8 +195,20 @@ def resolve_url(service: str, override: str | None, file_cfg: dict[str, Any]) ->
 
 
 def resolve_token(override: str | None, env_name: str, file_key: str, file_cfg: dict[str, Any]) -> str:
-    """Flag, then the environment variable, then the config file's key."""
-    return override or os.environ.get(env_name) or str(file_cfg.get(file_key) or "")
+    """Flag, then the environment variable (or its ``_FILE`` form), then the config file's key.
+
+    ConfigError when ``env_name`` and ``env_name_FILE`` are both set or the file can't be
+    read (the rule of :mod:`mailexec.secretfile`, standard library only).
+    """
+    if override:
+        return override
+    from mailexec.secretfile import SecretFileError, secret_from_env
+
+    try:
+        value = secret_from_env(env_name)
+    except SecretFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return value or str(file_cfg.get(file_key) or "")
 
 
 # ---- the command line ----
@@ -608,10 +621,10 @@ def main(argv: list[str]) -> int:
         return _die(EX_USAGE, "5.3.5", problem)
     try:
         file_cfg = read_config_file()
+        token = resolve_token(opts.token, "MAILEXEC_INGEST_TOKEN", "ingest_token", file_cfg)
     except ConfigError as exc:
         return _die(EX_TEMPFAIL, "4.3.5", str(exc))
     url = resolve_url("ingest", opts.ingest_url, file_cfg)
-    token = resolve_token(opts.token, "MAILEXEC_INGEST_TOKEN", "ingest_token", file_cfg)
     if not token:
         return _die(
             EX_TEMPFAIL, "4.3.5", "no mta token: set MAILEXEC_INGEST_TOKEN or ingest_token in the CLI config"

@@ -2,19 +2,64 @@
 
 Use :func:`get_settings`; never read ``os.environ`` elsewhere. Tests change the
 environment and call ``get_settings.cache_clear()``.
+
+Every secret (``SECRET_FIELDS``) may instead be given as ``MAILEXEC_<NAME>_FILE``, the
+path of a file holding it (SPEC §2); the rule is :mod:`mailexec.secretfile`'s.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import lru_cache
+from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mailexec.secretfile import SecretFileError, secret_from_env
+
+# Settings that hold secrets (tokens, URLs that may carry a password): each may be given
+# as MAILEXEC_<NAME>_FILE instead.
+SECRET_FIELDS = ("admin_token", "ingest_token", "service_token", "database_url", "amqp_url",
+                 "smtp_url")
+__all__ = ["SECRET_FIELDS", "SecretFileError", "Settings", "get_settings"]
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """The ``MAILEXEC_<NAME>_FILE`` forms of ``SECRET_FIELDS`` (ahead of plain variables)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in SECRET_FIELDS:
+            var = f"MAILEXEC_{name.upper()}"
+            if os.environ.get(f"{var}_FILE"):
+                found[name] = secret_from_env(var)
+        return found
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILEXEC_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings,
+                file_secret_settings)
 
     # Connections
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailexec"
