@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from mailexec.secretfile import secret_from_env
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 DEMO_UID = 64000
@@ -177,7 +179,8 @@ def _tokens() -> dict[str, str]:
     found = read_env_file(saved) if saved.exists() else {}
     out = {}
     for var, prefix in TOKEN_VARS:
-        out[var] = os.environ.get(var) or found.get(var) or f"{prefix}_{secrets.token_urlsafe(24)}"
+        given = secret_from_env(var)  # MAILEXEC_X or MAILEXEC_X_FILE
+        out[var] = given or found.get(var) or f"{prefix}_{secrets.token_urlsafe(24)}"
     write_private(saved, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in out.items()))
     return out
 
@@ -257,6 +260,9 @@ def main() -> int:
 
     env = dict(os.environ)
     env.update(_tokens())
+    for var, _ in TOKEN_VARS:  # read above; the services get the value, not both forms
+        env.pop(f"{var}_FILE", None)
+        os.environ.pop(f"{var}_FILE", None)
     env.setdefault("MAILEXEC_SMTP_URL", f"smtp://127.0.0.1:{SINK_PORT}")
     env.setdefault("MAILEXEC_REPORTING_MTA", "localhost")
     for k, v in env.items():

@@ -27,6 +27,7 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(devrun, "RUN_DIR", d)
     for var in VARS:
         monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(f"{var}_FILE", raising=False)
     return d
 
 
@@ -75,3 +76,11 @@ def test_values_with_shell_characters_round_trip(run_dir: Path,
     out = subprocess.run(["sh", "-c", f'. {path} && printf %s "$MAILEXEC_ADMIN_TOKEN"'],
                          capture_output=True, text=True, check=True).stdout
     assert out == odd
+
+
+def test_a_token_given_as_a_file_is_kept(run_dir: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "admin"
+    secret.write_text("mxa_from_file\n")
+    monkeypatch.setenv("MAILEXEC_ADMIN_TOKEN_FILE", str(secret))
+    assert devrun._tokens()["MAILEXEC_ADMIN_TOKEN"] == "mxa_from_file"
