@@ -5,6 +5,8 @@ Hierarchy::
     shared.errors.MailexecError
     ├── shared.errors.BadRequest           400
     │   ├── InvalidName                    a program name breaks the name rule
+    │   ├── InvalidProgramEntry            an account's program entry whose name can never
+    │   │                                  be a program (its basename breaks the name rule)
     │   ├── InvalidAddress                 an account address is not local@domain
     │   └── InvalidCursor                  a pagination cursor we did not issue
     ├── shared.errors.NotFound             404 (no such program / account / token)
@@ -23,6 +25,10 @@ from shared.errors import BadRequest, MailexecError
 
 class InvalidName(BadRequest):
     code = "invalid_name"
+
+
+class InvalidProgramEntry(BadRequest):
+    code = "invalid_program_entry"
 
 
 class InvalidAddress(BadRequest):

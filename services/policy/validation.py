@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from services.policy.errors import InvalidAddress, InvalidCursor, InvalidName
+from services.policy.errors import InvalidAddress, InvalidCursor, InvalidName, InvalidProgramEntry
 
 PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 FLAG_NAMES = frozenset({"INSECURE-PROGRAM-DELIVERIES", "SUSPEND-PROGRAM-DELIVERIES"})
@@ -43,6 +43,26 @@ def check_program_name(name: str) -> str:
             "(start with a letter or digit; then letters, digits, '.', '_', '+', '-')"
         )
     return name
+
+
+def check_program_entries(entries: list[str]) -> None:
+    """400 for an account's program entry whose basename could never name a program.
+
+    Secure mode runs the registered program named by an entry's basename; insecure mode
+    runs the absolute path given (SPEC §2). Either way a basename outside the program
+    name rule (``check_program_name``) can never be delivered to, so it is refused when
+    written rather than failing every delivery later. Any path before it is kept.
+    """
+    for entry in entries:
+        base = entry.rsplit("/", 1)[-1]
+        try:
+            check_program_name(base)
+        except InvalidName as exc:
+            raise InvalidProgramEntry(
+                f"program entry {entry!r} can never be delivered to: its name {base!r} is "
+                f"not a program name ({exc.message})",
+                entry=entry,
+            ) from None
 
 
 def address_problem(address: str) -> str | None:

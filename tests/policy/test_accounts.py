@@ -160,6 +160,7 @@ async def test_limits_of_program_lists_accepted(
 ) -> None:
     await make_account(client, admin_headers, "bob@example.org")
     r = await client.put("/v1/accounts/bob@example.org/programs",
-                         json={"enabled": True, "programs": ["/" + "x" * 4095] + ["p"] * 63},
+                         json={"enabled": True,
+                               "programs": ["/" + "x" * 4030 + "/" + "p" * 64] + ["p"] * 63},
                          headers=admin_headers)
     assert r.status_code == 200, r.text

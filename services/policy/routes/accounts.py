@@ -30,7 +30,12 @@ from services.policy.models import (
     ProgramDelivery,
     ProgramsWritten,
 )
-from services.policy.validation import decode_cursor, encode_cursor, normalize_address
+from services.policy.validation import (
+    check_program_entries,
+    decode_cursor,
+    encode_cursor,
+    normalize_address,
+)
 from shared.auth import forget_token
 from shared.errors import NotFound
 
@@ -80,9 +85,7 @@ async def program_warnings(
     known = await repo.registered(session, names)
     for entry in programs:
         base = entry.rsplit("/", 1)[-1]
-        if not base:
-            warnings.append(f"{entry!r} names no program (it ends with '/')")
-        elif base not in known:
+        if base not in known:
             warnings.append(
                 f"program {base!r} is not a registered trusted program: deliveries will fail "
                 f"until an admin registers it (PUT /v1/programs/{base})"
@@ -144,6 +147,7 @@ async def put_programs(
 ) -> ProgramsWritten:
     key = normalize_address(address)
     ensure_own_account(principal, key)
+    check_program_entries(body.programs)
     async with transaction(session):
         old = await repo.get_account(session, key, for_update=True)
         if old is None:
@@ -181,6 +185,7 @@ async def put_account(
     broker: BrokerDep,
 ) -> AccountWritten:
     key = normalize_address(address)
+    check_program_entries(body.program_delivery.programs)
     fields = {
         "owner_name": body.owner.name, "uid": body.owner.uid, "gid": body.owner.gid,
         "home": body.owner.home, "shell": body.owner.shell,
