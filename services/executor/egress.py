@@ -70,9 +70,13 @@ What it does not do
     - Follow attached subnets that appear after start (addresses of the executor's
       namespace are followed: the input hook sees them all).
 
+When
+    :func:`maybe_create`: at start, when network isolation is on, the range is not
+    empty and the process holds CAP_NET_ADMIN (why: :func:`wanted`).
+
 Settings
-    ``sandbox_egress_subnet``, ``sandbox_egress_blocked``, ``executor_metrics_port``
-    (part of the default instance tag).
+    ``sandbox_egress_subnet`` (empty: never built), ``sandbox_egress_blocked``,
+    ``sandbox_network``, ``executor_metrics_port`` (part of the default instance tag).
 """
 
 from __future__ import annotations
@@ -274,6 +278,61 @@ def enable_ip_forward() -> None:
     # writable, and net.* sysctls act on the writer's network namespace (ours).
     _run(["unshare", "--mount", "--propagation", "private", "--",
           "sh", "-c", "mount -t proc proc /proc && echo 1 > " + IP_FORWARD])
+
+
+# --- when ---------------------------------------------------------------------------
+
+CAP_NET_ADMIN = 12
+
+
+def holds_net_admin(status_text: str | None = None) -> bool:
+    """Whether this process has CAP_NET_ADMIN in its effective set (``/proc/self/status``)."""
+    if status_text is None:
+        with open("/proc/self/status") as f:
+            status_text = f.read()
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return False
+
+
+def wanted(settings: Settings, status_text: str | None = None) -> tuple[bool, str]:
+    """Whether this executor builds the egress namespace at start, and why (for the log).
+
+    Built whenever it can be: network isolation on, ``sandbox_egress_subnet`` not
+    empty, and CAP_NET_ADMIN held. The capability is the operator's declaration –
+    the chart and the compose file grant it only when ``egress`` programs are
+    wanted (SPEC §5) – and building at start, whatever the registry says now, lets
+    an admin's later ``PATCH network=egress`` work without a restart (the namespace
+    can't be made after the privilege drop). Asking policy at start instead would
+    tie the executor's start to policy being up and still miss later grants.
+    """
+    if not settings.sandbox_network:
+        return False, "network isolation is off (MAILEXEC_SANDBOX_NETWORK=false)"
+    if not settings.sandbox_egress_subnet.strip():
+        return False, "MAILEXEC_SANDBOX_EGRESS_SUBNET is empty"
+    if not holds_net_admin(status_text):
+        return False, "no CAP_NET_ADMIN (granted only where egress programs are wanted)"
+    return True, "CAP_NET_ADMIN held"
+
+
+def maybe_create(settings: Settings) -> EgressNamespace | None:
+    """The egress namespace, or None (``egress`` runs then defer: see the log line).
+
+    A failure to build it is logged, not fatal: programs with ``network: none`` keep
+    being delivered, and ``egress`` ones wait (4.x) instead of bouncing for an
+    operator's mistake.
+    """
+    want, why = wanted(settings)
+    if not want:
+        log.info("no egress namespace: %s; programs with network=egress will be deferred", why)
+        return None
+    try:
+        return EgressNamespace.from_settings(settings)
+    except SandboxUnavailable as exc:
+        log.error("egress namespace not built: %s; programs with network=egress will be "
+                  "deferred until it is", exc)
+        return None
 
 
 # --- the namespace ------------------------------------------------------------------

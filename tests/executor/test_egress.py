@@ -43,6 +43,7 @@ from services.executor.egress import (
     instance_tag,
     ip_in,
     new_netns,
+    wanted,
 )
 from services.executor.errors import SandboxUnavailable
 
@@ -384,3 +385,16 @@ def test_bad_configuration_refused_before_anything_is_made(forwarding: None) -> 
     with pytest.raises(SandboxUnavailable, match="sandbox_egress_subnet"):
         EgressNamespace.create(instance="test-bad", pool="100.64.254.0/31")
     assert (links_named("mxeg"), nft_tables()) == before
+
+
+def test_built_only_where_net_admin_is_granted() -> None:
+    from shared.settings import Settings
+
+    granted = "CapEff:\t000001ffffffffff\n"
+    withheld = "CapEff:\t00000000a80425fb\n"  # docker's default set: no NET_ADMIN (bit 12)
+    on = Settings(sandbox_network=True, sandbox_egress_subnet="100.64.255.0/24")
+    assert wanted(on, granted) == (True, "CAP_NET_ADMIN held")
+    assert wanted(on, withheld)[0] is False
+    assert "NET_ADMIN" in wanted(on, withheld)[1]
+    assert wanted(on.model_copy(update={"sandbox_egress_subnet": ""}), granted)[0] is False
+    assert wanted(on.model_copy(update={"sandbox_network": False}), granted)[0] is False
