@@ -100,6 +100,19 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "executor.rlimits.*": {"type": "integer", "minimum": 1},
     "executor.trustedDir": {"type": "string", "pattern": "^/"},
     "executor.sandbox.bwrap.seccompProfile": FREE_OBJECT,
+    "executor.sandbox.egress.blockedCIDRs": {
+        "type": "array",
+        "items": {"type": "string", "pattern": "^[0-9A-Fa-f:.]+/[0-9]{1,3}$"},
+    },
+    "executor.sandbox.appArmorProfile": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": ["Unconfined", "RuntimeDefault", "Localhost"]},
+            "localhostProfile": {"type": "string", "minLength": 1},
+        },
+    },
     "executor.extraCapabilities": {
         "type": "array",
         "items": {"type": "string", "pattern": "^(CAP_)?[A-Z_]+$"},

@@ -43,6 +43,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+EGRESS_BLOCKED = ["10.244.0.0/16", "10.96.0.0/12", "192.168.10.0/24", "fd00:10:96::/112"]
+
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": REQUIRED,
     "keda": _merge(REQUIRED, {"keda": {"enabled": True}}),
@@ -79,9 +81,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             }
         },
     ),
+    # An egress program exists (NET_ADMIN, the cluster's CIDRs blocked), the pod in its own
+    # user namespace, a site AppArmor profile, and bubblewrap.
     "sandbox-opt-ins": _merge(
         REQUIRED,
-        {"executor": {"sandbox": {"networkIsolation": {"enabled": True}, "bwrap": {"enabled": True}}}},
+        {
+            "executor": {
+                "sandbox": {
+                    "egress": {"enabled": True, "blockedCIDRs": EGRESS_BLOCKED},
+                    "userNamespace": {"enabled": True},
+                    "appArmorProfile": {"type": "Localhost", "localhostProfile": "mailexec-executor"},
+                    "bwrap": {"enabled": True},
+                }
+            }
+        },
     ),
 }
 

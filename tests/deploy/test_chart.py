@@ -25,7 +25,29 @@ KUBE_VERSION = "1.30.0"
 
 SERVICES = ("ingest", "policy", "notifier", "executor")
 PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
-EXECUTOR_BASE_CAPS = {"SETUID", "SETGID", "KILL"}
+# Issue 13: the sandbox's namespaces and mounts need SYS_ADMIN everywhere; NET_ADMIN only
+# when an egress program exists.
+EXECUTOR_BASE_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN"}
+# Settings holding a secret: each reaches the pods as MAILEXEC_<NAME>_FILE (SPEC §2).
+SECRET_KEYS = {
+    "MAILEXEC_DATABASE_URL",
+    "MAILEXEC_AMQP_URL",
+    "MAILEXEC_SMTP_URL",
+    "MAILEXEC_ADMIN_TOKEN",
+    "MAILEXEC_INGEST_TOKEN",
+    "MAILEXEC_SERVICE_TOKEN",
+}
+# Which secrets each pod mounts: the executor and the migrations no admin or mta token.
+SECRETS_OF = {
+    "ingest": SECRET_KEYS - {"MAILEXEC_SMTP_URL"},
+    "policy": SECRET_KEYS - {"MAILEXEC_SMTP_URL"},
+    "notifier": SECRET_KEYS,
+    "executor": {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL", "MAILEXEC_SERVICE_TOKEN"},
+    "migrations": {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL"},
+}
+SECRET_DIR = "/run/secrets/mailexec"
+# Names issue 13 fixes whose executor side another change brings (the network engineer's).
+PENDING_SETTINGS = {"MAILEXEC_SANDBOX_EGRESS_BLOCKED"}
 
 # KEDA's CRDs are not in the Kubernetes schemas: the fields this chart relies on.
 KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -159,7 +181,12 @@ def test_values_yaml_satisfies_its_schema(chart: Any, required: dict) -> None:
         {"executor": {"replicaCount": "two"}},
         {"image": {"pullPolicy": "Sometimes"}},
         {"keda": {"queueLength": 0}},
-        {"executor": {"sandbox": {"networkIsolation": {"enabled": "yes"}}}},
+        {"executor": {"sandbox": {"egress": {"enabled": "yes"}}}},
+        # The switch is gone: programs always get their own namespaces.
+        {"executor": {"sandbox": {"networkIsolation": {"enabled": False}}}},
+        {"executor": {"sandbox": {"egress": {"blockedCIDRs": "10.0.0.0/8"}}}},
+        {"executor": {"sandbox": {"appArmorProfile": {"type": "Permissive"}}}},
+        {"executor": {"sandbox": {"userNamespace": {"enabled": 1}}}},
         {"unknownTopLevelKey": 1},
         {"ingest": {"lmtp": {"containerPort": 70000}}},
         {"ingest": {"lmtp": {"trustedNetworks": "10.0.0.0/8"}}},
@@ -179,13 +206,26 @@ def test_missing_connection_urls_fail_early_and_readably(chart: Any) -> None:
     assert "secrets.amqpUrl is required" in str(caught.value)
 
 
-def test_sys_admin_only_through_the_documented_opt_in(chart: Any, required: dict, merge_values: Any) -> None:
-    with pytest.raises(helm.HelmError, match="networkIsolation"):
-        chart.render(
-            merge_values(required, {"executor": {"extraCapabilities": ["CAP_SYS_ADMIN"]}}),
-            name="mx",
-            namespace=NAMESPACE,
-        )
+@pytest.mark.parametrize(
+    ("sandbox", "extra", "message"),
+    [
+        ({}, ["CAP_NET_ADMIN"], "extraCapabilities may not contain NET_ADMIN"),
+        ({}, ["NET_ADMIN"], "extraCapabilities may not contain NET_ADMIN"),
+        ({"egress": {"enabled": True}}, [], "needs executor.sandbox.egress.blockedCIDRs"),
+        (
+            {"egress": {"enabled": True, "blockedCIDRs": ["10.96.0.0/12", "10.96.0.300/12"]}},
+            [],
+            '"10.96.0.300/12" is not an IP network',
+        ),
+        ({"appArmorProfile": {"type": "Localhost"}}, [], "needs localhostProfile"),
+    ],
+)
+def test_net_admin_only_through_the_egress_switch_with_the_cluster_blocked(
+    chart: Any, required: dict, merge_values: Any, sandbox: dict, extra: list, message: str
+) -> None:
+    values = merge_values(required, {"executor": {"sandbox": sandbox, "extraCapabilities": extra}})
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        chart.render(values, name="mx", namespace=NAMESPACE)
 
 
 # --- Kubernetes schemas --------------------------------------------------------------
@@ -254,25 +294,32 @@ def executor_container(objects: list[dict]) -> dict:
     return container
 
 
-def test_executor_keeps_exactly_setuid_setgid_kill(value_set: str, rendered: dict) -> None:
+def test_executor_keeps_exactly_setuid_setgid_kill_sys_admin(value_set: str, rendered: dict) -> None:
     if value_set == "sandbox-opt-ins":
-        pytest.skip("the opt-ins add capabilities: test_sandbox_opt_ins_add_only_their_documented_needs")
+        pytest.skip("the opt-ins add NET_ADMIN: test_egress_adds_net_admin_and_the_blocked_cidrs")
     objects = rendered[value_set]
     pod = deployment(objects, "executor")["spec"]["template"]["spec"]
     container = executor_container(objects)
     sc = container["securityContext"]
     assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    assert set(sc["capabilities"]["add"]) == EXECUTOR_BASE_CAPS
-    assert "SYS_ADMIN" not in sc["capabilities"]["add"]
+    assert sorted(sc["capabilities"]["add"]) == sorted(EXECUTOR_BASE_CAPS)
+    assert "NET_ADMIN" not in sc["capabilities"]["add"]
     # no_new_privs does not stop root's setuid()/setgid(); it stops setuid-file gains.
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["privileged"] is False
     assert sc["readOnlyRootFilesystem"] is True
+    # RuntimeDefault seccomp admits unshare/mount with SYS_ADMIN; AppArmor's default
+    # profile would refuse the mounts.
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["appArmorProfile"] == {"type": "Unconfined"}
+    assert "hostUsers" not in pod
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MAILEXEC_SANDBOX_NETWORK"] == "false"
+    # Isolation is not a switch any more: the setting's default (on) applies.
+    assert "MAILEXEC_SANDBOX_NETWORK" not in env
+    assert Settings.model_fields["sandbox_network"].default is True
+    assert "MAILEXEC_SANDBOX_EGRESS_BLOCKED" not in env
     assert env["MAILEXEC_SANDBOX_BWRAP"] == "false"
     trusted = env["MAILEXEC_TRUSTED_DIR"]
     assert trusted == "/var/lib/mailexec/trusted"
@@ -283,16 +330,48 @@ def test_executor_keeps_exactly_setuid_setgid_kill(value_set: str, rendered: dic
     for init in pod["initContainers"]:
         assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    # No egress rule beyond the executor's own peers.
+    assert egress_ports(policy_of(objects, "executor")) == {53, 5432, 5672, 8026}
 
 
-def test_sandbox_opt_ins_add_only_their_documented_needs(rendered: dict) -> None:
-    container = executor_container(rendered["sandbox-opt-ins"])
+def test_egress_adds_net_admin_and_the_blocked_cidrs(rendered: dict) -> None:
+    from tests.deploy.conftest import EGRESS_BLOCKED
+
+    objects = rendered["sandbox-opt-ins"]
+    pod = deployment(objects, "executor")["spec"]["template"]["spec"]
+    container = executor_container(objects)
     sc = container["securityContext"]
-    assert set(sc["capabilities"]["add"]) == EXECUTOR_BASE_CAPS | {"SYS_ADMIN"}
-    assert sc["seccompProfile"] == {"type": "Unconfined"}
+    assert sorted(sc["capabilities"]["add"]) == sorted(EXECUTOR_BASE_CAPS | {"NET_ADMIN"})
+    assert sc["seccompProfile"] == {"type": "Unconfined"}  # bwrap's documented need
+    assert sc["appArmorProfile"] == {"type": "Localhost", "localhostProfile": "mailexec-executor"}
+    assert pod["hostUsers"] is False
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MAILEXEC_SANDBOX_NETWORK"] == "true"
+    assert env["MAILEXEC_SANDBOX_EGRESS_BLOCKED"].split(",") == EGRESS_BLOCKED
     assert env["MAILEXEC_SANDBOX_BWRAP"] == "true"
+    # Egress programs leave NAT'd to the pod's address: its NetworkPolicy lets public
+    # addresses through, never the private ranges the cluster lives in.
+    spec = policy_of(objects, "executor")
+    (extra,) = [r for r in spec["egress"] if "ports" not in r]
+    (block,) = extra["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+        block["ipBlock"]["except"]
+    )
+    # Only the executor pod changes.
+    for component, other in pod_templates(objects):
+        if component != "executor":
+            assert "hostUsers" not in other, component
+
+
+@pytest.mark.parametrize("kube_version", ["1.25.0", "1.29.0"])
+def test_chart_still_lints_where_apparmor_is_an_annotation(kube_version: str, value_sets: dict) -> None:
+    """Before 1.30 the appArmorProfile field does not exist: the template uses the
+    annotation there (render() can't pick a Kubernetes version; lint can)."""
+    report = helm.lint(
+        CHART_DIR, value_sets["sandbox-opt-ins"], strict=True, namespace=NAMESPACE, kube_version=kube_version
+    )
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
 def test_only_the_executor_gets_any_capability(value_set: str, rendered: dict) -> None:
@@ -317,7 +396,8 @@ def test_migrations_run_as_pre_install_pre_upgrade_hook(secret_set: str, rendere
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     # Hooks run before the release's Secret exists: the Job may only use a hook Secret
     # created before it, or the user's existing one.
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    pod = job["spec"]["template"]["spec"]
+    refs = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     hook_secrets = [o for o in of_kind(objects, "Secret") if hook_kinds(o)]
     if value_set == "existing-secret":
         assert refs == {"mailexec-external"}
@@ -360,6 +440,7 @@ def test_configmap_binds_pod_addresses_and_names_the_ports(rendered: dict) -> No
 def test_every_mailexec_variable_is_a_real_setting(value_set: str, rendered: dict) -> None:
     """A misspelt MAILEXEC_* name would be silently ignored by pydantic-settings."""
     fields = {f"MAILEXEC_{name.upper()}" for name in Settings.model_fields}
+    fields |= {f"{name}_FILE" for name in SECRET_KEYS} | PENDING_SETTINGS
     seen: set[str] = set()
     for obj in rendered[value_set]:
         if obj["kind"] in ("ConfigMap", "Secret"):
@@ -374,11 +455,68 @@ def test_every_mailexec_variable_is_a_real_setting(value_set: str, rendered: dic
 
 def test_secret_holds_urls_and_tokens(rendered: dict, required: dict) -> None:
     secret = named(rendered["default"], "Secret", "mx-mailexec")["stringData"]
+    assert set(secret) == SECRET_KEYS
     assert secret["MAILEXEC_DATABASE_URL"] == required["secrets"]["databaseUrl"]
     assert secret["MAILEXEC_AMQP_URL"] == required["secrets"]["amqpUrl"]
     for token in ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN", "MAILEXEC_SERVICE_TOKEN"):
         assert re.fullmatch(r"[A-Za-z0-9]{48}", secret[token])
     assert len({secret[t] for t in secret if t.endswith("_TOKEN")}) == 3
+    # The executor's own Secret: the same URLs and service token, and nothing else.
+    executor = named(rendered["default"], "Secret", "mx-mailexec-executor")["stringData"]
+    assert set(executor) == SECRETS_OF["executor"]
+    assert all(executor[key] == secret[key] for key in executor)
+
+
+def secret_volume(pod: dict, container: dict) -> tuple[dict, str]:
+    """The Secret volume a container mounts at SECRET_DIR, and whether read-only."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == SECRET_DIR]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume["secret"], mount["name"]
+
+
+def test_secrets_reach_every_pod_as_files_only(value_set: str, rendered: dict) -> None:
+    """SPEC §2 <NAME>_FILE: no secret in an environment variable, each pod only its keys."""
+    objects = rendered[value_set]
+    expected_secret = (
+        {}
+        if value_set == "existing-secret"
+        else {"executor": "mx-mailexec-executor", "migrations": "mx-mailexec-migrations"}
+    )
+    seen = set()
+    for component, pod in pod_templates(objects):
+        for container in all_containers(pod):
+            assert not [r for r in container.get("envFrom", []) if "secretRef" in r], component
+            env = container.get("env", [])
+            assert not [e for e in env if "valueFrom" in e], component
+            assert not {e["name"] for e in env} & SECRET_KEYS, component
+            if container["name"] == "prepare-dirs":
+                assert not [e for e in env if e["name"].endswith("_FILE")]
+                continue
+            seen.add(component)
+            files = {e["name"].removesuffix("_FILE"): e["value"] for e in env if e["name"].endswith("_FILE")}
+            assert set(files) == SECRETS_OF[component], component
+            secret, _ = secret_volume(pod, container)
+            default_name = "mailexec-external" if value_set == "existing-secret" else "mx-mailexec"
+            assert secret["secretName"] == expected_secret.get(component, default_name), component
+            items = {item["key"]: item["path"] for item in secret["items"]}
+            assert set(items) == SECRETS_OF[component], component
+            for key, path in files.items():
+                assert path == f"{SECRET_DIR}/{items[key]}", (component, key)
+            # Readable by the pod's fsGroup only; the executor's by root only.
+            assert secret["defaultMode"] == (0o400 if component == "executor" else 0o440), component
+    assert seen == {"ingest", "policy", "notifier", "executor", "migrations"}
+
+
+def test_executor_may_have_a_secret_of_its_own_next_to_an_existing_one(
+    render: Any, value_sets: dict, merge_values: Any
+) -> None:
+    values = merge_values(value_sets["existing-secret"], {"secrets": {"executorExistingSecret": "mx-exec"}})
+    objects = render(values)
+    pod = deployment(objects, "executor")["spec"]["template"]["spec"]
+    secret, _ = secret_volume(pod, executor_container(objects))
+    assert secret["secretName"] == "mx-exec"
+    assert of_kind(objects, "Secret") == []
 
 
 def test_existing_secret_replaces_the_release_secret(rendered: dict) -> None:
@@ -386,8 +524,8 @@ def test_existing_secret_replaces_the_release_secret(rendered: dict) -> None:
     assert [o for o in of_kind(objects, "Secret")] == []
     for service in SERVICES:
         pod = deployment(objects, service)["spec"]["template"]["spec"]
-        refs = [e["secretRef"]["name"] for e in pod["containers"][0]["envFrom"] if "secretRef" in e]
-        assert refs == ["mailexec-external"]
+        secret, _ = secret_volume(pod, pod["containers"][0])
+        assert secret["secretName"] == "mailexec-external"
 
 
 # --- autoscaling ---------------------------------------------------------------------
@@ -535,7 +673,7 @@ def test_lmtp_listens_on_its_own_port_of_ingest_only(rendered: dict) -> None:
     assert env["MAILEXEC_LMTP_IDLE_TIMEOUT_S"] == "300"
     # No TLS unless asked for: no certificate named, nothing mounted.
     assert "MAILEXEC_LMTP_TLS_CERT" not in env and "MAILEXEC_LMTP_TLS_KEY" not in env
-    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp", "secrets"]
     # The probes stay on HTTP.
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
@@ -584,11 +722,15 @@ def test_ingest_can_ask_policy_at_rcpt_time(value_set: str, rendered: dict) -> N
     refs = {kind: ref[kind]["name"] for ref in container["envFrom"] for kind in ref}
     config = named(objects, "ConfigMap", refs["configMapRef"])["data"]
     assert config["MAILEXEC_POLICY_URL"] == "http://mx-mailexec-policy.mail.svc:8026"
+    pod = deployment(objects, "ingest")["spec"]["template"]["spec"]
+    secret, _ = secret_volume(pod, container)
+    assert "MAILEXEC_SERVICE_TOKEN" in {item["key"] for item in secret["items"]}
     if value_set == "existing-secret":
-        assert refs["secretRef"] == "mailexec-external"  # holds MAILEXEC_SERVICE_TOKEN (README)
+        assert secret["secretName"] == "mailexec-external"  # holds MAILEXEC_SERVICE_TOKEN (README)
     else:
-        secret = named(objects, "Secret", refs["secretRef"])["stringData"]
-        assert re.fullmatch(r"[A-Za-z0-9]{48}", secret["MAILEXEC_SERVICE_TOKEN"])
+        data = named(objects, "Secret", secret["secretName"])["stringData"]
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", data["MAILEXEC_SERVICE_TOKEN"])
+    assert env_of(container)["MAILEXEC_SERVICE_TOKEN_FILE"] == f"{SECRET_DIR}/service_token"
     assert not {"MAILEXEC_POLICY_URL", "MAILEXEC_SERVICE_TOKEN"} & set(env_of(container))
 
 
@@ -622,7 +764,7 @@ def test_lmtp_environment_is_what_the_program_accepts(rendered: dict) -> None:
 def test_tls_secret_is_mounted_read_only_and_named_by_the_settings(rendered: dict) -> None:
     objects = rendered["lmtp-tls"]
     pod, container = ingest_pod(objects)
-    volumes = {v["name"]: v for v in pod["volumes"] if "secret" in v}
+    volumes = {v["name"]: v for v in pod["volumes"] if "secret" in v and v["name"] != "secrets"}
     (name,) = volumes
     secret = volumes[name]["secret"]
     assert secret["secretName"] == "mx-lmtp-tls"
@@ -662,7 +804,9 @@ def test_lmtp_off_closes_the_port_everywhere(render: Any, required: dict, merge_
     _, container = ingest_pod(objects)
     assert [p["name"] for p in container["ports"]] == ["http"]
     # The program's default is to listen: off must say so.
-    assert env_of(container) == {"MAILEXEC_LMTP_PORT": "0"}
+    assert {k: v for k, v in env_of(container).items() if not k.endswith("_FILE")} == {
+        "MAILEXEC_LMTP_PORT": "0"
+    }
     assert list(service_ports(objects, "mx-mailexec-ingest")) == ["http"]
     assert set(rules_by_port(policy_of(objects, "ingest"))) == {8025}
 
@@ -737,4 +881,5 @@ def test_notes_tell_where_things_are(notes: Any, required: dict) -> None:
     text = notes(required)
     assert "http://mx-mailexec-ingest.mail.svc:8025/v1/messages" in text
     assert "MAILEXEC_ADMIN_TOKEN" in text
-    assert "networkIsolation" in text
+    assert "own mount and PID namespaces" in text
+    assert "executor.sandbox.egress.enabled" in text

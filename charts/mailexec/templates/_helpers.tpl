@@ -90,6 +90,66 @@ annotations:
 {{- default (include "mailexec.fullname" .) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/* The executor's Secret: the URLs and the service token, nothing else. */}}
+{{- define "mailexec.executorSecretName" -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- default .Values.secrets.existingSecret .Values.secrets.executorExistingSecret -}}
+{{- else -}}
+{{- printf "%s-executor" (include "mailexec.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Secrets as files (SPEC §2: MAILEXEC_<NAME>_FILE). Which keys a component reads: the
+executor and the migrations no admin or mta token, only the notifier the SMTP URL.
+(dict "root" $ "component" NAME)
+*/}}
+{{- define "mailexec.secretDir" -}}/run/secrets/mailexec{{- end -}}
+
+{{- define "mailexec.secretKeys" -}}
+{{- $keys := list "MAILEXEC_DATABASE_URL" "MAILEXEC_AMQP_URL" -}}
+{{- if eq .component "executor" -}}
+{{- $keys = append $keys "MAILEXEC_SERVICE_TOKEN" -}}
+{{- else if ne .component "migrations" -}}
+{{- $keys = concat $keys (list "MAILEXEC_ADMIN_TOKEN" "MAILEXEC_INGEST_TOKEN" "MAILEXEC_SERVICE_TOKEN") -}}
+{{- if eq .component "notifier" -}}
+{{- $keys = append $keys "MAILEXEC_SMTP_URL" -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $keys -}}
+{{- end -}}
+
+{{/* env entries MAILEXEC_<NAME>_FILE=/run/secrets/mailexec/<name>. */}}
+{{- define "mailexec.secretFiles.env" -}}
+{{- range (include "mailexec.secretKeys" . | fromJsonArray) }}
+- name: {{ . }}_FILE
+  value: {{ printf "%s/%s" (include "mailexec.secretDir" $.root) (. | trimPrefix "MAILEXEC_" | lower) | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "mailexec.secretFiles.volumeMount" -}}
+- name: secrets
+  mountPath: {{ include "mailexec.secretDir" .root }}
+  readOnly: true
+{{- end -}}
+
+{{/*
+The Secret volume: only the component's keys. Unprivileged pods read through their fsGroup
+(root:fsGroup 0440); the executor's files are root's (0400), read before its drop. "secret"
+names the Secret (the migrations Job's hook Secret).
+*/}}
+{{- define "mailexec.secretFiles.volume" -}}
+- name: secrets
+  secret:
+    secretName: {{ .secret | default (ternary (include "mailexec.executorSecretName" .root) (include "mailexec.secretName" .root) (eq .component "executor")) }}
+    defaultMode: {{ ternary 0400 0440 (eq .component "executor") }}
+    items:
+      {{- range (include "mailexec.secretKeys" . | fromJsonArray) }}
+      - key: {{ . }}
+        path: {{ . | trimPrefix "MAILEXEC_" | lower }}
+      {{- end }}
+{{- end -}}
+
 {{- define "mailexec.policyUrl" -}}
 {{- if .Values.config.policyUrl -}}
 {{- .Values.config.policyUrl -}}
@@ -146,12 +206,12 @@ successThreshold: {{ .probe.successThreshold }}
 
 {{/*
 The executor container's security context. Capabilities are computed, not taken from
-values, so the set is exactly SETUID, SETGID, KILL plus the documented opt-ins.
+values: SETUID, SETGID, KILL, SYS_ADMIN, and NET_ADMIN only with sandbox.egress.enabled.
 */}}
 {{- define "mailexec.executor.capabilities" -}}
-{{- $caps := list "SETUID" "SETGID" "KILL" -}}
-{{- if .Values.executor.sandbox.networkIsolation.enabled -}}
-{{- $caps = append $caps "SYS_ADMIN" -}}
+{{- $caps := list "SETUID" "SETGID" "KILL" "SYS_ADMIN" -}}
+{{- if .Values.executor.sandbox.egress.enabled -}}
+{{- $caps = append $caps "NET_ADMIN" -}}
 {{- end -}}
 {{- range .Values.executor.extraCapabilities -}}
 {{- $caps = append $caps (upper . | trimPrefix "CAP_") -}}
@@ -237,6 +297,8 @@ take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to l
 {{/* Fail early, with a message a user can act on. */}}
 {{- define "mailexec.validateValues" -}}
 {{- $messages := list -}}
+{{- $ipv4 := `^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$` -}}
+{{- $ipv6 := `^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$` -}}
 {{- if not .Values.secrets.existingSecret -}}
 {{- if not .Values.secrets.databaseUrl -}}
 {{- $messages = append $messages "mailexec: secrets.databaseUrl is required (postgresql+asyncpg://user:pass@host:5432/db), or name a Secret in secrets.existingSecret" -}}
@@ -249,9 +311,24 @@ take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to l
 {{- end -}}
 {{- end -}}
 {{- range .Values.executor.extraCapabilities -}}
-{{- if eq (upper . | trimPrefix "CAP_") "SYS_ADMIN" -}}
-{{- $messages = append $messages "mailexec: executor.extraCapabilities may not contain SYS_ADMIN; set executor.sandbox.networkIsolation.enabled=true (documented opt-in) instead" -}}
+{{- if eq (upper . | trimPrefix "CAP_") "NET_ADMIN" -}}
+{{- $messages = append $messages "mailexec: executor.extraCapabilities may not contain NET_ADMIN; set executor.sandbox.egress.enabled=true (with executor.sandbox.egress.blockedCIDRs) instead" -}}
 {{- end -}}
+{{- end -}}
+{{- $egress := .Values.executor.sandbox.egress -}}
+{{- if $egress.enabled -}}
+{{- if not $egress.blockedCIDRs -}}
+{{- $messages = append $messages "mailexec: executor.sandbox.egress.enabled needs executor.sandbox.egress.blockedCIDRs: at least the cluster's pod and service CIDRs and the node network (e.g. 10.244.0.0/16, 10.96.0.0/12), which egress programs must never reach" -}}
+{{- end -}}
+{{- range $egress.blockedCIDRs -}}
+{{- if not (or (regexMatch $ipv4 .) (regexMatch $ipv6 .)) -}}
+{{- $messages = append $messages (printf "mailexec: executor.sandbox.egress.blockedCIDRs: %q is not an IP network in CIDR form (e.g. 10.96.0.0/12)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $apparmor := .Values.executor.sandbox.appArmorProfile -}}
+{{- if and (eq $apparmor.type "Localhost") (not $apparmor.localhostProfile) -}}
+{{- $messages = append $messages "mailexec: executor.sandbox.appArmorProfile.type=Localhost needs localhostProfile, the name of a profile loaded on every node" -}}
 {{- end -}}
 {{- $lmtp := .Values.ingest.lmtp -}}
 {{- if $lmtp.enabled -}}
@@ -261,8 +338,6 @@ take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to l
 {{- if eq (int $lmtp.containerPort) (int .Values.ingest.containerPort) -}}
 {{- $messages = append $messages "mailexec: ingest.lmtp.containerPort must differ from ingest.containerPort (LMTP and HTTP are separate listeners)" -}}
 {{- end -}}
-{{- $ipv4 := `^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$` -}}
-{{- $ipv6 := `^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$` -}}
 {{- range $lmtp.trustedNetworks -}}
 {{- if not (or (regexMatch $ipv4 .) (regexMatch $ipv6 .)) -}}
 {{- $messages = append $messages (printf "mailexec: ingest.lmtp.trustedNetworks: %q is not an IP network in CIDR form (e.g. 10.42.0.0/16, fd00::/8)" .) -}}

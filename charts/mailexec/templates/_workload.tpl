@@ -71,17 +71,14 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ include "mailexec.fullname" $root }}
-            - secretRef:
-                name: {{ include "mailexec.secretName" $root }}
-          {{- if or .env $values.extraEnvVars }}
           env:
+            {{- include "mailexec.secretFiles.env" . | trim | nindent 12 }}
             {{- with .env }}
             {{- . | nindent 12 }}
             {{- end }}
             {{- with $values.extraEnvVars }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
-          {{- end }}
           ports:
             - name: http
               containerPort: {{ $values.containerPort }}
@@ -102,6 +99,7 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- include "mailexec.secretFiles.volumeMount" . | nindent 12 }}
             {{- with .volumeMounts }}
             {{- . | nindent 12 }}
             {{- end }}
@@ -109,6 +107,7 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 256Mi
+        {{- include "mailexec.secretFiles.volume" . | nindent 8 }}
         {{- with .volumes }}
         {{- . | nindent 8 }}
         {{- end }}
