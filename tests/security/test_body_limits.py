@@ -119,7 +119,7 @@ def test_unauthenticated_huge_body_gets_401_without_growing_the_server(
     assert growth < RSS_SLACK_KIB, f"{service} grew by {growth} KiB on an unauthenticated body"
 
 
-def test_unauthenticated_body_is_rejected_before_the_rate_limit_lets_it_through(
+def test_a_wrong_token_is_refused_before_the_body_too(
     procs: dict[str, ServiceProcess]
 ) -> None:
     """A wrong token (not only a missing one) is also refused before the body."""
