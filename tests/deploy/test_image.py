@@ -50,6 +50,8 @@ def test_dependencies_come_from_the_lock_only() -> None:
 def test_runtime_stage_is_compiler_free_non_root_and_has_bubblewrap() -> None:
     runtime = stages()["runtime"]
     assert "bubblewrap" in runtime
+    # What the egress namespace is built with (services/executor/egress.py: `ip`, libnftables).
+    assert re.search(r"install -y --no-install-recommends[^&]*\biproute2\b[^&]*\blibnftables1\b", runtime)
     assert not re.search(r"\b(gcc|libc6-dev|build-essential)\b", runtime)
     assert re.search(r"^USER 10001:10001$", runtime, flags=re.M)
     assert re.search(r"^HEALTHCHECK ", runtime, flags=re.M)
