@@ -46,8 +46,6 @@ SECRETS_OF = {
     "migrations": {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL"},
 }
 SECRET_DIR = "/run/secrets/mailexec"
-# Names issue 13 fixes whose executor side another change brings (the network engineer's).
-PENDING_SETTINGS = {"MAILEXEC_SANDBOX_EGRESS_BLOCKED"}
 
 # KEDA's CRDs are not in the Kubernetes schemas: the fields this chart relies on.
 KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -440,7 +438,7 @@ def test_configmap_binds_pod_addresses_and_names_the_ports(rendered: dict) -> No
 def test_every_mailexec_variable_is_a_real_setting(value_set: str, rendered: dict) -> None:
     """A misspelt MAILEXEC_* name would be silently ignored by pydantic-settings."""
     fields = {f"MAILEXEC_{name.upper()}" for name in Settings.model_fields}
-    fields |= {f"{name}_FILE" for name in SECRET_KEYS} | PENDING_SETTINGS
+    fields |= {f"{name}_FILE" for name in SECRET_KEYS}
     seen: set[str] = set()
     for obj in rendered[value_set]:
         if obj["kind"] in ("ConfigMap", "Secret"):
