@@ -95,8 +95,8 @@ _register_commands()
 
 
 def main() -> None:
-    from mailexec.secretfile import SecretFileError
     from mailexec.submit import EX_CONFIG
+    from shared.secretfile import SecretFileError
 
     try:
         app(prog_name="mailexec")

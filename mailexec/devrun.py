@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from mailexec.secretfile import secret_from_env
+from shared.secretfile import secret_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"

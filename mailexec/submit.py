@@ -198,11 +198,11 @@ def resolve_token(override: str | None, env_name: str, file_key: str, file_cfg: 
     """Flag, then the environment variable (or its ``_FILE`` form), then the config file's key.
 
     ConfigError when ``env_name`` and ``env_name_FILE`` are both set or the file can't be
-    read (the rule of :mod:`mailexec.secretfile`, standard library only).
+    read (the rule of :mod:`shared.secretfile`, standard library only).
     """
     if override:
         return override
-    from mailexec.secretfile import SecretFileError, secret_from_env
+    from shared.secretfile import SecretFileError, secret_from_env
 
     try:
         value = secret_from_env(env_name)

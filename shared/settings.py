@@ -4,7 +4,7 @@ Use :func:`get_settings`; never read ``os.environ`` elsewhere. Tests change the
 environment and call ``get_settings.cache_clear()``.
 
 Every secret (``SECRET_FIELDS``) may instead be given as ``MAILEXEC_<NAME>_FILE``, the
-path of a file holding it (SPEC §2); the rule is :mod:`mailexec.secretfile`'s.
+path of a file holding it (SPEC §2); the rule is :mod:`shared.secretfile`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from mailexec.secretfile import SecretFileError, secret_from_env
+from shared.secretfile import SecretFileError, secret_from_env
 
 # Settings that hold secrets (tokens, URLs that may carry a password): each may be given
 # as MAILEXEC_<NAME>_FILE instead.

@@ -1,4 +1,4 @@
-"""``MAILEXEC_<NAME>_FILE`` secrets (SPEC §2 Environment; rule in mailexec/secretfile.py).
+"""``MAILEXEC_<NAME>_FILE`` secrets (SPEC §2 Environment; rule in shared/secretfile.py).
 
 What an operator notices: a secret in a file works like the variable (trailing newline
 ignored); setting both forms is refused naming both; a file that can't be read is
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mailexec.secretfile import SecretFileError
+from shared.secretfile import SecretFileError
 from shared.settings import SECRET_FIELDS, Settings
 from tests.cli.fake_ingest import FakeIngest
 from tests.conftest import ADMIN_TOKEN, ROOT

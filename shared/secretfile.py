@@ -4,8 +4,8 @@ The Kubernetes/compose secrets habit: instead of ``MAILEXEC_ADMIN_TOKEN=...`` (v
 ``/proc/PID/environ``, ``docker inspect``, shell history), give
 ``MAILEXEC_ADMIN_TOKEN_FILE=/run/secrets/admin_token``. The one rule, used by
 :mod:`shared.settings` (the services) and by the CLI (``mailexec submit``, which must
-stay light: standard library only, nothing imported here but ``os``; that is why it
-lives in ``mailexec/`` and not in ``shared/``, whose package submit may not load):
+stay light: standard library only, nothing imported here but ``os``; submit may load
+this module of ``shared`` and no other, tests/cli/test_submit_cost.py checks it):
 
 - the file's content is the value, trailing CR/LF removed (``echo secret > file`` works);
 - ``NAME`` and ``NAME_FILE`` both set (non-empty) is an error naming both: neither
