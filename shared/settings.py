@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     # cgroup v2 directory under which each executor makes per-run child cgroups
     # (their cgroup.kill ends setsid'd escapees); unusable → process-group kill only.
     sandbox_cgroup_root: str = "/sys/fs/cgroup/unified/mailexec"
+    # Size of each run's private /tmp and /dev/shm (tmpfs; memory, not disk).
+    sandbox_tmp_bytes: int = 64 * 1024 * 1024
+    # Names this executor on the host: starting it kills the runs that dead executors of
+    # the same instance left in their cgroups (never those of a live executor).
+    executor_instance: str = Field(default_factory=socket.gethostname)
+    # Programs never run as a uid below this (nor 0, nor the executor's service uid, nor
+    # the owners of PostgreSQL and RabbitMQ): accounts owned by system users bounce.
+    min_uid: int = 1000
     rlimit_cpu_s: int = 60
     rlimit_as_bytes: int = 1024 * 1024 * 1024
     rlimit_nproc: int = 256

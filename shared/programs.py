@@ -1,0 +1,25 @@
+"""The grammar of trusted program names, shared by policy (refuse at write time) and the
+executor (bounce at run time an entry that slipped through): SPEC §2.
+
+An account's program entry is a name or, for insecure mode, a path; either way its
+basename is what must be a program name.
+"""
+
+from __future__ import annotations
+
+import re
+
+PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+PROGRAM_NAME_RULE = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+# the classic trusted directory's flag files: never program names
+FLAG_NAMES = frozenset({"INSECURE-PROGRAM-DELIVERIES", "SUSPEND-PROGRAM-DELIVERIES"})
+
+
+def entry_basename(entry: str) -> str:
+    """What an account's entry names: the last path component (``/a/b/x`` → ``x``)."""
+    return entry.rsplit("/", 1)[-1]
+
+
+def is_program_name(name: str) -> bool:
+    """Whether ``name`` could be registered as a trusted program."""
+    return bool(PROGRAM_NAME_RE.fullmatch(name)) and name not in FLAG_NAMES
