@@ -4,9 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test lint bench bench-quick bench-mta chaos soak soak-mix clean
+.PHONY: help venv helpers run test lint bench bench-quick bench-mta chaos soak soak-mix clean
 help:           ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
+
+# The sandbox's root helper, built here (install time), never by the executor at run time:
+# it refuses a helper that root does not own or others can write (services/executor/sandbox).
+HELPER_DIR := services/executor/sandbox
+HELPER     := $(VENV)/libexec/mailexec-spawner
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -15,12 +20,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-venv: $(STAMP)  ## create the virtualenv and install mailexec with its test tools
+$(HELPER): $(HELPER_DIR)/spawner.c $(HELPER_DIR)/child_recipe.h | $(STAMP)
+	@command -v cc >/dev/null || { echo "need a C compiler (cc) to build $@ (Debian: apt-get install gcc libc6-dev)"; exit 1; }
+	mkdir -p $(VENV)/libexec
+	cc -O2 -Wall -Werror -static -o $@.tmp $(HELPER_DIR)/spawner.c 2>/dev/null \
+	  || cc -O2 -Wall -Werror -o $@.tmp $(HELPER_DIR)/spawner.c
+	chmod 0755 $@.tmp
+	@if [ "$$(id -u)" = 0 ]; then chown 0:0 $@.tmp; \
+	 else echo "note: $@ must be owned by root (the executor refuses it otherwise): sudo chown 0:0 $@"; fi
+	mv -f $@.tmp $@
 
-run: $(STAMP)   ## the whole pipeline on this machine, demo data in; prints where everything is
+venv: $(STAMP) $(HELPER)  ## create the virtualenv, install mailexec with its test tools, build the sandbox helper
+
+helpers: $(HELPER)  ## (re)build the sandbox's root helper into $(VENV)/libexec
+
+run: $(STAMP) $(HELPER)   ## the whole pipeline on this machine, demo data in; prints where everything is
 	$(BIN)/python -m mailexec.devrun
 
-test: $(STAMP)  ## the whole test suite against the local PostgreSQL and RabbitMQ
+test: $(STAMP) $(HELPER)  ## the whole test suite against the local PostgreSQL and RabbitMQ
 	$(BIN)/python -m mailexec.devrun --services-only
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -28,25 +45,25 @@ lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/ruff check mailexec shared services migrations tests bench deploy tools
 	$(BIN)/mypy mailexec shared services
 
-bench: $(STAMP)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(8) vs raw spawn (root, ~10 min); BENCH_PROFILE=1 adds py-spy
+bench: $(STAMP) $(HELPER)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(8) vs raw spawn (root, ~10 min); BENCH_PROFILE=1 adds py-spy
 	$(BIN)/python -m mailexec.devrun --services-only
 	$(BIN)/python -m bench
 
-bench-quick: $(STAMP) ## the same with N=500, 1 repetition (~3-4 min)
+bench-quick: $(STAMP) $(HELPER) ## the same with N=500, 1 repetition (~3-4 min)
 	$(BIN)/python -m mailexec.devrun --services-only
 	BENCH_QUICK=1 $(BIN)/python -m bench
 
-bench-mta: $(STAMP) ## just the MTA paths: Postfix -> pipe(8) / lmtp(8) / mailexec submit, LMTP vs HTTP ingest (~2 min)
+bench-mta: $(STAMP) $(HELPER) ## just the MTA paths: Postfix -> pipe(8) / lmtp(8) / mailexec submit, LMTP vs HTTP ingest (~2 min)
 	$(BIN)/python -m mailexec.devrun --services-only
 	BENCH_QUICK=1 BENCH_N=$${BENCH_N:-2000} BENCH_ONLY=mta $(BIN)/python -m bench
 
-chaos: $(STAMP) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ and a private PostgreSQL)
+chaos: $(STAMP) $(HELPER) ## long fault run (CHAOS_N=5000; restarts the machine's RabbitMQ and a private PostgreSQL)
 	$(BIN)/python -m tests.chaos
 
-soak: $(STAMP)  ## hold 80% of make bench's peak (SOAK_RATE) for SOAK_MINUTES (10); RSS, DB conns, queues (root)
+soak: $(STAMP) $(HELPER)  ## hold 80% of make bench's peak (SOAK_RATE) for SOAK_MINUTES (10); RSS, DB conns, queues (root)
 	$(BIN)/python -m bench.soak
 
-soak-mix: $(STAMP)  ## the chaos mix (succeed/fail/defer, a DSN per message) at SOAK_RATE (40) msg/s
+soak-mix: $(STAMP) $(HELPER)  ## the chaos mix (succeed/fail/defer, a DSN per message) at SOAK_RATE (40) msg/s
 	$(BIN)/python -m tests.chaos.soak
 
 clean:          ## remove the virtualenv and caches

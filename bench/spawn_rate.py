@@ -1,11 +1,11 @@
 """How many trivial program runs per second one executor process sustains.
 
 Runs ``N`` deliveries of a compiled ``int main(void){return 0;}`` through the real
-path (launcher, privilege drop to uid 64999, netns/cgroup as configured,
+path (spawner, privilege drop to uid 64999, namespaces/cgroup as configured,
 ``concurrency`` at once from one asyncio loop) and prints runs/s.
 
     .venv/bin/python bench/spawn_rate.py [--runs 3000] [--concurrency 64] [--repeat 3]
-        [--uvloop] [--no-cgroup] [--no-netns] [--bwrap]       (as root)
+        [--uvloop] [--no-cgroup] [--no-netns]       (as root)
 
 Other load on the machine lowers runs/s; the CPU per run it also prints does not
 depend much on it (2 cores / CPU per run = the ceiling).
@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.executor.programs import open_insecure  # noqa: E402
 from services.executor.sandbox import RunLimits, Sandbox  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
@@ -42,7 +41,7 @@ async def bench(runs: int, concurrency: int, settings: Settings) -> float:
     sandbox = Sandbox.start(settings)
     limits = RunLimits.from_settings(settings, timeout_s=10, max_output_bytes=65536)
     with tempfile.TemporaryDirectory() as tmp:
-        handle = open_insecure(str(build_trivial(Path(tmp))))
+        program_fd = os.open(build_trivial(Path(tmp)), os.O_RDONLY | os.O_CLOEXEC)
         body = b"Subject: bench\n\nhello\n"
         gate = asyncio.Semaphore(concurrency)
         failures = 0
@@ -50,7 +49,7 @@ async def bench(runs: int, concurrency: int, settings: Settings) -> float:
         async def one() -> None:
             nonlocal failures
             async with gate:
-                result = await sandbox.run(handle.fd, "true", 64999, 64999, "/nonexistent",
+                result = await sandbox.run(program_fd, "true", 64999, 64999, "/nonexistent",
                                            b"Delivered-To: x\n", body, limits)
                 failures += not result.ok
 
@@ -61,7 +60,7 @@ async def bench(runs: int, concurrency: int, settings: Settings) -> float:
         await asyncio.gather(*(one() for _ in range(runs)))
         elapsed = time.perf_counter() - started
         cpu_after = os.times()
-        handle.close()
+        os.close(program_fd)
     sandbox.close()
     print(f"isolation: {sandbox.isolation}")
     print(f"{runs} runs, concurrency {concurrency}, {elapsed:.2f} s, failures {failures}")
@@ -80,11 +79,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--no-cgroup", action="store_true")
     parser.add_argument("--no-netns", action="store_true")
-    parser.add_argument("--bwrap", action="store_true")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as services may")
     parser.add_argument("--repeat", type=int, default=1, help="report the best of N rounds")
     args = parser.parse_args()
-    settings = Settings(sandbox_network=not args.no_netns, sandbox_bwrap=args.bwrap)
+    settings = Settings(sandbox_network=not args.no_netns,
+                        executor_instance=f"bench-spawn-{os.getpid()}")
     if args.no_cgroup:
         settings = settings.model_copy(update={"sandbox_cgroup_root": "/nonexistent/cgroup"})
     runner = asyncio.run

@@ -130,10 +130,10 @@ class Settings(BaseSettings):
     # its attached subnets, 127/8 and 169.254/16 are always dropped).
     sandbox_egress_subnet: str = "100.64.255.0/24"
     sandbox_egress_blocked: str = ""
-    sandbox_bwrap: bool = False
-    # cgroup v2 directory under which each executor makes per-run child cgroups
-    # (their cgroup.kill ends setsid'd escapees); unusable → process-group kill only.
-    sandbox_cgroup_root: str = "/sys/fs/cgroup/unified/mailexec"
+    # cgroup v2 directory under which each executor makes per-run cgroups (cgroup.kill on
+    # timeout). Empty = the executor's own cgroup (from /proc/self/cgroup) + "/mailexec";
+    # unusable → each run's PID namespace alone ends its processes.
+    sandbox_cgroup_root: str = ""
     # Size of each run's private /tmp and /dev/shm (tmpfs; memory, not disk).
     sandbox_tmp_bytes: int = 64 * 1024 * 1024
     # Names this executor on the host: starting it kills the runs that dead executors of

@@ -335,7 +335,6 @@ def check(client: docker.DockerClient, tag: str) -> None:
         "network_mode": "none",
         "environment": {
             "MAILEXEC_SANDBOX_NETWORK": "false",
-            "MAILEXEC_SANDBOX_BWRAP": "false",
             # The executor refuses to start without it (it could not read policy).
             "MAILEXEC_SERVICE_TOKEN": "image-check",
         },
@@ -344,7 +343,7 @@ def check(client: docker.DockerClient, tag: str) -> None:
     print(out, end="")
     if status == 64 and "no self-check" in out:
         say("`serve executor --self-check` is not there yet: importing the sandbox instead")
-        probe = "import services.executor.sandbox as s; print('launcher', s.find_or_build_launcher())"
+        probe = "import services.executor.sandbox as s; print('spawner', s.verify_helper(s.spawner_path()))"
         print(run_ok(client, tag, ["-c", probe], entrypoint=["python3"], **executor), end="")
     else:
         ok, verdict = self_check_verdict(status, out)

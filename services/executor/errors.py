@@ -7,14 +7,18 @@ Hierarchy::
     │                             bad insecure path, unknown program, bytes whose
     │                             SHA-256 does not match the registry, even after
     │                             one refetch (SPEC §3.5: bounce 5.3.0 + admin notice)
-    ├── SandboxUnavailable        the executor can't build the sandbox it was
-    │                             configured for (unsafe trusted dir, no compiler,
-    │                             netns/bwrap requested but not possible): refuse to
-    │                             start, like Postfix's get_service_attr()
-    └── LaunchFailed              the executor itself could not spawn the launcher
-                                  (fork/pipe failure, launcher missing); a failure
-                                  *inside* the launcher (setuid, exec permission …)
-                                  is not raised but reported in RunResult.launch_error
+    ├── SandboxUnavailable        the executor can't build its sandbox (unsafe
+    │                             trusted dir, helper not built or not root's alone,
+    │                             no namespaces, instance already running): refuse
+    │                             to start, like Postfix's get_service_attr()
+    └── LaunchFailed              nothing could be started (pipe/fd shortage, the
+        │                         spawner died, no egress namespace): temporary; a
+        │                         failure *inside* the spawner's child (setuid, exec
+        │                         permission …) is not raised but reported in
+        │                         RunResult.launch_error
+        └── IdentityRefused       the uid/gid is one the spawner never runs programs
+                                  as (0, below MAILEXEC_MIN_UID, a service's uid):
+                                  permanent, bounce 5.3.0 with an admin notice
 """
 
 from __future__ import annotations
@@ -33,4 +37,8 @@ class SandboxUnavailable(ExecutorError):
 
 
 class LaunchFailed(ExecutorError):
-    """Spawning the launcher failed before any program could run."""
+    """Nothing could be started (temporary: the delivery is retried)."""
+
+
+class IdentityRefused(LaunchFailed):
+    """The spawner never runs programs as this uid/gid (permanent)."""

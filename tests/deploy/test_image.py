@@ -47,9 +47,9 @@ def test_dependencies_come_from_the_lock_only() -> None:
     assert "pip check" in build
 
 
-def test_runtime_stage_is_compiler_free_non_root_and_has_bubblewrap() -> None:
+def test_runtime_stage_is_compiler_free_and_non_root() -> None:
     runtime = stages()["runtime"]
-    assert "bubblewrap" in runtime
+    assert "bubblewrap" not in runtime  # the sandbox is the spawner alone
     # What the egress namespace is built with (services/executor/egress.py: `ip`, libnftables).
     assert re.search(r"install -y --no-install-recommends[^&]*\biproute2\b[^&]*\blibnftables1\b", runtime)
     assert not re.search(r"\b(gcc|libc6-dev|build-essential)\b", runtime)
@@ -59,12 +59,10 @@ def test_runtime_stage_is_compiler_free_non_root_and_has_bubblewrap() -> None:
     assert 'ENTRYPOINT ["mailexec"]' in runtime
 
 
-def test_spawner_and_launcher_are_built_where_the_executor_looks_for_them(
-    tmp_path: Path,
-) -> None:
-    """The image has no compiler: both helpers must be prebuilt at the paths sandbox.py
-    uses (<sys.prefix>/libexec, venv at /opt/venv), or every delivery falls back to the
-    slow launcher path. The build stage's RUN is executed here, into a temp dir."""
+def test_the_spawner_is_built_where_the_executor_looks_for_it(tmp_path: Path) -> None:
+    """The image has no compiler: the spawner must be prebuilt, root's, at the path the
+    sandbox checks (<sys.prefix>/libexec, venv at /opt/venv), or the executor refuses to
+    start. The build stage's RUN is executed here, into a temp dir."""
     from services.executor import sandbox
 
     build = stages()["build"]
@@ -77,22 +75,22 @@ def test_spawner_and_launcher_are_built_where_the_executor_looks_for_them(
     done = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr
-    for helper in (sandbox.spawner_path(), sandbox.launcher_path()):
-        built = libexec / helper.name
-        assert built.is_file() and os.access(built, os.X_OK), helper.name
-        assert built.stat().st_mode & 0o777 == 0o755
+    built = libexec / sandbox.spawner_path().name
+    assert built.is_file() and os.access(built, os.X_OK)
+    assert built.stat().st_mode & 0o777 == 0o755 and built.stat().st_uid == 0
+    assert not (libexec / "mailexec-launch").exists()  # one helper, one run path
 
 
 def test_the_executor_c_sources_ship_with_the_headers_they_include() -> None:
-    # the image (and sandbox.py on first use) compiles the installed launcher.c / spawner.c,
-    # which include child_recipe.h from their own directory
+    # the image compiles the installed spawner.c, which includes child_recipe.h from its dir
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    executor = REPO / "services" / "executor"
-    for source in sorted(executor.glob("*.c")):
-        included = re.findall(r'^#include "([^"]+)"', source.read_text(), flags=re.M)
-        for name in [source.name, *included]:
-            assert (executor / name).is_file(), name
-            assert any(fnmatch(name, g) for g in globs["services.executor"]), name
+    for package in ("services.executor", "services.executor.sandbox"):
+        directory = REPO.joinpath(*package.split("."))
+        for source in sorted(directory.glob("*.c")):
+            included = re.findall(r'^#include "([^"]+)"', source.read_text(), flags=re.M)
+            for name in [source.name, *included]:
+                assert (directory / name).is_file(), name
+                assert any(fnmatch(name, g) for g in globs[package]), name
 
 
 def test_lock_pins_every_runtime_dependency_at_the_project_version() -> None:

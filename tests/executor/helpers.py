@@ -53,7 +53,8 @@ class Homes:
     """Home directories under a 0755 root-owned directory, each owned by its uid (0700)."""
 
     def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="mailexec-homes-", dir="/tmp"))
+        # not under /tmp: each run gets a private /tmp, homes there would be invisible to it
+        self.base = Path(tempfile.mkdtemp(prefix="mailexec-homes-", dir="/var/tmp"))
         os.chmod(self.base, 0o755)
 
     def make(self, uid: int | None = None, gid: int | None = None) -> tuple[int, int, Path]:
@@ -96,6 +97,9 @@ class Pipeline:
             # finds under its root, including those of executors that are still running.
             root = Path(f"/sys/fs/cgroup/unified/mailexec-test-{os.getpid()}-{self._n + 1}")
             env["MAILEXEC_SANDBOX_CGROUP_ROOT"] = str(root)
+            # and its own instance: a start kills the leftovers of dead executors of its
+            # instance (never of live ones); tests name their restarts explicitly
+            env["MAILEXEC_EXECUTOR_INSTANCE"] = f"test-{os.getpid()}-{self._n + 1}"
             self.cgroup_roots.append(root)
         env.update(extra_env or {})
         self._n += 1

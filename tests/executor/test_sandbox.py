@@ -1,7 +1,7 @@
 """The sandbox runs real programs as real throwaway uids: what a user would notice.
 
 No mocks: small C programs compiled here and ``#!/bin/sh`` scripts, run through the
-launcher, privilege drop, network namespace and cgroups of this machine.
+spawner, privilege drop, namespaces and cgroups of this machine.
 """
 
 from __future__ import annotations
@@ -19,17 +19,10 @@ from pathlib import Path
 import pytest
 
 from services.executor.errors import LaunchFailed
-from services.executor.programs import ExecHandle, open_insecure
-from services.executor.sandbox import (
-    LAUNCHER_SOURCE,
-    RunLimits,
-    RunResult,
-    Sandbox,
-    _find_or_build,
-    async_self_check,
-    find_or_build_launcher,
-)
-from shared.settings import Settings
+from services.executor.programs import ExecHandle
+from services.executor.sandbox import RunLimits, RunResult, Sandbox, async_self_check
+from tests.executor.sandboxing import opened as open_insecure
+from tests.executor.sandboxing import test_settings
 from tests.helpers import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
@@ -126,7 +119,7 @@ int main(void) { char b[16]; if (read(0, b, sizeof b) <= 0) return 1; close(0); 
 @pytest.fixture(scope="module")
 def world() -> Iterator[Path]:
     """A traversable scratch dir (mode 0755) for homes and compiled programs."""
-    base = Path(tempfile.mkdtemp(prefix="mailexec-sandbox-"))
+    base = Path(tempfile.mkdtemp(prefix="mailexec-sandbox-", dir="/var/tmp"))  # runs get a private /tmp
     os.chmod(base, 0o755)
     try:
         yield base
@@ -147,12 +140,9 @@ def binaries(world: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture(scope="module", params=["spawner", "launcher"])
-def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
-    """Every test runs through both paths: the persistent spawner (default) and the
-    launcher per run (the fallback, and the bwrap path)."""
-    box = Sandbox.start(Settings(), spawner=request.param == "spawner")
-    assert (box.isolation["spawner"] is not None) == (request.param == "spawner")
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox.start(test_settings())
     try:
         yield box
     finally:
@@ -169,7 +159,7 @@ def limits(**overrides: float) -> RunLimits:
 
 def make_home(world: Path, uid: int, mode: int = 0o755) -> Path:
     home = world / f"home-{uid}"
-    home.mkdir(exist_ok=True)  # the sandbox fixture runs each test twice (both paths)
+    home.mkdir(exist_ok=True)
     os.chown(home, uid, uid)
     os.chmod(home, mode)
     return home
@@ -217,7 +207,7 @@ async def test_runs_as_the_user_with_nothing_else(
 
 async def test_without_netns_the_broker_is_reachable(binaries: dict[str, Path]) -> None:
     """Proves the no-network assertion above is meaningful on this machine."""
-    box = Sandbox.start(Settings(sandbox_network=False))
+    box = Sandbox.start(test_settings(sandbox_network=False))
     try:
         result = await run(box, open_insecure(str(binaries["probe"])), 64002)
     finally:
@@ -279,6 +269,7 @@ async def test_cpu_spin_is_stopped_by_cpu_limit(
     sandbox: Sandbox, binaries: dict[str, Path]
 ) -> None:
     result = await run(sandbox, open_insecure(str(binaries["spin"])), 64009, cpu_s=1)
+    # pid 1 of its namespace ignores SIGXCPU; the hard limit a second later is SIGKILL
     assert result.signal in (signal.SIGXCPU, signal.SIGKILL)
     assert not result.timed_out and result.exit_status is None and not result.ok
 
@@ -325,57 +316,7 @@ async def test_uid_zero_is_refused(sandbox: Sandbox, binaries: dict[str, Path]) 
         await run(sandbox, open_insecure(str(binaries["probe"])), 0)
 
 
-def test_launcher_itself_refuses_root_and_reports_on_the_status_pipe(
-    binaries: dict[str, Path],
-) -> None:
-    launcher = find_or_build_launcher()
-    status_r, status_w = os.pipe()
-    with open_insecure(str(binaries["probe"])) as handle:
-        done = subprocess.run(
-            [str(launcher), "--status-fd", str(status_w), "--exec-fd", str(handle.fd),
-             "--uid", "0", "--gid", "64014", "--home", "/", "--", "probe"],
-            pass_fds=(status_w, handle.fd), capture_output=True, check=False,
-        )
-    os.close(status_w)
-    with os.fdopen(status_r, "rb") as status:
-        assert status.read() == f"refuse-root {errno.EPERM}\n".encode()
-    assert done.returncode == 127 and done.stdout == b"" and done.stderr == b""
 
-
-def test_a_change_to_the_shared_child_recipe_alone_rebuilds_the_binary(tmp_path: Path) -> None:
-    # launcher.c and spawner.c both include child_recipe.h: a fix made only there must not
-    # leave a stale binary in place.
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("launcher.c", "child_recipe.h"):
-        shutil.copy2(LAUNCHER_SOURCE.with_name(name), src / name)
-    target = tmp_path / "libexec" / "mailexec-launch"
-    first = _find_or_build(src / "launcher.c", target, "launcher").stat()
-    assert _find_or_build(src / "launcher.c", target, "launcher").stat().st_ino == first.st_ino
-    later = first.st_mtime + 10
-    os.utime(src / "child_recipe.h", (later, later))
-    assert _find_or_build(src / "launcher.c", target, "launcher").stat().st_ino != first.st_ino
-
-
-def test_launcher_netns_fd_option_enters_the_namespace(
-    binaries: dict[str, Path], sandbox: Sandbox
-) -> None:
-    launcher = find_or_build_launcher()
-    netns = os.open("/proc/self/ns/net", os.O_RDONLY)  # any netns fd proves the plumbing
-    status_r, status_w = os.pipe()
-    with open_insecure(str(binaries["probe"])) as handle:
-        done = subprocess.run(
-            [str(launcher), "--status-fd", str(status_w), "--exec-fd", str(handle.fd),
-             "--netns-fd", str(netns), "--uid", "64015", "--gid", "64015", "--home", "/",
-             "--", "probe"],
-            pass_fds=(status_w, handle.fd, netns), capture_output=True, check=False,
-        )
-    os.close(status_w)
-    os.close(netns)
-    with os.fdopen(status_r, "rb") as status:
-        assert status.read() == b""
-    assert done.returncode == 0
-    assert b"fd=3" not in done.stdout  # the netns fd was closed before exec
 
 
 async def test_execute_permission_is_enforced_for_the_user_as_a_launch_error(
@@ -413,35 +354,10 @@ async def test_many_runs_concurrently(sandbox: Sandbox, binaries: dict[str, Path
     assert all(r.output == b"P\n" + body and r.exit_status == 0 for r in results)
 
 
-async def test_bubblewrap_mode(binaries: dict[str, Path], world: Path) -> None:
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap not installed")
-    box = Sandbox.start(Settings(sandbox_bwrap=True))
-    home = make_home(world, 64018)
-    script = world / "bwrap.sh"
-    marker = Path(tempfile.mkstemp(prefix="mailexec-marker-", dir="/tmp")[1])
-    script.write_text(f'#!/bin/sh\necho "$(id -u) $(pwd) $(test -e {marker} && echo shared '
-                      '|| echo private)"\ntouch /tmp/x ./made-here\n')
-    os.chmod(script, 0o755)
-    try:
-        assert box.isolation["bwrap"]
-        probe = await run(box, open_insecure(str(binaries["probe"])), 64018, home)
-        shell = await run(box, open_insecure(str(script)), 64018, home)
-    finally:
-        box.close()
-        os.unlink(marker)
-    seen = report(probe)
-    assert seen["Uid"] == ["64018\t64018\t64018\t64018"] and seen["NoNewPrivs"] == ["1"]
-    assert seen["connect"] == [f"-1 errno={errno.ENETUNREACH}"]
-    assert sorted(seen["env"]) == ["AGENT=mailexec", "TZ=UTC"]
-    assert shell.output == f"64018 {home} private\n".encode() and shell.exit_status == 0
-    made = home / "made-here"
-    assert made.exists() and made.stat().st_uid == 64018  # files are the user's, not root's
-
 
 async def test_self_check_reports_every_layer_working_here() -> None:
-    report = await async_self_check(Settings())
-    assert report["ok"] and report["launch_error"] is None
+    report = await async_self_check(test_settings())
+    assert report["ok"] and report["launch_error"] is None, report
     assert report["privilege_drop"] and report["no_new_privs"] and report["netns"]
+    assert report["umask"] and report["pid_namespace"] and report["private_tmp"]
     assert report["cgroup_kill"] and report["escapee_killed"]
-    assert report["bwrap"] is None  # not configured

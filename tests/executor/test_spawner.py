@@ -1,7 +1,8 @@
-"""The persistent spawner (spawner.c) specifically: restarts, cgroup pool reuse, load.
+"""The persistent spawner (spawner.c) specifically: restarts, cgroup pool reuse, load,
+the installed helper's checks.
 
-The guarantees every run must have are tested through both paths in
-test_sandbox.py; these are the spawner's own failure modes.
+The guarantees every run must have are in test_sandbox.py; the attacks in
+tests/security/test_containment.py; these are the spawner's own failure modes.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from services.executor.errors import LaunchFailed
+from services.executor.errors import LaunchFailed, SandboxUnavailable
 from services.executor.programs import sealed_memfd
-from services.executor.sandbox import RunLimits, RunResult, Sandbox
-from shared.settings import Settings
+from services.executor.sandbox import RunLimits, RunResult, Sandbox, spawner_path, verify_helper
+from tests.executor.sandboxing import test_settings
 from tests.helpers import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
@@ -32,8 +33,7 @@ LIMITS = RunLimits(timeout_s=20, max_output_bytes=65536, cpu_s=10, as_bytes=1 <<
 
 @pytest.fixture
 def box() -> Iterator[Sandbox]:
-    sandbox = Sandbox.start(Settings())
-    assert sandbox.isolation["spawner"], "the spawner is the default here"
+    sandbox = Sandbox.start(test_settings())
     assert sandbox.isolation["cgroup_kill"], "this machine has a writable cgroup v2 tree"
     try:
         yield sandbox
@@ -59,7 +59,7 @@ async def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-
 
 
 async def test_spawner_killed_mid_run_fails_retryably_and_restarts(box: Sandbox) -> None:
-    spawner = box._spawner
+    spawner = box.spawner
     assert spawner is not None and spawner.pid is not None
     first_pid = spawner.pid
     task = asyncio.create_task(script_run(box, b"#!/bin/sh\nexec sleep 30\n", 64201))
@@ -88,9 +88,10 @@ async def test_reused_cgroups_never_carry_a_previous_escapee(box: Sandbox) -> No
     for _ in range(3):
         after = await script_run(box, census, 64204)
         cgroup, count = after.output.decode().split()
-        # a killed cgroup is never handed out again; the others hold only this run
-        assert b"0::" + cgroup.encode() + b"\n" != escaped.output
-        assert count == "2"  # the shell and wc
+        # the escapee died with its namespace's pid 1, so its cgroup was left empty and
+        # unkilled and may be reused; it holds only this run
+        assert cgroup.startswith(escaped.output.decode()[3:].rsplit("/", 1)[0])
+        assert count == "3"  # the run's pid 1, the shell and wc
     assert processes_of(64203) == []
 
 
@@ -108,7 +109,7 @@ async def test_two_hundred_concurrent_runs(box: Sandbox) -> None:
         os.close(fd)
     assert [r.launch_error for r in results] == [None] * 200
     assert all(r.output == b"P\n" + body and r.exit_status == 0 for r in results)
-    assert len(box._pool) <= 200
+    assert box._cgroups is not None and len(box._cgroups._pool) <= 200
     assert all(processes_of(64300 + i) == [] for i in range(10))
 
 
@@ -122,25 +123,11 @@ async def test_launch_errors_come_from_the_status_pipe_not_output(box: Sandbox) 
     assert result.output == b"" and result.exit_status is None
 
 
-def test_bwrap_and_explicit_off_use_the_launcher() -> None:
-    box = Sandbox.start(Settings(), spawner=False)
-    try:
-        assert box.isolation["spawner"] is None
-    finally:
-        box.close()
-    if shutil.which("bwrap") is None:
-        return
-    box = Sandbox.start(Settings(sandbox_bwrap=True))
-    try:
-        assert box.isolation["spawner"] is None and box.isolation["bwrap"]
-    finally:
-        box.close()
-
 
 async def test_close_kills_runs_in_flight_and_the_spawner() -> None:
-    box = Sandbox.start(Settings())
-    assert box._spawner is not None
-    pid = box._spawner.pid
+    box = Sandbox.start(test_settings())
+    assert box.spawner is not None
+    pid = box.spawner.pid
     task = asyncio.create_task(script_run(box, b"#!/bin/sh\nexec sleep 30\n", 64206))
     assert await wait_for(lambda: processes_of(64206) != [])
     box.close()
@@ -173,10 +160,9 @@ def test_spawner_works_when_the_executor_is_pid_1(tmp_path: Path) -> None:
         "import asyncio, os, sys\n"
         "from services.executor.programs import sealed_memfd\n"
         "from services.executor.sandbox import RunLimits, Sandbox\n"
-        "from shared.settings import Settings\n"
+        "from tests.executor.sandboxing import test_settings\n"
         "assert os.getpid() == 1, os.getpid()\n"
-        "box = Sandbox.start(Settings())\n"
-        "assert box.isolation['spawner']\n"
+        "box = Sandbox.start(test_settings())\n"
         "limits = RunLimits(timeout_s=20, max_output_bytes=4096, cpu_s=10, as_bytes=1 << 30,\n"
         "                   nproc=64, fsize_bytes=1 << 20, nofile=64)\n"
         "fd = sealed_memfd('t', b'#!/bin/sh\\necho ran as $(id -u)\\n')\n"
@@ -190,3 +176,30 @@ def test_spawner_works_when_the_executor_is_pid_1(tmp_path: Path) -> None:
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["0", "ran", "as", "64990"], done.stdout
+
+
+def test_an_unsafe_or_missing_helper_is_refused(tmp_path: Path) -> None:
+    """Root runs the helper: a copy root doesn't own, or others can write, is refused
+    with the path and the command that builds it; nothing is ever compiled at run time."""
+    with pytest.raises(SandboxUnavailable, match="not built.*make venv"):
+        verify_helper(tmp_path / "mailexec-spawner")
+    installed = spawner_path()
+    assert verify_helper(installed) == installed  # make test built it, root's alone
+    libexec = tmp_path / "libexec"
+    libexec.mkdir(mode=0o755)
+    copy = libexec / "mailexec-spawner"
+    shutil.copy(installed, copy)
+    os.chmod(copy, 0o775)
+    with pytest.raises(SandboxUnavailable, match="writable by group or others.*make venv"):
+        verify_helper(copy)
+    os.chmod(copy, 0o755)
+    os.chown(copy, 64990, 0)
+    with pytest.raises(SandboxUnavailable, match="owned by uid 64990, not root"):
+        verify_helper(copy)
+    os.chown(copy, 0, 0)
+    os.chmod(libexec, 0o777)
+    with pytest.raises(SandboxUnavailable, match="writable by group or others"):
+        verify_helper(copy)
+    os.chmod(libexec, 0o755)
+    with pytest.raises(SandboxUnavailable, match="not built"):
+        Sandbox.start(test_settings(), helper=libexec / "absent")

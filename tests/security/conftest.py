@@ -136,11 +136,12 @@ async def executor(stack: Pipeline, homes: Homes, tmp_path_factory: pytest.TempP
     if os.geteuid() != 0:
         pytest.skip("the executor must run as root")
     # A trusted directory the attackers can see into (root-owned, 0755, under the sticky
-    # /tmp): the run's default one sits below a 0700 directory, which would hide the
-    # files instead of showing that their ownership protects them.
+    # /var/tmp): the run's default one sits below a 0700 directory, which would hide the
+    # files instead of showing that their ownership protects them. Not /tmp: each run
+    # has a private one, where the directory would not even exist.
     import tempfile
 
-    trusted = Path(tempfile.mkdtemp(prefix="mailexec-trusted-", dir="/tmp"))
+    trusted = Path(tempfile.mkdtemp(prefix="mailexec-trusted-", dir="/var/tmp"))
     os.chmod(trusted, 0o755)
     binary = build_hostile(tmp_path_factory.mktemp("hostile"), str(trusted), homes.base)
     proc = stack.start("executor", extra_env={**HOSTILE_EXECUTOR_ENV,

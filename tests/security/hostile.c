@@ -20,6 +20,15 @@
  *   replace     tries to overwrite, unlink, rename over and chmod every file of the
  *               trusted dir, then writes "v1" to ./replace.ran
  *   impostor    writes ./IMPOSTOR-RAN (must never run: it stands in for swapped bytes)
+ *   contain     for every line of ./targets: "unix PATH" connects to a filesystem Unix
+ *               socket, "abstract NAME" to an abstract one, "proc PID" opens
+ *               /proc/PID/status, "tcp HOST PORT" connects; then records its pid, the
+ *               pids /proc lists, the umask and the mode of a file it creates, what the
+ *               host's /tmp marker ./targets names ("marker PATH") looks like from here
+ *   hider       fork, setsid, fork again: the grandchild pauses forever; the program
+ *               itself pauses forever too (a run that must die with its executor)
+ *   nprochog    forks until the uid's process limit refuses (children pause), writes
+ *               ./nprochog.forks, holds them for 4 s, exits 0
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -29,12 +38,15 @@
 #include <grp.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -197,7 +209,7 @@ int main(int argc, char **argv) {
         }
         if (d) closedir(d);
         fprintf(out, "OTHER-HOMES %d written %d\n", others, written);
-        rec("tmp", try_create("/tmp", leaf));  /* expected to work without bwrap */
+        rec("tmp", try_create("/tmp", leaf));  /* works: the run's own private /tmp */
         return 0;
     }
     if (!strcmp(name, "netcat")) {
@@ -304,6 +316,89 @@ int main(int argc, char **argv) {
         FILE *f = fopen("replace.ran", "a");
         if (f) { fputs("v1\n", f); fclose(f); }
         return 0;
+    }
+    if (!strcmp(name, "contain")) {
+        drain(-1);
+        FILE *t = fopen("targets", "r");
+        char line[1024];
+        while (t && fgets(line, sizeof line, t)) {
+            char kind[32], a[900], b[32], what[1024];
+            int n = sscanf(line, "%31s %899s %31s", kind, a, b);
+            if (n < 2) continue;
+            snprintf(what, sizeof what, "%s:%s%s%s", kind, a, n > 2 ? ":" : "", n > 2 ? b : "");
+            if (!strcmp(kind, "unix") || !strcmp(kind, "abstract")) {
+                struct sockaddr_un sa = {.sun_family = AF_UNIX};
+                socklen_t len;
+                if (!strcmp(kind, "unix")) {
+                    snprintf(sa.sun_path, sizeof sa.sun_path, "%.100s", a);
+                    len = sizeof sa;
+                } else {
+                    snprintf(sa.sun_path + 1, sizeof sa.sun_path - 1, "%.100s", a);
+                    len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1
+                                       + strlen(sa.sun_path + 1));
+                }
+                int s1 = socket(AF_UNIX, SOCK_STREAM, 0);
+                rec(what, connect(s1, (struct sockaddr *) &sa, len));
+                close(s1);
+            } else if (!strcmp(kind, "proc")) {
+                char path[1024];
+                snprintf(path, sizeof path, "/proc/%.900s/status", a);
+                rec(what, try_read(path));
+            } else if (!strcmp(kind, "tcp") && n > 2) {
+                struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t) atoi(b))};
+                inet_pton(AF_INET, a, &sa.sin_addr);
+                int s1 = socket(AF_INET, SOCK_STREAM, 0);
+                rec(what, connect(s1, (struct sockaddr *) &sa, sizeof sa));
+                close(s1);
+            } else if (!strcmp(kind, "marker")) {
+                rec(what, access(a, F_OK));
+            }
+        }
+        if (t) fclose(t);
+        fprintf(out, "PID %d PPID %d\n", (int) getpid(), (int) getppid());
+        DIR *proc = opendir("/proc");
+        struct dirent *e;
+        fprintf(out, "PROCS");
+        while (proc && (e = readdir(proc)))
+            if (e->d_name[0] >= '0' && e->d_name[0] <= '9') fprintf(out, " %s", e->d_name);
+        if (proc) closedir(proc);
+        mode_t old = umask(0);
+        umask(old);
+        int fd = open("umask.probe", O_WRONLY | O_CREAT | O_TRUNC, 0666);
+        struct stat st;
+        fstat(fd, &st);
+        close(fd);
+        fprintf(out, "\nUMASK %04o FILEMODE %04o\n", (unsigned) old, (unsigned) (st.st_mode & 07777));
+        fd = open("/tmp/contain-was-here", O_WRONLY | O_CREAT, 0600);
+        rec("tmp-write", fd);
+        if (fd >= 0) close(fd);
+        DIR *run = opendir("/run");
+        int entries = 0;
+        while (run && (e = readdir(run))) entries += e->d_name[0] != '.';
+        if (run) closedir(run);
+        fprintf(out, "RUN-ENTRIES %d\n", entries);
+        return 0;
+    }
+    if (!strcmp(name, "hider")) {
+        drain(-1);
+        fclose(out);
+        if (fork() == 0) { setsid(); if (fork() == 0) { for (;;) pause(); } _exit(0); }
+        for (;;) pause();
+    }
+    if (!strcmp(name, "nprochog")) {
+        drain(-1);
+        int forks = 0;
+        for (;;) {
+            pid_t pid = fork();
+            if (pid == 0) { for (;;) pause(); }
+            if (pid < 0) break;
+            forks++;
+        }
+        FILE *f = fopen("nprochog.forks", "w");
+        if (f) { fprintf(f, "%d %d\n", forks, errno); fclose(f); }
+        fclose(out);
+        sleep(4);
+        return 0;   /* its children die with the run's PID namespace */
     }
     if (!strcmp(name, "impostor")) {
         drain(-1);

@@ -99,10 +99,9 @@ async def test_executor_environment_fds_memory_unreadable(
         assert res[step].startswith("DENIED"), (step, text)
     assert "LEAKS 0" in text, text
     ppid = int(text.split("PPID ", 1)[1].split()[0])
-    assert executor.proc is not None
-    # the parent is the executor itself (or a process of it): the secrets it holds are
-    # exactly what the attack aimed at
-    assert ppid == executor.proc.pid or Path(f"/proc/{ppid}/status").exists()  # noqa: ASYNC240
+    # its parent is its PID namespace's pid 1 (root's, it only waits): the executor and
+    # the spawner are not even in its /proc (test_containment: test_proc_shows_only_the_run)
+    assert ppid == 1, text
 
 
 async def test_writing_outside_home_refused(stack: Pipeline, homes: Homes, executor: Any,
@@ -118,8 +117,8 @@ async def test_writing_outside_home_refused(stack: Pipeline, homes: Homes, execu
     leaf = f"mailexec-pwned-{uid}"
     for d in ("/", "/etc", str(executor.trusted_dir), "/var/lib", str(homes.base)):
         assert not (Path(d) / leaf).exists()
-    # /tmp is writable without MAILEXEC_SANDBOX_BWRAP (documented); clean it up
-    Path("/tmp", leaf).unlink(missing_ok=True)  # noqa: ASYNC240
+    # its /tmp was its own (a private tmpfs): nothing landed in the host's
+    assert res["tmp"] == "OK" and not Path("/tmp", leaf).exists(), text  # noqa: ASYNC240
 
 
 async def test_no_network_not_even_loopback(stack: Pipeline, homes: Homes, executor: Any) -> None:
