@@ -13,14 +13,18 @@ What it does
     ``job.next_program``, one sandboxed process each, stopping at the first failure.
 
 What it guarantees
-    - Nothing runs as uid 0 or gid 0 (checked here, in ``Sandbox.run`` and in the
-      launcher). The safe user replaces a root owner, never the other way round.
+    - Nothing runs as uid 0 or gid 0, below ``min_uid`` or as a service's uid (checked
+      here, in ``Sandbox.run`` and in the spawner): such an account bounces 5.3.5 with
+      an admin notice. The safe user replaces a root owner, never the other way round.
+    - An entry whose basename can never be a program name (``shared.programs``)
+      bounces 5.3.0 with an admin notice, like a missing program, in both modes.
     - Nothing runs unless every program of the remaining chain resolved.
     - stdin is ``Return-Path: <sender>`` and ``Delivered-To: <recipient>`` in the
       message's own line-ending convention, then the message bytes (shared, not
       copied per job).
     - Outages (policy unreachable, sandbox unable to spawn) give a ``retry`` verdict:
-      never a bounce.
+      never a bounce. EAGAIN, ENOMEM, EMFILE, ENFILE, ETXTBSY at exec (e.g. the uid's
+      process limit reached by its other deliveries) defer 4.3.0 like a tempfail exit.
 
 What it does not do
     Record anything or publish anything (``worker.py`` does, after this returns).
@@ -40,18 +44,18 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from services.executor.errors import LaunchFailed, ProgramUnresolved
+from services.executor.errors import IdentityRefused, LaunchFailed, ProgramUnresolved
 from services.executor.metrics import PROGRAM_RUN_SECONDS, SANDBOX_FAILURES
 from services.executor.policy_client import Account, PolicyClient, PolicySettings, PolicyUnavailable
 from services.executor.programs import ExecHandle, ProgramStore, open_insecure
 from services.executor.repo import Claim, RunRow
 from services.executor.sandbox import RunLimits, RunResult, Sandbox
 from services.executor.verdict import DIAGNOSTICS, Verdict, failed
+from shared.programs import PROGRAM_NAME_RULE, entry_basename, is_program_name
 from shared.schemas import Job
 from shared.settings import Settings
 from shared.status import FailureKind, Outcome, describe_exit, failure_status, status_for
 
-FLAG_NAMES = frozenset({"INSECURE-PROGRAM-DELIVERIES", "SUSPEND-PROGRAM-DELIVERIES"})
 DIAGNOSTIC_OUTPUT_LINES = 3
 DIAGNOSTIC_OUTPUT_CHARS = 400
 STORED_OUTPUT_CHARS = 4096
@@ -73,6 +77,7 @@ class Resolved:
     entry: str
     argv0: str
     handle: ExecHandle
+    network: str = "none"
 
 
 async def decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: Deps) -> Verdict:
@@ -81,6 +86,10 @@ async def decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: De
         return await _decide_and_run(job, claim, open_body, deps)
     except PolicyUnavailable as exc:
         return Verdict(kind="retry", diagnostic=f"policy service unavailable: {exc}",
+                       next_program=job.next_program)
+    except LaunchFailed as exc:  # the spawner could not be asked (insecure-mode open)
+        SANDBOX_FAILURES.inc()
+        return Verdict(kind="retry", diagnostic=f"sandbox unavailable: {exc}",
                        next_program=job.next_program)
 
 
@@ -107,10 +116,10 @@ async def _decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: D
     async with open_body() as body:
         if has_delivered_to(body, rcpt):
             return failed(FailureKind.MAIL_LOOP, DIAGNOSTICS[FailureKind.MAIL_LOOP].format(recipient=rcpt))
-        identity = run_identity(account, ps)
+        identity = run_identity(account, ps, deps.sandbox)
         if isinstance(identity, Verdict):
             return identity
-        resolved = await resolve_chain(account, job.next_program, ps, deps)
+        resolved = await resolve_chain(account, job.next_program, ps, deps, identity)
         if isinstance(resolved, Verdict):
             return resolved
         try:
@@ -135,8 +144,10 @@ def held(job: Job, claim: Claim, ps: PolicySettings) -> Verdict:
                    will_retry_until_s=ps.max_queue_lifetime_s)
 
 
-def run_identity(account: Account, ps: PolicySettings) -> tuple[int, int] | Verdict:
-    """(uid, gid) to run as, or the failure: bad shell, root without a safe user."""
+def run_identity(account: Account, ps: PolicySettings, sandbox: Sandbox | None = None
+                 ) -> tuple[int, int] | Verdict:
+    """(uid, gid) to run as, or the failure: bad shell, root without a safe user, a uid
+    the sandbox never runs programs as (below min_uid, a service's)."""
     if account.shell not in ps.valid_shells:
         diag = DIAGNOSTICS[FailureKind.BAD_SHELL].format(shell=account.shell or "(none)")
         return failed(FailureKind.BAD_SHELL, diag, account=account.address,
@@ -153,17 +164,29 @@ def run_identity(account: Account, ps: PolicySettings) -> tuple[int, int] | Verd
         return failed(FailureKind.ROOT_WITHOUT_SAFE_USER,
                       DIAGNOSTICS[FailureKind.ROOT_WITHOUT_SAFE_USER].format(who=who),
                       account=account.address, notice_detail="programs never run with uid 0 or gid 0")
+    refused = sandbox.refuses(uid, gid) if sandbox is not None else None
+    if refused:
+        return _identity_refused(account, uid, refused)
     return uid, gid
 
 
+def _identity_refused(account: Account, uid: int, why: str) -> Verdict:
+    return failed(FailureKind.ROOT_WITHOUT_SAFE_USER,
+                  f"program delivery never runs programs as uid {uid}: {why}",
+                  account=account.address,
+                  notice_detail=f"account owner uid {uid} refused: {why} (MAILEXEC_MIN_UID, "
+                                "service uids)")
+
+
 async def resolve_chain(
-    account: Account, start: int, ps: PolicySettings, deps: Deps
+    account: Account, start: int, ps: PolicySettings, deps: Deps,
+    identity: tuple[int, int] = (0, 0),
 ) -> list[Resolved] | Verdict:
     out: list[Resolved] = []
     for position in range(start, len(account.programs)):
         entry = account.programs[position]
         try:
-            out.append(await resolve_one(entry, ps, deps))
+            out.append(await resolve_one(entry, ps, deps, *identity))
         except ProgramUnresolved as exc:
             for r in out:
                 r.handle.close()
@@ -177,17 +200,20 @@ async def resolve_chain(
     return out
 
 
-async def resolve_one(entry: str, ps: PolicySettings, deps: Deps) -> Resolved:
+async def resolve_one(entry: str, ps: PolicySettings, deps: Deps, uid: int = 0,
+                      gid: int = 0) -> Resolved:
+    name = entry_basename(entry)
+    if not is_program_name(name):  # never asked of policy: it can't be registered
+        raise ProgramUnresolved(f"{entry!r} can never name a program (the basename must match "
+                                f"{PROGRAM_NAME_RULE} and not be a flag-file name)")
     if ps.mode == "insecure":
-        return Resolved(entry, entry, open_insecure(entry))
-    name = entry.rstrip("/").rsplit("/", 1)[-1]
-    if not name or name in FLAG_NAMES:
-        raise ProgramUnresolved(f"{entry!r} names no trusted program")
+        return Resolved(entry, entry, await open_insecure(
+            entry, lambda path: deps.sandbox.open_as(path, uid, gid)))
     meta = await deps.policy.program(name)
     if meta is None:
         raise ProgramUnresolved(f"{name!r} is not a registered trusted program")
     handle = await deps.store.open_trusted(name, meta.sha256, lambda: deps.policy.program_content(name))
-    return Resolved(entry, name, handle)
+    return Resolved(entry, name, handle, meta.network)
 
 
 async def run_chain(
@@ -209,7 +235,9 @@ async def run_chain(
         started_at = datetime.now(UTC)
         try:
             res = await deps.sandbox.run(r.handle.fd, r.argv0, uid, gid, account.home or "/tmp",
-                                         prefix, body, limits)
+                                         prefix, body, limits, network=r.network)
+        except IdentityRefused as exc:
+            return _identity_refused(account, uid, str(exc))
         except LaunchFailed as exc:
             SANDBOX_FAILURES.inc()
             return Verdict(kind="retry", diagnostic=f"cannot start program {r.entry}: {exc}",
@@ -223,9 +251,11 @@ async def run_chain(
         ))
         if res.ok:
             continue
-        if res.launch_error is not None:
+        if res.launch is not None:
             SANDBOX_FAILURES.inc()
-            if "at exec:" not in res.launch_error:
+            if res.launch.temporary:
+                return exec_deferred(job, account, r.entry, position, res.launch.text, runs, ps)
+            if not res.launch.at_exec:
                 return Verdict(kind="retry", diagnostic=f"program {r.entry}: {res.launch_error}",
                                next_program=position, runs=runs, program=r.entry)
             diag = DIAGNOSTICS[FailureKind.UNRESOLVED_PROGRAM].format(program=r.entry, why=res.launch_error)
@@ -235,6 +265,22 @@ async def run_chain(
     return Verdict(kind="delivered", status=status_for(Outcome.DELIVERED), diagnostic="delivered to "
                    + ", ".join(r.entry for r in chain), runs=runs, next_program=len(account.programs),
                    account=account.address)
+
+
+def exec_deferred(job: Job, account: Account, entry: str, position: int, why: str,
+                  runs: list[RunRow], ps: PolicySettings) -> Verdict:
+    """A temporary failure to exec (process limit, memory, fd tables): 4.3.0, retried."""
+    diag = f"program {entry} could not start for now: {why}"
+    age = (datetime.now(UTC) - job.arrival).total_seconds()
+    if age >= ps.max_queue_lifetime_s:
+        return failed(FailureKind.SUSPENDED_EXPIRED,
+                      DIAGNOSTICS[FailureKind.SUSPENDED_EXPIRED].format(age=_age(age), why=diag),
+                      program=entry, position=position, next_program=position, runs=runs,
+                      account=account.address)
+    return Verdict(kind="deferred", status=status_for(FailureKind.TEMPFAIL), diagnostic=diag,
+                   failure=FailureKind.TEMPFAIL, next_program=position, program=entry,
+                   position=position, runs=runs, account=account.address,
+                   will_retry_until_s=ps.max_queue_lifetime_s)
 
 
 def program_failure(

@@ -1,4 +1,4 @@
-"""Resolving what a delivery runs, as a file descriptor the launcher can fexecve.
+"""Resolving what a delivery runs, as a file descriptor the spawner can fexecve.
 
 What it does
     Secure mode (:meth:`ProgramStore.open_trusted`): the executor keeps a local
@@ -11,8 +11,10 @@ What it does
     (``memfd_create`` + write + ``F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL``)
     holding those bytes, cached per SHA-256.
     Insecure mode (:func:`open_insecure`): an absolute path, links followed, that
-    must be a regular file with an execute bit, opened once; that descriptor is
-    what is executed.
+    must be a regular file with an execute bit, opened once *with the account's
+    rights* (by the spawner, after dropping to the account's uid/gid: a file in a
+    directory only root can search never runs as the account; a device node is
+    never opened); that descriptor is what is executed.
 
 What it guarantees
     - Secure mode runs exactly the registered bytes: the memfd's content is hashed
@@ -33,12 +35,17 @@ What it guarantees
       as a parent: others can't rename or remove entries they don't own); before
       writing each copy it checks the directory again, on its descriptor.
     - Every :class:`ExecHandle` owns its descriptor (close-on-exec in the
-      executor; the launcher decides what the program inherits).
+      executor; the spawner's child decides what the program inherits).
 
 What it does not do
     - Check that the *target uid* may execute an insecure-mode file: the kernel
-      does that at ``fexecve`` after the privilege drop, and the launcher reports
+      does that at ``fexecve`` after the privilege drop, and the spawner reports
       it as a launch error (``exec: Permission denied``), not as program output.
+
+Tests
+    tests/executor/test_programs.py (store, sealing, swaps);
+    tests/security/test_containment.py: test_insecure_path_is_opened_with_the_
+    accounts_rights (a root-only directory, device nodes, FIFOs).
     - Decide whether a program is an interpreter (policy does that at
       registration), or evict disk copies of programs no longer registered.
 
@@ -50,6 +57,7 @@ Settings
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import logging
@@ -103,22 +111,32 @@ def _starts_with_shebang(fd: int) -> bool:
     return os.pread(fd, 2, 0) == b"#!"
 
 
-def open_insecure(path: str) -> ExecHandle:
-    """Open an insecure-mode program: absolute path, links followed, regular, executable."""
+async def open_insecure(path: str, open_as_user: Callable[[str], Awaitable[int]]) -> ExecHandle:
+    """Open an insecure-mode program with the *account's* rights: absolute path, links
+    followed, a regular file with an execute bit.
+
+    ``open_as_user(path)`` opens it as the account's uid/gid (``Sandbox.open_as``: the
+    spawner forks, drops to the account and opens; a device node or FIFO is refused
+    from an O_PATH descriptor before it is ever opened). OSError from it becomes
+    :class:`ProgramUnresolved`.
+    """
     if not path or not os.path.isabs(path):
         raise ProgramUnresolved(f"{path!r} is not an absolute path")
     try:
-        # O_NONBLOCK: a FIFO put there must not hang the executor.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = await open_as_user(path)
     except FileNotFoundError:
         raise ProgramUnresolved(f"{path}: no such file") from None
     except NotADirectoryError:
         raise ProgramUnresolved(f"{path}: no such file (a path component is not a directory)") from None
+    except PermissionError:
+        raise ProgramUnresolved(f"{path}: the account's user may not open it") from None
     except OSError as exc:
+        if exc.errno == errno.ENOEXEC:
+            raise ProgramUnresolved(f"{path}: not a regular file") from None
         raise ProgramUnresolved(f"{path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):  # the spawner checked; so does this
             raise ProgramUnresolved(f"{path}: not a regular file")
         if not st.st_mode & _ANY_EXEC:
             raise ProgramUnresolved(f"{path}: not executable (no execute permission bit)")

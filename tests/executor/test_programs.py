@@ -20,7 +20,7 @@ import pytest
 from services.executor.errors import ProgramUnresolved, SandboxUnavailable
 from services.executor.programs import ProgramStore, check_root_owned_path, open_insecure
 from services.executor.sandbox import RunLimits, Sandbox
-from shared.settings import Settings
+from tests.executor.sandboxing import test_settings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the store and sandbox need root")
 
@@ -46,7 +46,7 @@ def programs() -> Iterator[dict[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    box = Sandbox.start(Settings())
+    box = Sandbox.start(test_settings())
     try:
         yield box
     finally:
@@ -199,6 +199,15 @@ async def test_invalid_sha256_is_refused(store: ProgramStore) -> None:
         await store.open_trusted("x", "../../etc/passwd", Registry(b"").fetch)
 
 
+@pytest.fixture
+def reachable(tmp_path: Path) -> Path:
+    """A directory every uid may search (tmp_path itself is root's 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="mailexec-insecure-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base  # type: ignore[misc]
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -209,22 +218,24 @@ async def test_invalid_sha256_is_refused(store: ProgramStore) -> None:
         (lambda d: str(d / "plain"), "not executable"),
     ],
 )
-def test_insecure_path_problems_are_named(
-    tmp_path: Path, make: object, message: str
+async def test_insecure_path_problems_are_named(
+    reachable: Path, make: object, message: str, sandbox: Sandbox
 ) -> None:
-    (tmp_path / "plain").write_text("data")
-    os.chmod(tmp_path / "plain", 0o644)
+    (reachable / "plain").write_text("data")
+    os.chmod(reachable / "plain", 0o644)
     with pytest.raises(ProgramUnresolved, match=message):
-        open_insecure(make(tmp_path))  # type: ignore[operator]
+        await open_insecure(make(reachable),  # type: ignore[operator]
+                            lambda path: sandbox.open_as(path, 64066, 64066))
 
 
 async def test_insecure_path_follows_links(
-    tmp_path: Path, programs: dict[str, bytes], sandbox: Sandbox
+    reachable: Path, programs: dict[str, bytes], sandbox: Sandbox
 ) -> None:
-    real = tmp_path / "good"
+    real = reachable / "good"
     real.write_bytes(programs["good"])
     os.chmod(real, 0o755)
-    (tmp_path / "link").symlink_to(real)
-    with open_insecure(str(tmp_path / "link")) as handle:
+    (reachable / "link").symlink_to(real)
+    with await open_insecure(str(reachable / "link"),
+                             lambda path: sandbox.open_as(path, 64065, 64065)) as handle:
         assert not handle.is_script
         assert await run_output(sandbox, handle.fd, 64065) == b"good\n"
