@@ -3,11 +3,14 @@
 What it does
     Before consuming anything (like Postfix pipe(8)'s ``get_service_attr()``), it
     refuses to start – exit status 77 (not root) or 78 (unsafe configuration), with a
-    clear message – unless: it runs as root; the trusted directory and its parents
-    are root's alone (``ProgramStore``); the sandbox can be built as configured
-    (launcher, network namespace, bubblewrap: ``Sandbox.start``); and its own settings
-    are sane (service token set, concurrency and limits positive). Then it logs ONE
-    line naming the isolation layers that are active, serves /healthz, /readyz and
+    clear message – unless: it runs as root; the trusted directory is root's or the
+    service user's and its parents root's, none writable by others (``ProgramStore``);
+    the sandbox can be built as configured (spawner, namespaces, cgroups:
+    ``Sandbox.start``); and its own settings are sane (service token set, concurrency
+    and limits positive). Then it logs ONE line naming the isolation layers that are
+    active, drops for good to its service user with no capabilities left
+    (``privdrop.py``: before any connection is made; it refuses to go on if anything
+    is left), serves /healthz, /readyz and
     /metrics on ``executor_metrics_port`` and consumes ``deliveries`` (prefetch
     ``executor_prefetch``, ``executor_concurrency`` jobs at once), ``deliveries.dead``
     and an exclusive auto-delete queue on ``policy.changed`` – all on one uvloop.
@@ -18,7 +21,8 @@ What it guarantees
     database errors defer the job (see ``worker.py``).
 
 Settings
-    Everything under "Executor" in ``shared.settings`` plus ``database_url``,
+    Everything under "Executor" in ``shared.settings`` (``executor_user`` included) plus
+    ``database_url``,
     ``amqp_url``, ``policy_url``, ``service_token``, ``executor_metrics_port``.
 """
 
@@ -39,6 +43,12 @@ from services.executor.chain import Deps
 from services.executor.dead import DeadLetters
 from services.executor.errors import SandboxUnavailable
 from services.executor.policy_client import PolicyClient
+from services.executor.privdrop import (
+    ServiceUser,
+    drop_to_service_user,
+    forbidden_uids,
+    resolve_service_user,
+)
 from services.executor.programs import ProgramStore
 from services.executor.publishing import Publisher
 from services.executor.repo import Repo
@@ -76,12 +86,16 @@ def check_settings(s: Settings) -> None:
         raise UnsafeConfig("; ".join(problems))
 
 
-def prepare(s: Settings) -> tuple[ProgramStore, Sandbox]:
-    """The privileged set-up; raises UnsafeConfig/SandboxUnavailable to refuse to start."""
+def prepare(s: Settings, service_user: ServiceUser | None = None) -> tuple[ProgramStore, Sandbox]:
+    """The privileged set-up; raises UnsafeConfig/SandboxUnavailable to refuse to start.
+
+    With ``service_user``: the store accepts a trusted dir that user owns, and the
+    spawner never runs programs as it nor as the database's or broker's owners."""
     check_settings(s)
-    store = ProgramStore(s.trusted_dir)
+    store = ProgramStore(s.trusted_dir, owner_uid=service_user.uid if service_user else 0)
+    forbidden = forbidden_uids(service_user.uid) if service_user else ()
     try:
-        sandbox = Sandbox.start(s)
+        sandbox = Sandbox.start(s, forbidden_uids=forbidden)
     except BaseException:
         store.close()
         raise
@@ -101,7 +115,8 @@ def run() -> int:
         return _refuse("it must run as root (it drops to each account's uid to run programs)",
                        EX_NOPERM)
     try:
-        store, sandbox = prepare(settings)
+        service_user = resolve_service_user(settings.executor_user)
+        store, sandbox = prepare(settings, service_user)
     except (UnsafeConfig, SandboxUnavailable) as exc:
         return _refuse(str(exc), EX_CONFIG)
     layers = {k: v for k, v in sandbox.isolation.items() if k not in ("launcher", "cgroup_dir")}
@@ -109,6 +124,17 @@ def run() -> int:
     inactive = ", ".join(k for k, v in layers.items() if not v) or "none"
     log.info("sandbox ready: active isolation layers: %s; not active: %s", active, inactive,
              extra={"isolation": sandbox.isolation, "trusted_dir": settings.trusted_dir})
+    try:
+        # last privileged step: from here on only the spawner holds any privilege
+        dropped = drop_to_service_user(
+            service_user, trusted_dir_fd=store.dir_fd, trusted_dir=str(store.dir),
+            cgroup_dir=sandbox.isolation.get("cgroup_dir"))  # type: ignore[arg-type]
+    except SandboxUnavailable as exc:
+        sandbox.close()
+        store.close()
+        return _refuse(str(exc), EX_CONFIG)
+    log.info("privileges dropped for good: running as %s, no capabilities", service_user,
+             extra={**dropped, "forbidden_uids": sorted(sandbox.forbidden_uids)})
     import uvloop
 
     try:

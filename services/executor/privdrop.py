@@ -10,8 +10,7 @@ What it does
 
     1. refuses unless the process is single-threaded (capabilities, no_new_privs
        and the bounding set are per thread: a thread started earlier would keep
-       them) and unless runs go through the spawner (the per-run launcher needs
-       root at every run);
+       them);
     2. gives the service user what it must keep doing (as root, still):
        the trusted directory becomes its own when it was root's
        (:func:`adopt_trusted_dir`); the executor instance's cgroup directory and
@@ -39,7 +38,8 @@ What it does
     :func:`forbidden_uids` lists the uids the spawner must never run a program as:
     0, the service uid, and the owners of the PostgreSQL and RabbitMQ processes on
     this host (found in ``/proc``: ``postgres``, ``postmaster``, ``beam.smp``,
-    ``epmd``). The spawner takes the list on its command line at start.
+    ``epmd``). The spawner takes the list on its command line at start
+    (``--forbid-uid``, through ``Sandbox.start(forbidden_uids=...)``).
 
 What it trusts
     Root's view of ``/proc``, ``/etc/passwd`` (for a service user given by name),
@@ -66,10 +66,10 @@ What it defends against (and which test shows it: tests/executor/test_privsep.py
       a call): the /proc verification, ``test_drop_refuses_with_threads``.
 
 What it does not do
-    - Narrow the spawner's own capabilities: that is ``capset.h``
-      (``narrow_capabilities``), which ``spawner.c`` calls at its start.
-    - Re-start a dead spawner: after the drop nobody can; the executor must exit
-      and be restarted by its supervisor.
+    - Narrow the spawner's own capabilities: that is ``sandbox/capset.h``
+      (``narrow_capabilities``), for ``sandbox/spawner.c`` to call at its start.
+    - Re-start a dead spawner: after the drop nobody can (``SpawnerClient`` says
+      so); the executor must exit and be restarted by its supervisor.
     - Check ACLs on the trusted directory (mode bits and owner only).
 
 Settings
@@ -431,14 +431,8 @@ def drop_to_service_user(
     trusted_dir_fd: int,
     trusted_dir: str,
     cgroup_dir: str | Path | None,
-    uses_spawner: bool,
 ) -> dict[str, object]:
     """Everything in the module docstring, in order; returns what was done, for the log."""
-    if not uses_spawner:
-        raise PrivDropError(
-            "the executor's runs don't go through the spawner (MAILEXEC_SANDBOX_BWRAP, or the "
-            "spawner could not be built or started): the per-run launcher needs root at every "
-            "run, and the executor's Python process gives root up")
     adopt_trusted_dir(trusted_dir_fd, trusted_dir, user)
     delegate_cgroup(cgroup_dir, user)
     anchors = anchor_import_paths(user)

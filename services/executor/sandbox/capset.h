@@ -4,7 +4,7 @@
  *
  * SYNOPSIS
  *      #define _GNU_SOURCE
- *      #include "capset.h"
+ *      #include "capset.h"                    (next to spawner.c: no -I needed)
  *
  *      if (narrow_capabilities(SPAWNER_CAPS | (egress ? CAP_BIT(CAP_NET_ADMIN) : 0)) != 0)
  *          return 1;                           (errno says why; refuse to serve)
