@@ -203,3 +203,14 @@ def test_an_unsafe_or_missing_helper_is_refused(tmp_path: Path) -> None:
     os.chmod(libexec, 0o755)
     with pytest.raises(SandboxUnavailable, match="not built"):
         Sandbox.start(test_settings(), helper=libexec / "absent")
+
+
+def test_a_spawner_that_cannot_start_stops_the_executor_from_starting(tmp_path: Path) -> None:
+    """No silent weaker fallback: a helper that exits instead of saying READY (here
+    /bin/false standing in for one that can't make its namespaces) refuses the start."""
+    libexec = tmp_path / "libexec"
+    libexec.mkdir(mode=0o755)
+    shutil.copy("/bin/false", libexec / "mailexec-spawner")
+    os.chmod(libexec / "mailexec-spawner", 0o755)
+    with pytest.raises(SandboxUnavailable, match="did not start.*cannot start"):
+        Sandbox.start(test_settings(), helper=libexec / "mailexec-spawner")

@@ -433,6 +433,7 @@ class RawSpawner:
              *args], pass_fds=(theirs.fileno(),), env={})
         theirs.close()
         self.sock.settimeout(10)
+        assert self.reply()[0] == 4  # READY: its namespaces are set up
 
     def spawn(self, rid: int, uid: int, gid: int, netns: int = 0,
               strings: bytes = b"/\0prog\0UTC\0") -> tuple[int, int, int, int]:

@@ -37,11 +37,12 @@
  *         any cause, kills this pid 1 and with it the whole PID namespace;
  *      3. setns() into the requested network namespace when it is not the
  *         spawner's own (index 0, the shared empty one, is inherited for free);
- *      4. mounts: "/" made private recursively (nothing propagates back to the
- *         host), fresh tmpfs on /tmp and /dev/shm (1777, size-limited), /run
- *         and /var/run when that is a real directory (0755, tiny: the host's
- *         sockets under them vanish), a fresh procfs on /proc for the new PID
- *         namespace (only this run's processes are visible);
+ *      4. mounts: fresh tmpfs on /tmp and /dev/shm (1777, size-limited), a
+ *         fresh procfs on /proc for the new PID namespace (only this run's
+ *         processes are visible). The namespace copied from the spawner's has
+ *         "/" private already (nothing propagates back to the host) and /run,
+ *         /var/run (when a real directory) under an empty read-only tmpfs: the
+ *         host's sockets under them vanish (spawner_mounts(), once at start);
  *      5. forks the program (pid 2), closes every fd but the status fd, reaps
  *         whatever dies in the namespace, and when the program ends writes
  *         "status <wait status>" to the status fd and exits: the kernel then
@@ -190,17 +191,40 @@ static void mount_tmpfs(const char *dir, const char *mode, long long size, int o
         fail("mount-tmpfs", errno);
 }
 
-/* The run's own view: nothing of the host's /tmp, /run, /dev/shm, /proc. */
+/* The run's own view: nothing of the host's /tmp, /dev/shm, /proc. (/ is private and
+ * /run, /var/run are an empty read-only tmpfs already: the spawner's own mount
+ * namespace, copied by CLONE_NEWNS, see spawner_mounts().) */
 static void private_mounts(long long tmp_bytes)
 {
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-        fail("mount-private", errno);
     mount_tmpfs("/tmp", "1777", tmp_bytes, 0);
     mount_tmpfs("/dev/shm", "1777", tmp_bytes, 1);
-    mount_tmpfs("/run", "0755", 65536, 1);
-    mount_tmpfs("/var/run", "0755", 65536, 1);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
         fail("mount-proc", errno);
+}
+
+/* An empty, read-only tmpfs over `dir` when it is a real directory (not a symlink). */
+static int mount_empty_ro(const char *dir)
+{
+    struct stat st;
+
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return 0;
+    return mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+                 "mode=0755,size=4096,nr_inodes=16");
+}
+
+/* Once, in the spawner at start: its own mount namespace, "/" private recursively (so
+ * the runs' copies are private without a per-run propagation change and nothing of
+ * theirs propagates back to the host), /run and /var/run hidden under one empty
+ * read-only tmpfs (the host's sockets under them - PostgreSQL's, an MTA's - vanish for
+ * every run). Returns 0, or -1 with errno set. */
+static int spawner_mounts(void)
+{
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        return -1;
+    if (mount_empty_ro("/run") != 0 || mount_empty_ro("/var/run") != 0)
+        return -1;
+    return 0;
 }
 
 /* Close fds >= 3 except the listed ones (each may be -1). */

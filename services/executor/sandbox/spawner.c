@@ -21,6 +21,11 @@
  *      cost; a run asking for another index setns()es in its child.
  *      Without --netns the runs share the spawner's network namespace.
  *
+ *      Mounts: at start the spawner makes its own mount namespace, "/" private,
+ *      /run and /var/run an empty read-only tmpfs (child_recipe.h,
+ *      spawner_mounts()); each run copies it and adds its own /tmp, /dev/shm,
+ *      /proc. Insecure-mode programs can therefore not live under /run.
+ *
  * TRUSTS
  *      Its parent (the executor, PID) only to the extent of the requests
  *      below; every request is checked here as if the other end were hostile:
@@ -64,6 +69,8 @@
  *               program's own wait status is on the status pipe ("status N").
  *        OPENED  id 0 0 + the fd, or id -1 errno (ENOEXEC: not a regular file);
  *               sent by the opening child itself.
+ *        READY   0 pid 0, once, when the set-up is done; a spawner that can't set
+ *               up says why on stderr and exits, and the executor refuses to start.
  *
  * DEATH, EITHER SIDE
  *      EOF on the socket (executor gone or closing): SIGKILL every live run and
@@ -105,6 +112,7 @@
 #define OP_SPAWNED 1
 #define OP_EXITED 2
 #define OP_OPENED 3
+#define OP_READY 4
 #define MAX_FDS 5
 #define MAX_MSG 8192
 #define MAX_NETNS 4
@@ -409,6 +417,14 @@ static void reap_children(void)
     }
 }
 
+/* Why the spawner can't serve, on stderr (the executor's log); the executor then refuses
+ * to start, having read EOF instead of READY. */
+static int start_failed(const char *step)
+{
+    fprintf(stderr, "mailexec-spawner: cannot start: %s: %s\n", step, strerror(errno));
+    return 1;
+}
+
 static int parse_ulong(const char *text, unsigned long *out)
 {
     char *end;
@@ -446,38 +462,42 @@ int main(int argc, char **argv)
      * getppid() differs. (Comparing with 1 would be wrong: in a container the executor
      * itself is pid 1.) */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != (pid_t) parent)
-        return 1;
+        return start_failed("pdeathsig");
     /* fds 0-2 must be taken, so that received fds never land there (dup2 in child) */
     for (;;) {
         int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
 
         if (fd < 0)
-            return 1;
+            return start_failed("open /dev/null");
         if (fd >= 3) {
             close(fd);
             break;
         }
     }
     if (fcntl(SOCK_FD, F_SETFD, FD_CLOEXEC) != 0)
-        return 1;
+        return start_failed("socket");
     for (int i = 0; i < n_netns; i++)
         if (fcntl(netns_fds[i], F_SETFD, FD_CLOEXEC) != 0)
-            return 1;
+            return start_failed("netns fd");
     if (n_netns > 0 && setns(netns_fds[0], CLONE_NEWNET) != 0)
-        return 1;
+        return start_failed("setns (network namespace; needs CAP_SYS_ADMIN)");
+    if (spawner_mounts() != 0)
+        return start_failed("mount namespace and /run (needs CAP_SYS_ADMIN and no "
+                            "AppArmor/seccomp profile that forbids mount)");
     SELF_PIDFD = (int) syscall(SYS_pidfd_open, getpid(), 0);
     if (SELF_PIDFD < 0 || fcntl(SELF_PIDFD, F_SETFD, FD_CLOEXEC) != 0)
-        return 1;
+        return start_failed("pidfd_open");
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     if (sigprocmask(SIG_BLOCK, &chld, NULL) != 0)
-        return 1;
+        return start_failed("sigprocmask");
     pfd[0].fd = SOCK_FD;
     pfd[0].events = POLLIN;
     pfd[1].fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     pfd[1].events = POLLIN;
     if (pfd[1].fd < 0)
-        return 1;
+        return start_failed("signalfd");
+    send_reply(OP_READY, 0, (int32_t) getpid(), 0, -1);
     for (;;) {
         if (poll(pfd, 2, -1) < 0) {
             if (errno == EINTR)

@@ -51,7 +51,8 @@ BUILD_COMMAND = "make venv   (from the source tree; or: make helpers)"
 _REQ = struct.Struct("=6I6q")
 _REPLY = struct.Struct("=2I2i")
 _OP_SPAWN, _OP_KILL, _OP_OPEN = 1, 2, 3
-_OP_SPAWNED, _OP_EXITED, _OP_OPENED = 1, 2, 3
+_OP_SPAWNED, _OP_EXITED, _OP_OPENED, _OP_READY = 1, 2, 3, 4
+_READY_TIMEOUT_S = 10.0
 _FD_SIZE = struct.calcsize("i")
 
 
@@ -145,10 +146,28 @@ class SpawnerClient:
             raise SandboxUnavailable(f"cannot start the sandbox helper {self.path}: {exc}") from exc
         finally:
             theirs.close()
+        self._await_ready(ours)
         ours.setblocking(False)
         self._sock = ours
         self._loop = None
         self.starts += 1
+
+    def _await_ready(self, sock: socket.socket) -> None:
+        """The spawner's READY, or SandboxUnavailable: no silent weaker fallback."""
+        assert self._proc is not None
+        sock.settimeout(_READY_TIMEOUT_S)
+        try:
+            data = sock.recv(_REPLY.size)
+        except OSError:
+            data = b""
+        if len(data) == _REPLY.size and _REPLY.unpack(data)[0] == _OP_READY:
+            return
+        sock.close()
+        code = self._reap(timeout=2.0)
+        raise SandboxUnavailable(
+            f"the sandbox helper {self.path} did not start (exit status {code}; its reason is "
+            "on the executor's stderr, \"mailexec-spawner: cannot start: ...\"); the executor "
+            "runs no program without its namespaces")
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is loop:
