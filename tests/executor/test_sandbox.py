@@ -361,3 +361,46 @@ async def test_self_check_reports_every_layer_working_here() -> None:
     assert report["privilege_drop"] and report["no_new_privs"] and report["netns"]
     assert report["umask"] and report["pid_namespace"] and report["private_tmp"]
     assert report["cgroup_kill"] and report["escapee_killed"]
+
+
+async def test_each_run_gets_the_network_namespace_it_asks_for() -> None:
+    """Index 0 (none): the shared empty namespace; 1 (egress): the fd given at start
+    (egress.py makes the real one; any namespace proves the plumbing); egress without
+    one is a temporary LaunchFailed, never a run in a wider network."""
+    from services.executor.programs import sealed_memfd
+    from services.executor.sandbox.namespaces import create_empty_netns
+
+    egress = create_empty_netns()
+    box = Sandbox.start(test_settings(), egress_netns_fd=egress)
+    without = Sandbox.start(test_settings())
+    fd = sealed_memfd("netns", b"#!/bin/sh\nreadlink /proc/self/ns/net\n")
+    try:
+        seen = {}
+        for network in ("none", "egress"):
+            result = await box.run(fd, "netns", 64020, 64020, "/", b"", b"", limits(),
+                                   network=network)
+            seen[network] = result.output.decode().strip()
+        assert seen["egress"] == f"net:[{os.fstat(egress).st_ino}]"
+        assert seen["none"] != seen["egress"] and seen["none"].startswith("net:[")
+        assert box.isolation["egress_network"] and not without.isolation["egress_network"]
+        with pytest.raises(LaunchFailed, match="no egress namespace"):
+            await without.run(fd, "netns", 64020, 64020, "/", b"", b"", limits(),
+                              network="egress")
+    finally:
+        os.close(fd)
+        box.close()
+        without.close()
+        os.close(egress)
+
+
+def test_the_cgroup_subtree_is_discovered_from_proc_self_cgroup() -> None:
+    from services.executor.sandbox.cgroups import discover_v2_dir
+
+    own = discover_v2_dir()
+    assert own is not None and (own / "cgroup.procs").exists()
+    assert str(os.getpid()) in (own / "cgroup.procs").read_text().split()
+    box = Sandbox.start(test_settings())  # no MAILEXEC_SANDBOX_CGROUP_ROOT: discovered
+    try:
+        assert str(box.isolation["cgroup_dir"]).startswith(str(own / "mailexec") + "/")
+    finally:
+        box.close()
