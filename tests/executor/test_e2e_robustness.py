@@ -13,7 +13,7 @@ import aio_pika
 import httpx
 import orjson
 
-from tests.conftest import db_conn
+from tests.conftest import db_conn, free_port
 from tests.executor.helpers import (  # noqa: F401  (fixtures)
     EventTap,
     Homes,
@@ -282,3 +282,49 @@ async def test_refuses_to_start_on_unsafe_trusted_dir(pipe: Pipeline, tmp_path: 
     assert "refusing to start" in proc.stderr and "writable" in proc.stderr
 
 
+
+
+async def test_a_dead_spawner_stops_the_dropped_executor_for_a_restart(
+    pipe: Pipeline, homes: Homes
+) -> None:
+    """After the drop to the service user nobody can start another spawner: an executor
+    whose spawner died exits at its next run (to be restarted whole) instead of deferring
+    every delivery forever; the job goes back and the next executor delivers it."""
+    main = pipe.procs["executor"]
+    await asyncio.to_thread(main.stop)
+    try:
+        sp = await pipe.astart("executor", key="spawner-loss",
+                               extra_env={"MAILEXEC_EXECUTOR_METRICS_PORT": str(free_port())})
+        assert sp.proc is not None
+        spawners = _spawners_of(sp.proc.pid)
+        assert len(spawners) == 1, spawners
+        os.kill(spawners[0], 9)
+        uid, gid, home = homes.make()
+        address = f"lost{uid}@example.org"
+        await pipe.account(address, uid, gid, home, ["probe"])
+        mid = await pipe.submit(address, message())
+        for _ in range(300):
+            if sp.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert sp.proc.poll() is not None, "the executor kept running without a spawner"
+        assert "can't start another one" in sp.log_tail()
+        pipe.procs.pop("spawner-loss", None)
+    finally:
+        await asyncio.to_thread(main.start)
+    assert (await pipe.wait_state(mid, timeout=30))["state"] == "delivered"
+    assert ran(home) == ["probe"]
+
+
+def _spawners_of(executor: int) -> list[int]:
+    return [int(pid) for pid in os.listdir("/proc") if pid.isdigit()
+            and _parent_of(int(pid)) == executor
+            and os.path.realpath(f"/proc/{pid}/exe").endswith("mailexec-spawner")]
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])

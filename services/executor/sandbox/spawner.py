@@ -321,12 +321,21 @@ class SpawnerClient:
                 os.close(fd)
 
     def _died(self) -> None:
-        """EOF: fail everything in flight (retryable), reap it; the next spawn restarts it."""
+        """EOF: fail everything in flight (retryable), reap it; the next spawn restarts it.
+
+        After the executor dropped root nothing can start another spawner: then the
+        executor is stopped (SIGTERM to itself: it drains and exits) so that its
+        supervisor starts a whole new one, instead of deferring every delivery.
+        """
         self._detach()
         code = self._reap(timeout=2.0)
         log.error("the spawner exited (status %s); failing %d in-flight runs",
                   code, len(self._pending))
         self._fail_pending("the spawner died during the run")
+        if os.geteuid() != 0:
+            log.critical("the spawner died and this executor can't start another one (it "
+                         "dropped its privileges): stopping, to be restarted")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _fail_pending(self, why: str) -> None:
         opening, self._opening = self._opening, {}
