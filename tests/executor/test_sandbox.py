@@ -404,3 +404,29 @@ def test_the_cgroup_subtree_is_discovered_from_proc_self_cgroup() -> None:
         assert str(box.isolation["cgroup_dir"]).startswith(str(own / "mailexec") + "/")
     finally:
         box.close()
+
+
+async def test_a_home_under_tmp_is_still_the_programs_home() -> None:
+    """Each run has its own /tmp; a home the account can reach under the host's /tmp is
+    bound back (SPEC §3.6: chdir to the home), nothing else of the host's /tmp is."""
+    from services.executor.programs import sealed_memfd
+
+    base = Path(tempfile.mkdtemp(prefix="mailexec-tmphome-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    home = base / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, 64021, 64021)
+    (base / "sibling").write_text("host's")
+    box = Sandbox.start(test_settings())
+    fd = sealed_memfd("tmphome", b"#!/bin/sh\npwd\nls ..\necho mine > ./written\n")
+    try:
+        result = await box.run(fd, "tmphome", 64021, 64021, str(home), b"", b"", limits())
+        assert result.output.decode().split() == [str(home), "home"], result
+        assert (home / "written").read_text() == "mine\n"  # noqa: ASYNC240
+        os.chmod(base, 0o700)  # the account can't reach it on the host: not bound either
+        result = await box.run(fd, "tmphome", 64021, 64021, str(home), b"", b"", limits())
+        assert result.output.decode().split()[0] == "/tmp", result
+    finally:
+        os.close(fd)
+        box.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -29,7 +29,7 @@ import pytest
 from services.executor.errors import ProgramUnresolved
 from services.executor.programs import open_insecure
 from services.executor.sandbox import Sandbox, spawner_path
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, free_port
 from tests.executor.helpers import Homes, Pipeline, message
 from tests.executor.sandboxing import test_settings
 from tests.helpers import processes_of
@@ -231,7 +231,12 @@ async def _kill_round(stack: Pipeline, homes: Homes, cexec: ServiceProcess, roun
 
 async def _start_victim(stack: Pipeline, cexec: ServiceProcess, round_: int) -> ServiceProcess:
     env = {**HOSTILE_EXECUTOR_ENV, "MAILEXEC_TRUSTED_DIR": cexec.env["MAILEXEC_TRUSTED_DIR"]}
-    return await stack.astart("executor", key=f"victim-{round_}", extra_env=env)
+    return await stack.astart("executor", key=f"victim-{round_}", extra_env=_own_port(env))
+
+
+def _own_port(env: dict[str, str]) -> dict[str, str]:
+    """Its own metrics port: /readyz must be this executor's, not another's."""
+    return {**env, "MAILEXEC_EXECUTOR_METRICS_PORT": str(free_port())}
 
 
 async def _survivors(pids: list[int], within: float) -> list[int]:
@@ -283,8 +288,8 @@ async def _two_instances(stack: Pipeline, homes: Homes, cexec: ServiceProcess) -
     stack.cgroup_roots.append(root)
     env = {**HOSTILE_EXECUTOR_ENV, "MAILEXEC_SANDBOX_CGROUP_ROOT": str(root),
            "MAILEXEC_TRUSTED_DIR": cexec.env["MAILEXEC_TRUSTED_DIR"]}
-    a = await stack.astart("executor", key="instance-a",
-                           extra_env={**env, "MAILEXEC_EXECUTOR_INSTANCE": "A"})
+    a = await stack.astart("executor", key="instance-a", extra_env=_own_port(
+        {**env, "MAILEXEC_EXECUTOR_INSTANCE": "A"}))
     uid, gid, home = homes.make()
     await stack.account(f"sleepy-{uid}@example.org", uid, gid, home, ["sleeper"])
     await stack.submit(f"sleepy-{uid}@example.org", message("sleepy"))
@@ -295,8 +300,8 @@ async def _two_instances(stack: Pipeline, homes: Homes, cexec: ServiceProcess) -
         await asyncio.sleep(0.05)
     a_runs = _pids_under(a_dir)
     assert a_runs, "A never ran the sleeper"
-    b = await stack.astart("executor", key="instance-b",
-                           extra_env={**env, "MAILEXEC_EXECUTOR_INSTANCE": "B"})
+    b = await stack.astart("executor", key="instance-b", extra_env=_own_port(
+        {**env, "MAILEXEC_EXECUTOR_INSTANCE": "B"}))
     assert all(_alive(p) for p in a_runs), "starting B killed A's runs"
 
     # A leftover in A's cgroup that no namespace holds
@@ -308,12 +313,12 @@ async def _two_instances(stack: Pipeline, homes: Homes, cexec: ServiceProcess) -
     stack.procs.pop("instance-a", None)
     b.stop()
     stack.procs.pop("instance-b", None)
-    b2 = await stack.astart("executor", key="instance-b2",
-                            extra_env={**env, "MAILEXEC_EXECUTOR_INSTANCE": "B"})
+    b2 = await stack.astart("executor", key="instance-b2", extra_env=_own_port(
+        {**env, "MAILEXEC_EXECUTOR_INSTANCE": "B"}))
     await asyncio.sleep(0.5)
     assert leftover.poll() is None, "a restart of instance B killed instance A's leftover"
-    a2 = await stack.astart("executor", key="instance-a2",
-                            extra_env={**env, "MAILEXEC_EXECUTOR_INSTANCE": "A"})
+    a2 = await stack.astart("executor", key="instance-a2", extra_env=_own_port(
+        {**env, "MAILEXEC_EXECUTOR_INSTANCE": "A"}))
     try:
         for _ in range(100):
             if leftover.poll() is not None:

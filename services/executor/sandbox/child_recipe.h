@@ -39,7 +39,9 @@
  *         spawner's own (index 0, the shared empty one, is inherited for free);
  *      4. mounts: fresh tmpfs on /tmp and /dev/shm (1777, size-limited), a
  *         fresh procfs on /proc for the new PID namespace (only this run's
- *         processes are visible). The namespace copied from the spawner's has
+ *         processes are visible); a home under /tmp or /dev/shm that the
+ *         account can reach on the host is bound back at its path, nothing
+ *         else of the host's. The namespace copied from the spawner's has
  *         "/" private already (nothing propagates back to the host) and /run,
  *         /var/run (when a real directory) under an empty read-only tmpfs: the
  *         host's sockets under them vanish (spawner_mounts(), once at start);
@@ -79,6 +81,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -191,13 +196,85 @@ static void mount_tmpfs(const char *dir, const char *mode, long long size, int o
         fail("mount-tmpfs", errno);
 }
 
-/* The run's own view: nothing of the host's /tmp, /dev/shm, /proc. (/ is private and
- * /run, /var/run are an empty read-only tmpfs already: the spawner's own mount
- * namespace, copied by CLONE_NEWNS, see spawner_mounts().) */
-static void private_mounts(long long tmp_bytes)
+/* Whether uid/gid (no supplementary groups) may search every directory from / down to
+ * and including `path` (an absolute, normalised path), by the mode bits. */
+static int uid_can_reach(const char *path, uid_t uid, gid_t gid)
 {
+    char prefix[PATH_MAX];
+    size_t len = strlen(path);
+    struct stat st;
+
+    if (len == 0 || len >= sizeof prefix || path[0] != '/')
+        return 0;
+    for (size_t end = 1; end <= len; end++) {
+        if (end < len && path[end] != '/')
+            continue;
+        memcpy(prefix, path, end);
+        prefix[end] = '\0';
+        if (stat(prefix, &st) != 0 || !S_ISDIR(st.st_mode))
+            return 0;
+        if (!(st.st_mode & (st.st_uid == uid ? S_IXUSR : st.st_gid == gid ? S_IXGRP : S_IXOTH)))
+            return 0;
+    }
+    return 1;
+}
+
+/* A home under a directory the run gets its own copy of (/tmp, /dev/shm) would
+ * vanish with the host's copy: held open before the fresh tmpfs covers it, then bound
+ * back at the same path, so the program still starts in its home (SPEC §3.6). Only when
+ * the account could reach it on the host; nothing else of the host's /tmp comes back. */
+static int hold_home(const char *home, uid_t uid, gid_t gid)
+{
+    static const char *const covered[] = {"/tmp/", "/dev/shm/"};
+    char real[PATH_MAX];
+    int covered_home = 0;
+
+    if (realpath(home, real) == NULL)
+        return -1;
+    for (size_t i = 0; i < sizeof covered / sizeof covered[0]; i++)
+        covered_home |= strncmp(real, covered[i], strlen(covered[i])) == 0;
+    if (!covered_home || !uid_can_reach(real, uid, gid))
+        return -1;
+    return open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+}
+
+/* Bind the held home back at its path inside the run's fresh tmpfs (mkdir -p as root). */
+static void bind_home(int held)
+{
+    char real[PATH_MAX], from[64];
+    ssize_t n;
+
+    if (held < 0)
+        return;
+    snprintf(from, sizeof from, "/proc/self/fd/%d", held);
+    n = readlink(from, real, sizeof real - 1);
+    if (n <= 0)
+        fail("home", n < 0 ? errno : ENOENT);
+    real[n] = '\0';
+    for (char *slash = strchr(real + 1, '/'); ; slash = strchr(slash + 1, '/')) {
+        if (slash)
+            *slash = '\0';
+        if (mkdir(real, 0755) != 0 && errno != EEXIST)
+            fail("home-mkdir", errno);
+        if (!slash)
+            break;
+        *slash = '/';
+    }
+    if (mount(from, real, NULL, MS_BIND, NULL) != 0)
+        fail("home-bind", errno);
+    close(held);
+}
+
+/* The run's own view: nothing of the host's /tmp, /dev/shm, /proc (but its home). (/ is
+ * private and /run, /var/run are an empty read-only tmpfs already: the spawner's own
+ * mount namespace, copied by CLONE_NEWNS, see spawner_mounts().) */
+static void private_mounts(long long tmp_bytes, const char *home, uid_t uid, gid_t gid)
+{
+    int held = hold_home(home, uid, gid);
+
     mount_tmpfs("/tmp", "1777", tmp_bytes, 0);
     mount_tmpfs("/dev/shm", "1777", tmp_bytes, 1);
+    bind_home(held);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
         fail("mount-proc", errno);
 }
@@ -330,7 +407,7 @@ static void run_child_recipe(const struct child_recipe *r)
         fail("spawner-gone", ESRCH);
     if (r->netns_fd >= 0 && setns(r->netns_fd, CLONE_NEWNET) != 0)
         fail("setns", errno);
-    private_mounts(r->tmp_bytes);
+    private_mounts(r->tmp_bytes, r->home, r->uid, r->gid);
     /* vfork: no copy of the page tables (measured ~0.06 ms less per run than fork).
      * The child only makes syscalls and execs or _exits; every limit it sets is its own. */
     program = vfork();
