@@ -34,11 +34,11 @@ What it does not do
     network namespace share its abstract Unix socket names.
 
 Cost (/bin/true through the spawner, 2,000 runs, executor + spawner + runs CPU, 2 cores)
-    Before the per-run namespaces: 0.75-0.80 ms per run with 16 in flight (2,330-2,530
-    runs/s), 0.93-0.95 ms one at a time. With them: 0.92 ms (1,910-1,960 runs/s) and
-    1.12 ms: +0.15-0.17 ms per run for clone3(NEWPID|NEWNS), the pid 1's vfork, and
-    three mounts (/tmp, /dev/shm, /proc; "/" private and /run hidden once in the
-    spawner). Measured with the program as pid 1 instead: ~0.1 ms less, but a
+    Before the per-run namespaces: 0.75-0.94 ms per run with 16 in flight (2,000-2,530
+    runs/s), 0.93-1.04 ms one at a time. With them: 0.92-1.17 ms (1,510-1,960 runs/s)
+    and 1.12-1.33 ms, interleaved runs on a shared 2-core machine: +0.15-0.25 ms per run
+    (~+20-25 %) for clone3(NEWPID|NEWNS), the pid 1's vfork, and three mounts (/tmp,
+    /dev/shm, /proc; "/" private and /run hidden once in the spawner). Measured with the program as pid 1 instead: ~0.1 ms less, but a
     namespace init ignores its own SIGTERM, abort() and SIGPIPE (child_recipe.h).
 
 Settings
