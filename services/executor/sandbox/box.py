@@ -38,8 +38,9 @@ Cost (/bin/true through the spawner, 2,000 runs, executor + spawner + runs CPU, 
     runs/s), 0.93-1.04 ms one at a time. With them: 0.92-1.17 ms (1,510-1,960 runs/s)
     and 1.12-1.33 ms, interleaved runs on a shared 2-core machine: +0.15-0.25 ms per run
     (~+20-25 %) for clone3(NEWPID|NEWNS), the pid 1's vfork, and three mounts (/tmp,
-    /dev/shm, /proc; "/" private and /run hidden once in the spawner). Measured with the program as pid 1 instead: ~0.1 ms less, but a
-    namespace init ignores its own SIGTERM, abort() and SIGPIPE (child_recipe.h).
+    /dev/shm, /proc; "/" private and /run hidden once in the spawner). Measured with
+    the program as pid 1 instead: ~0.1 ms less, but a namespace init ignores its own
+    SIGTERM, abort() and SIGPIPE (child_recipe.h).
 
 Settings
     ``sandbox_network``, ``sandbox_cgroup_root``, ``sandbox_tmp_bytes``,
