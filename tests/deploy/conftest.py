@@ -82,7 +82,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     ),
     # An egress program exists (NET_ADMIN, the cluster's CIDRs blocked), the pod in its own
-    # user namespace, a site AppArmor profile, and bubblewrap.
+    # user namespace, and a site AppArmor profile.
     "sandbox-opt-ins": _merge(
         REQUIRED,
         {
@@ -91,7 +91,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                     "egress": {"enabled": True, "blockedCIDRs": EGRESS_BLOCKED},
                     "userNamespace": {"enabled": True},
                     "appArmorProfile": {"type": "Localhost", "localhostProfile": "mailexec-executor"},
-                    "bwrap": {"enabled": True},
                 }
             }
         },

@@ -220,11 +220,7 @@ values: SETUID, SETGID, KILL, SYS_ADMIN, and NET_ADMIN only with sandbox.egress.
 {{- end -}}
 
 {{- define "mailexec.executor.seccompProfile" -}}
-{{- if .Values.executor.sandbox.bwrap.enabled -}}
-{{- toYaml .Values.executor.sandbox.bwrap.seccompProfile -}}
-{{- else -}}
 type: RuntimeDefault
-{{- end -}}
 {{- end -}}
 
 {{/*
