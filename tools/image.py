@@ -40,8 +40,11 @@ LOCK = REPO / "deploy" / "requirements.lock"
 DEFAULT_TAG = "localhost/mailexec:dev"
 LOCAL_BASE = "localhost/mailexec-base:bookworm"
 PODMAN_SOCKET = "/run/podman/podman.sock"
-# What the chart gives the executor: root, only these capabilities, read-only rootfs.
-EXECUTOR_CAPS = ["SETUID", "SETGID", "KILL"]
+# What compose and the chart give the executor: root, only these capabilities, read-only
+# rootfs (deploy/compose.yaml, mailexec.executor.capabilities; docs/security.md).
+EXECUTOR_CAPS = ["SETUID", "SETGID", "KILL", "SYS_ADMIN", "SETPCAP"]
+# The image's mailexec user, which the executor's Python process drops to (deploy/Dockerfile).
+SERVICE_UID = 10001
 ULIMITS = [
     docker.types.Ulimit(name="nofile", soft=1024, hard=1024),
     docker.types.Ulimit(name="nproc", soft=1024, hard=1024),
@@ -324,34 +327,100 @@ def check(client: docker.DockerClient, tag: str) -> None:
     run_ok(client, tag, ["migrate", "--help"], **unprivileged)
     run_ok(client, tag, ["serve", "--help"], **unprivileged)
 
-    say("executor self-check as the chart runs it: uid 0, only SETUID SETGID KILL")
+    say(f"executor self-check as compose runs it: uid 0, only {' '.join(EXECUTOR_CAPS)}")
     executor = {
         "user": "0:0",
         "read_only": True,
-        "tmpfs": {"/tmp": "rw,size=64m,mode=1777", "/var/lib/mailexec/trusted": "rw,size=64m"},
         "cap_drop": ["ALL"],
         "cap_add": EXECUTOR_CAPS,
-        "security_opt": ["no-new-privileges"],
+        # apparmor=unconfined as compose: the default profile denies the runs' mounts.
+        "security_opt": ["no-new-privileges", "apparmor=unconfined"],
         "network_mode": "none",
         "environment": {
-            "MAILEXEC_SANDBOX_NETWORK": "false",
             # The executor refuses to start without it (it could not read policy).
             "MAILEXEC_SERVICE_TOKEN": "image-check",
         },
     }
-    status, out = run(client, tag, ["serve", "executor", "--self-check"], **executor)
+    # `--self-check` checks the trusted dir for root's ownership alone (it never drops), so
+    # it gets a root-owned tmpfs; `serve executor` below gets the image's own directory.
+    self_check_tmpfs = {"/tmp": "rw,size=64m,mode=1777", "/var/lib/mailexec/trusted": "rw,size=64m"}
+    status, out = run(client, tag, ["serve", "executor", "--self-check"], tmpfs=self_check_tmpfs,
+                      **executor)
     print(out, end="")
     if status == 64 and "no self-check" in out:
         say("`serve executor --self-check` is not there yet: importing the sandbox instead")
         probe = "import services.executor.sandbox as s; print('spawner', s.verify_helper(s.spawner_path()))"
-        print(run_ok(client, tag, ["-c", probe], entrypoint=["python3"], **executor), end="")
+        print(run_ok(client, tag, ["-c", probe], entrypoint=["python3"], tmpfs=self_check_tmpfs,
+                     **executor), end="")
     else:
         ok, verdict = self_check_verdict(status, out)
         say(f"executor self-check: {verdict}")
         if not ok:
             raise SystemExit(f"executor self-check failed in {tag}")
+    check_privilege_drop(client, tag, executor)
     size = image.attrs["Size"]
     say(f"image {tag}: {size / 1e6:.0f} MB ({size} bytes)")
+
+
+DROPPED_LINE = "privileges dropped for good"
+
+
+def check_privilege_drop(client: docker.DockerClient, tag: str, executor: dict[str, Any]) -> None:
+    """`serve executor` as compose runs it, with the trusted dir on a fresh named volume
+    (which the engine fills from the image: the service user's, 0755): it must start the
+    spawner, drop to the service user with no capability left, and then fail only for want
+    of a database (there is none here). Read back from /proc/1/status inside the container."""
+    say("executor start and privilege drop as compose runs it (trusted dir: a named volume)")
+    volume = client.volumes.create()
+    container = client.containers.create(
+        tag,
+        command=["serve", "executor"],
+        ulimits=ULIMITS,
+        tmpfs={"/tmp": "rw,size=64m,mode=1777"},
+        volumes={volume.name: {"bind": "/var/lib/mailexec/trusted", "mode": "rw"}},
+        **{
+            **executor,
+            "environment": {
+                **executor["environment"],
+                "MAILEXEC_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+                "MAILEXEC_AMQP_URL": "amqp://nobody:none@127.0.0.1:1/",
+            },
+        },
+    )
+    try:
+        container.start()
+        deadline = time.monotonic() + 60
+        output = ""
+        while DROPPED_LINE not in output:
+            container.reload()
+            output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+            if container.status not in ("created", "running") or time.monotonic() > deadline:
+                raise SystemExit(f"the executor did not drop its privileges in {tag}:\n{output}")
+            time.sleep(0.3)
+        status_code, raw = container.exec_run(["cat", "/proc/1/status"])
+        if status_code != 0:
+            raise SystemExit(f"cannot read /proc/1/status in {tag}: {raw!r}")
+        fields = dict(
+            (key, value.strip())
+            for key, _, value in (line.partition(":") for line in raw.decode().splitlines())
+        )
+        ids = f"{SERVICE_UID}\t{SERVICE_UID}\t{SERVICE_UID}\t{SERVICE_UID}"
+        problems = [f"{key} {fields.get(key)!r}" for key in ("Uid", "Gid") if fields.get(key) != ids]
+        problems += [
+            f"{key} {fields.get(key)!r}"
+            for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+            if int(fields.get(key) or "1", 16) != 0
+        ]
+        if fields.get("NoNewPrivs") != "1":
+            problems.append("NoNewPrivs not set")
+        for key in ("Uid", "CapEff", "CapBnd", "NoNewPrivs"):
+            print(f"  executor pid 1 {key}: {fields.get(key)}")
+        if problems:
+            raise SystemExit(f"the executor's Python process kept privileges in {tag}: {problems}")
+        say("executor dropped to the service user with every capability set empty")
+    finally:
+        container.remove(force=True)
+        volume.remove(force=True)
 
 
 # --------------------------------------------------------------------------------- main

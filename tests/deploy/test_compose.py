@@ -24,7 +24,8 @@ EGRESS = COMPOSE.with_name("compose.egress.yaml")
 MAILEXEC_SERVICES = {"ingest", "policy", "notifier", "executor"}
 ONE_SHOTS = {"secrets", "migrate"}
 PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
-EXECUTOR_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN"}
+EXECUTOR_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN", "SETPCAP"}
+DOCKERFILE = COMPOSE.with_name("Dockerfile")
 # Settings holding a secret (SPEC §2: each may be given as <NAME>_FILE instead).
 SECRET_SETTINGS = {
     "MAILEXEC_DATABASE_URL",
@@ -147,7 +148,7 @@ def test_only_the_executor_and_the_secrets_writer_are_root(services: dict) -> No
         if name == "executor":
             assert service["user"] == "0:0"
             mounts = {entry.split(":")[0] for entry in service["tmpfs"]}
-            assert mounts == {"/tmp", service["environment"]["MAILEXEC_TRUSTED_DIR"]}
+            assert mounts == {"/tmp"}
         elif name == "secrets":
             # Root only to hand files to their readers' uids: CAP_CHOWN, no network.
             assert service["user"] == "0:0"
@@ -161,7 +162,9 @@ def test_only_the_executor_and_the_secrets_writer_are_root(services: dict) -> No
 
 def test_executor_holds_exactly_what_the_sandbox_needs(services: dict) -> None:
     """SETUID/SETGID/KILL for the drop and the kill, SYS_ADMIN for the namespaces and
-    mounts; never NET_ADMIN without the egress overlay (SPEC §5)."""
+    mounts, SETPCAP to empty the bounding set at the Python process's own drop; never
+    CHOWN (the trusted dir is the service user's already), never NET_ADMIN without the
+    egress overlay (SPEC §5)."""
     executor = services["executor"]
     assert executor["cap_drop"] == ["ALL"]
     assert sorted(executor["cap_add"]) == sorted(EXECUTOR_CAPS)
@@ -177,6 +180,40 @@ def test_executor_holds_exactly_what_the_sandbox_needs(services: dict) -> None:
     for name, service in services.items():
         assert "NET_ADMIN" not in service.get("cap_add", []), name
         assert not service.get("privileged"), name
+
+
+def test_executor_service_user_is_named_once_and_owns_the_trusted_dir(
+    compose: dict, services: dict
+) -> None:
+    """The executor's Python process drops to the service user and must own the trusted dir
+    without CAP_CHOWN: a named volume, which the engine fills from the image's directory
+    (ownership and mode included) on first use. A tmpfs would be root's: podman rejects
+    uid=/gid= tmpfs options ("unknown mount option"), so no tmpfs there."""
+    user = compose["x-service-user"]
+    executor = services["executor"]
+    env = executor["environment"]
+    assert env["MAILEXEC_EXECUTOR_USER"] == user
+    for name in ("ingest", "policy", "notifier", "migrate"):
+        assert services[name]["user"] == user, name
+    text = COMPOSE.read_text()
+    assert text.count('"10001:10001"') == 1  # the anchor; everything else refers to it
+    assert "*service-user" in text
+    # The trusted dir: a named volume of the executor's alone, read-write.
+    trusted = env["MAILEXEC_TRUSTED_DIR"]
+    source, read_only = volume_mounts(executor)[trusted]
+    assert source in compose["volumes"] and not read_only
+    assert not [entry for entry in executor["tmpfs"] if entry.split(":")[0] == trusted]
+    assert [n for n, s in services.items() if source in {v for v, _ in volume_mounts(s).values()}] == [
+        "executor"
+    ]
+    # ...filled from the image, whose directory is the service user's, 0755.
+    uid, _, gid = user.partition(":")
+    made = re.search(rf"install -d -o (\d+) -g (\d+) -m (\d+) {re.escape(trusted)}$",
+                     DOCKERFILE.read_text(), flags=re.M)
+    assert made and made.groups() == (uid, gid, "0755")
+    from services.executor.privdrop import FALLBACK_GID, FALLBACK_UID
+
+    assert (FALLBACK_UID, FALLBACK_GID) == (int(uid), int(gid))
 
 
 def test_isolation_is_on_by_default(services: dict) -> None:
@@ -388,7 +425,9 @@ def test_executor_gets_the_service_token_and_nothing_else(services: dict) -> Non
     executor = services["executor"]
     env = executor["environment"]
     assert not [key for key in env if "ADMIN" in key or "INGEST" in key]
-    assert {source for source, _ in volume_mounts(executor).values()} == {"secrets-executor"}
+    sources = {source for source, _ in volume_mounts(executor).values()}
+    assert {source for source in sources if source.startswith("secrets")} == {"secrets-executor"}
+    assert sources == {"secrets-executor", "executor-trusted"}
     written = compose_secrets().files_for(MASTER)["executor"]
     contents = "\n".join(written.values())
     assert MASTER["service_token"] in contents
@@ -433,6 +472,9 @@ def test_each_secrets_volume_is_mounted_by_its_consumers_only(services: dict) ->
     for name in ("ingest", "policy", "notifier", "migrate"):
         assert services[name]["user"] == f"{consumers['mailexec'].uid}:{consumers['mailexec'].gid}"
     assert services["executor"]["user"] == f"{consumers['executor'].uid}:{consumers['executor'].gid}"
+    # The executor's files are root's 0400: it reads them before its drop to the service
+    # user (services/executor/main.py: get_settings() comes first) and never again.
+    assert (consumers["executor"].uid, consumers["executor"].gid) == (0, 0)
 
 
 def test_postgres_uses_password_authentication_not_trust(services: dict) -> None:

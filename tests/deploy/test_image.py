@@ -117,3 +117,32 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
         for path in source.split():
             assert path.rstrip("/") in allowed, path
             assert (REPO / path).exists(), path
+
+
+def test_trusted_dir_is_the_executor_service_users_from_the_start() -> None:
+    """The executor's Python process writes the trusted copies after dropping to the image's
+    mailexec user (10001); it holds no CHOWN, so the image's directory (and a named volume
+    filled from it) must be that user's already, 0755 under root's parents."""
+    runtime = stages()["runtime"]
+    assert re.search(r"useradd --system --uid 10001 --gid 10001 ", runtime)
+    assert re.search(r"install -d -o 0 -g 0 -m 0755 /var/lib/mailexec \\$", runtime, flags=re.M)
+    assert re.search(r"install -d -o 10001 -g 10001 -m 0755 /var/lib/mailexec/trusted$", runtime,
+                     flags=re.M)
+    assert re.search(r"MAILEXEC_TRUSTED_DIR=/var/lib/mailexec/trusted$", runtime, flags=re.M)
+
+
+def test_image_check_runs_the_executor_with_the_compose_capabilities() -> None:
+    """`make image-check` must start the executor as compose does, or it misses a missing
+    capability (it once ran with SETUID SETGID KILL only, and never reached the drop)."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import image
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    assert sorted(image.EXECUTOR_CAPS) == sorted(compose["services"]["executor"]["cap_add"])
+    assert f"{image.SERVICE_UID}:{image.SERVICE_UID}" == compose["x-service-user"]
+    source = (REPO / "tools" / "image.py").read_text()
+    assert "MAILEXEC_SANDBOX_NETWORK" not in source  # isolation stays on, as shipped
