@@ -99,6 +99,8 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "executor.prefetch": {"type": "integer", "minimum": 1},
     "executor.rlimits.*": {"type": "integer", "minimum": 1},
     "executor.trustedDir": {"type": "string", "pattern": "^/"},
+    # Never root: the executor refuses a service user with uid or gid 0 (privdrop.py).
+    "executor.serviceUser.*": {"type": "integer", "minimum": 1, "maximum": 4294967294},
     "executor.sandbox.bwrap.seccompProfile": FREE_OBJECT,
     "executor.sandbox.egress.blockedCIDRs": {
         "type": "array",

@@ -27,7 +27,9 @@ SERVICES = ("ingest", "policy", "notifier", "executor")
 PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
 # Issue 13: the sandbox's namespaces and mounts need SYS_ADMIN everywhere; NET_ADMIN only
 # when an egress program exists.
-EXECUTOR_BASE_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN"}
+# SETPCAP: the executor's Python process empties its bounding set (PR_CAPBSET_DROP) when it
+# drops to its service user; without it the executor refuses to start (issue 13).
+EXECUTOR_BASE_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN", "SETPCAP"}
 # Settings holding a secret: each reaches the pods as MAILEXEC_<NAME>_FILE (SPEC §2).
 SECRET_KEYS = {
     "MAILEXEC_DATABASE_URL",
@@ -185,6 +187,11 @@ def test_values_yaml_satisfies_its_schema(chart: Any, required: dict) -> None:
         {"executor": {"sandbox": {"egress": {"blockedCIDRs": "10.0.0.0/8"}}}},
         {"executor": {"sandbox": {"appArmorProfile": {"type": "Permissive"}}}},
         {"executor": {"sandbox": {"userNamespace": {"enabled": 1}}}},
+        # The service user is never root, and always numeric (no passwd lookup in the pod).
+        {"executor": {"serviceUser": {"uid": 0}}},
+        {"executor": {"serviceUser": {"gid": 0}}},
+        {"executor": {"serviceUser": {"uid": "mailexec"}}},
+        {"executor": {"serviceUser": {"name": "mailexec"}}},
         {"unknownTopLevelKey": 1},
         {"ingest": {"lmtp": {"containerPort": 70000}}},
         {"ingest": {"lmtp": {"trustedNetworks": "10.0.0.0/8"}}},
@@ -325,9 +332,15 @@ def test_executor_keeps_exactly_setuid_setgid_kill_sys_admin(value_set: str, ren
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert "emptyDir" in volumes[mounts[trusted]]
     assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert env["MAILEXEC_EXECUTOR_USER"] == "10001:10001"
+    # No CHOWN in the executor: prepare-dirs hands the trusted dir over before it starts.
+    assert "CHOWN" not in sc["capabilities"]["add"]
+    assert [init["name"] for init in pod["initContainers"]] == ["prepare-dirs"]
     for init in pod["initContainers"]:
-        assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
         assert init["securityContext"]["readOnlyRootFilesystem"] is True
+        assert init["securityContext"]["allowPrivilegeEscalation"] is False
+        assert init["securityContext"]["privileged"] is False
     # No egress rule beyond the executor's own peers.
     assert egress_ports(policy_of(objects, "executor")) == {53, 5432, 5672, 8026}
 
@@ -373,11 +386,53 @@ def test_chart_still_lints_where_apparmor_is_an_annotation(kube_version: str, va
 
 
 def test_only_the_executor_gets_any_capability(value_set: str, rendered: dict) -> None:
+    """...and its prepare-dirs initContainer, CHOWN and FOWNER alone (to hand the trusted
+    dir to the service user, so the executor container needs no CHOWN)."""
     for component, pod in pod_templates(rendered[value_set]):
         for container in all_containers(pod):
             added = container["securityContext"]["capabilities"].get("add", [])
-            if added:
+            if (component, container["name"]) == ("executor", "prepare-dirs"):
+                assert added == ["CHOWN", "FOWNER"]
+            elif added:
                 assert (component, container["name"]) == ("executor", "executor")
+
+
+def prepare_dirs_script(pod: dict) -> str:
+    (init,) = [c for c in pod["initContainers"] if c["name"] == "prepare-dirs"]
+    assert init["command"][:2] == ["/bin/sh", "-c"]
+    return str(init["command"][2])
+
+
+def test_trusted_dir_becomes_the_service_users_before_the_executor_starts(
+    value_set: str, rendered: dict
+) -> None:
+    """Kubernetes makes emptyDirs 0777 and root's; the executor refuses a trusted dir
+    others can write, and after its drop its service user writes the copies there."""
+    pod = deployment(rendered[value_set], "executor")["spec"]["template"]["spec"]
+    container = executor_container(rendered[value_set])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    trusted, user = env["MAILEXEC_TRUSTED_DIR"], env["MAILEXEC_EXECUTOR_USER"]
+    script = prepare_dirs_script(pod)
+    # /tmp sticky first (still root's), then the chown, then the mode (FOWNER: not root's now).
+    assert script.split(" && ") == [
+        "chmod 1777 /tmp", f'chown {user} "{trusted}"', f'chmod 0755 "{trusted}"'
+    ]
+    (init,) = [c for c in pod["initContainers"] if c["name"] == "prepare-dirs"]
+    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    assert mounts[trusted] == {m["mountPath"]: m["name"] for m in container["volumeMounts"]}[trusted]
+    # The one value the chart names: the image's mailexec user unless set.
+    from services.executor.privdrop import FALLBACK_GID, FALLBACK_UID, resolve_service_user
+
+    assert user == f"{FALLBACK_UID}:{FALLBACK_GID}"
+    assert (resolve_service_user(user).uid, resolve_service_user(user).gid) == (10001, 10001)
+
+
+def test_service_user_is_one_value(render: Any, required: dict, merge_values: Any) -> None:
+    objects = render(merge_values(required, {"executor": {"serviceUser": {"uid": 20002, "gid": 20003}}}))
+    pod = deployment(objects, "executor")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in executor_container(objects)["env"]}
+    assert env["MAILEXEC_EXECUTOR_USER"] == "20002:20003"
+    assert 'chown 20002:20003 "/var/lib/mailexec/trusted"' in prepare_dirs_script(pod)
 
 
 # --- migrations hook, probes, configuration ------------------------------------------

@@ -206,10 +206,11 @@ successThreshold: {{ .probe.successThreshold }}
 
 {{/*
 The executor container's security context. Capabilities are computed, not taken from
-values: SETUID, SETGID, KILL, SYS_ADMIN, and NET_ADMIN only with sandbox.egress.enabled.
+values: SETUID, SETGID, KILL, SYS_ADMIN, SETPCAP, and NET_ADMIN only with
+sandbox.egress.enabled.
 */}}
 {{- define "mailexec.executor.capabilities" -}}
-{{- $caps := list "SETUID" "SETGID" "KILL" "SYS_ADMIN" -}}
+{{- $caps := list "SETUID" "SETGID" "KILL" "SYS_ADMIN" "SETPCAP" -}}
 {{- if .Values.executor.sandbox.egress.enabled -}}
 {{- $caps = append $caps "NET_ADMIN" -}}
 {{- end -}}
