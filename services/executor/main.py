@@ -218,8 +218,8 @@ def self_check() -> int:
     configure(settings.log_level, service="executor")
     if os.geteuid() != 0:
         return _refuse("it must run as root", EX_NOPERM)
-    try:
-        store, sandbox = prepare(settings)
+    try:  # the same checks as a real start: the service user may own the trusted dir
+        store, sandbox = prepare(settings, resolve_service_user(settings.executor_user))
     except (UnsafeConfig, SandboxUnavailable) as exc:
         return _refuse(str(exc), EX_CONFIG)
     report: dict[str, Any] = {"isolation": sandbox.isolation, "trusted_dir": settings.trusted_dir}
