@@ -92,12 +92,12 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.executor.errors import SandboxUnavailable
+from services.executor.sandbox.namespaces import create_empty_netns
 from shared.settings import Settings
 
 log = logging.getLogger("mailexec.executor.egress")
@@ -105,8 +105,6 @@ log = logging.getLogger("mailexec.executor.egress")
 ALWAYS_BLOCKED = ("127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 NS_IFNAME = "egress0"
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def instance_tag(instance: str) -> str:
@@ -200,22 +198,8 @@ class Nft:
 
 
 def new_netns() -> int:
-    """An fd of a fresh, empty network namespace (unshared in a throwaway thread)."""
-    outcome: dict[str, int] = {}
-
-    def make() -> None:
-        if _libc.unshare(_CLONE_NEWNET) != 0:
-            outcome["errno"] = ctypes.get_errno()
-            return
-        outcome["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-
-    thread = threading.Thread(target=make, name="mailexec-egress-netns")
-    thread.start()
-    thread.join()
-    if "fd" not in outcome:
-        code = outcome.get("errno", 0)
-        raise SandboxUnavailable(f"egress namespace: unshare(CLONE_NEWNET): {os.strerror(code)}")
-    return outcome["fd"]
+    """An fd of a fresh, empty network namespace: the sandbox's one way of making one."""
+    return create_empty_netns()
 
 
 def fd_path(fd: int) -> str:
