@@ -1,5 +1,6 @@
-"""The grammar of trusted program names, shared by policy (refuse at write time) and the
-executor (bounce at run time an entry that slipped through): SPEC §2.
+"""The grammar of trusted program names, shared by policy (refuse at write time), the
+executor (bounce at run time an entry that slipped through) and ``mailexec import-dir``
+(skip files that could not be registered): SPEC §2.
 
 An account's program entry is a name or, for insecure mode, a path; either way its
 basename is what must be a program name.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 
 PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-PROGRAM_NAME_RULE = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+PROGRAM_NAME_RULE = PROGRAM_NAME_RE.pattern  # as error messages quote it
 # the classic trusted directory's flag files: never program names
 FLAG_NAMES = frozenset({"INSECURE-PROGRAM-DELIVERIES", "SUSPEND-PROGRAM-DELIVERIES"})
 

@@ -13,7 +13,6 @@ it does not erase an existing registry. Command interpreters are refused by poli
 
 from __future__ import annotations
 
-import re
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from mailexec.client import EX_DATAERR, EX_NOINPUT, ApiError, Client
 from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, err, fail, out, table
 from mailexec.commands.programs import register_program
+from shared.programs import PROGRAM_NAME_RE, PROGRAM_NAME_RULE
 
 INSECURE_FLAG = "INSECURE-PROGRAM-DELIVERIES"
 SUSPEND_FLAG = "SUSPEND-PROGRAM-DELIVERIES"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 @dataclass
@@ -72,10 +71,8 @@ def scan(directory: Path) -> tuple[list[Candidate], list[Entry], set[str]]:
         if not st.st_mode & 0o111:
             skipped.append(Entry(name, "skipped", "not executable (no x permission bit)"))
             continue
-        if not NAME_RE.match(name):
-            skipped.append(
-                Entry(name, "skipped", "name not allowed in the registry ([A-Za-z0-9][A-Za-z0-9._+-]{0,63})")
-            )
+        if not PROGRAM_NAME_RE.match(name):
+            skipped.append(Entry(name, "skipped", f"name not allowed in the registry ({PROGRAM_NAME_RULE})"))
             continue
         target = path.resolve() if is_link else path
         candidates.append(Candidate(name, path, target, is_link))

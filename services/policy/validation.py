@@ -10,9 +10,7 @@ from typing import Any
 import orjson
 
 from services.policy.errors import InvalidAddress, InvalidCursor, InvalidName, InvalidProgramEntry
-
-PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-FLAG_NAMES = frozenset({"INSECURE-PROGRAM-DELIVERIES", "SUSPEND-PROGRAM-DELIVERIES"})
+from shared.programs import FLAG_NAMES, PROGRAM_NAME_RE, PROGRAM_NAME_RULE, entry_basename
 
 # RFC 5322 atext without "/" (it would make the address a URL path segment) for the
 # local part; LDH labels or an address literal for the domain.
@@ -39,7 +37,7 @@ def check_program_name(name: str) -> str:
         )
     if not PROGRAM_NAME_RE.match(name):
         raise InvalidName(
-            f"invalid program name {name!r}: it must match ^[A-Za-z0-9][A-Za-z0-9._+-]{{0,63}}$ "
+            f"invalid program name {name!r}: it must match {PROGRAM_NAME_RULE} "
             "(start with a letter or digit; then letters, digits, '.', '_', '+', '-')"
         )
     return name
@@ -54,7 +52,7 @@ def check_program_entries(entries: list[str]) -> None:
     written rather than failing every delivery later. Any path before it is kept.
     """
     for entry in entries:
-        base = entry.rsplit("/", 1)[-1]
+        base = entry_basename(entry)
         try:
             check_program_name(base)
         except InvalidName as exc:
