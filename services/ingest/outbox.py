@@ -136,7 +136,9 @@ def job_body(
 
 
 def key_reused() -> Conflict:
-    """409 for an Idempotency-Key already bound to another message (no detail of that one)."""
+    """409 for an Idempotency-Key already bound to another message (no detail of that one),
+    counted among the rejected submissions."""
+    metrics.MESSAGES_REJECTED.labels(reason="idempotency_conflict").inc()
     return Conflict(
         "this Idempotency-Key was already used for another message (a different envelope "
         "or body); use a new key for a new message",
@@ -189,7 +191,6 @@ class Outbox:
         if idempotency_key is not None and idempotency_key in self._by_key:
             leader = self._by_key[idempotency_key]
             if leader.message.idempotency_hash != digest:
-                metrics.MESSAGES_REJECTED.labels(reason="idempotency_conflict").inc()
                 raise key_reused()
             leader.followers.append(fut)
             first = await fut
@@ -381,7 +382,6 @@ class Outbox:
                     return
                 stored = row["idempotency_hash"]
                 if stored is not None and stored != sub.message.idempotency_hash:
-                    metrics.MESSAGES_REJECTED.labels(reason="idempotency_conflict").inc()
                     raise key_reused()
                 if row["all_published"]:
                     self._finish(sub, Accepted(row["id"], tuple(row["addresses"]), duplicate=True))
