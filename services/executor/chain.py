@@ -271,16 +271,10 @@ def exec_deferred(job: Job, account: Account, entry: str, position: int, why: st
                   runs: list[RunRow], ps: PolicySettings) -> Verdict:
     """A temporary failure to exec (process limit, memory, fd tables): 4.3.0, retried."""
     diag = f"program {entry} could not start for now: {why}"
-    age = (datetime.now(UTC) - job.arrival).total_seconds()
-    if age >= ps.max_queue_lifetime_s:
-        return failed(FailureKind.SUSPENDED_EXPIRED,
-                      DIAGNOSTICS[FailureKind.SUSPENDED_EXPIRED].format(age=_age(age), why=diag),
-                      program=entry, position=position, next_program=position, runs=runs,
-                      account=account.address)
-    return Verdict(kind="deferred", status=status_for(FailureKind.TEMPFAIL), diagnostic=diag,
-                   failure=FailureKind.TEMPFAIL, next_program=position, program=entry,
-                   position=position, runs=runs, account=account.address,
-                   will_retry_until_s=ps.max_queue_lifetime_s)
+    v = Verdict(kind="bounced", status=status_for(FailureKind.TEMPFAIL), diagnostic=diag,
+                failure=FailureKind.TEMPFAIL, next_program=position, program=entry,
+                position=position, runs=runs, account=account.address)
+    return defer_or_expire(v, job, ps)
 
 
 def program_failure(
@@ -307,13 +301,20 @@ def program_failure(
                 output=output, dsn_output=output if ps.dsn_include_output else "", runs=runs,
                 account=account.address, notice_detail=f"{diag}: {excerpt}" if excerpt else diag)
     if outcome is Outcome.DEFERRED:
-        age = (datetime.now(UTC) - job.arrival).total_seconds()
-        if age >= ps.max_queue_lifetime_s:
-            v.failure = FailureKind.SUSPENDED_EXPIRED
-            v.status = status_for(FailureKind.SUSPENDED_EXPIRED)
-            v.diagnostic = DIAGNOSTICS[FailureKind.SUSPENDED_EXPIRED].format(age=_age(age), why=dsn_diag)
-            return v
-        v.kind, v.failure, v.will_retry_until_s = "deferred", FailureKind.TEMPFAIL, ps.max_queue_lifetime_s
+        return defer_or_expire(v, job, ps)
+    return v
+
+
+def defer_or_expire(v: Verdict, job: Job, ps: PolicySettings) -> Verdict:
+    """A temporary failure ``v`` (diagnostic set): deferred until the queue lifetime, then
+    bounced as expired (the status table's SUSPENDED_EXPIRED) with that diagnostic as the reason."""
+    age = (datetime.now(UTC) - job.arrival).total_seconds()
+    if age >= ps.max_queue_lifetime_s:
+        v.kind, v.failure = "bounced", FailureKind.SUSPENDED_EXPIRED
+        v.status = status_for(FailureKind.SUSPENDED_EXPIRED)
+        v.diagnostic = DIAGNOSTICS[FailureKind.SUSPENDED_EXPIRED].format(age=_age(age), why=v.diagnostic)
+        return v
+    v.kind, v.failure, v.will_retry_until_s = "deferred", FailureKind.TEMPFAIL, ps.max_queue_lifetime_s
     return v
 
 
