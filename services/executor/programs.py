@@ -41,13 +41,13 @@ What it does not do
     - Check that the *target uid* may execute an insecure-mode file: the kernel
       does that at ``fexecve`` after the privilege drop, and the spawner reports
       it as a launch error (``exec: Permission denied``), not as program output.
+    - Decide whether a program is an interpreter (policy does that at
+      registration), or evict disk copies of programs no longer registered.
 
 Tests
     tests/executor/test_programs.py (store, sealing, swaps);
     tests/security/test_containment.py: test_insecure_path_is_opened_with_the_
     accounts_rights (a root-only directory, device nodes, FIFOs).
-    - Decide whether a program is an interpreter (policy does that at
-      registration), or evict disk copies of programs no longer registered.
 
 Settings
     ``trusted_dir`` (where the copies live). The memfd cache holds at most
