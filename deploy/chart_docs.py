@@ -101,7 +101,6 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "executor.trustedDir": {"type": "string", "pattern": "^/"},
     # Never root: the executor refuses a service user with uid or gid 0 (privdrop.py).
     "executor.serviceUser.*": {"type": "integer", "minimum": 1, "maximum": 4294967294},
-    "executor.sandbox.bwrap.seccompProfile": FREE_OBJECT,
     "executor.sandbox.egress.blockedCIDRs": {
         "type": "array",
         "items": {"type": "string", "pattern": "^[0-9A-Fa-f:.]+/[0-9]{1,3}$"},

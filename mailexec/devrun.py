@@ -114,11 +114,6 @@ def ensure_rabbitmq() -> None:
 def ensure_infra() -> None:
     ensure_postgres()
     ensure_rabbitmq()
-    if shutil.which("bwrap") is None and _is_debian_root():
-        try:
-            _apt_install("bubblewrap")
-        except subprocess.CalledProcessError:
-            say("bubblewrap could not be installed; the executor will run without it")
 
 
 TOKEN_VARS = (
