@@ -35,6 +35,7 @@ import httpx
 import orjson
 
 from services.executor.errors import ExecutorError
+from services.executor.sandbox.namespaces import NETWORKS
 from shared.cache import AsyncCache
 from shared.status import DEFAULT_TEMPFAIL_EXIT_CODES
 
@@ -118,8 +119,6 @@ class Account:
             programs=tuple(str(p) for p in pd.get("programs") or ()),
         )
 
-
-NETWORKS = ("none", "egress")
 
 
 @dataclass(frozen=True)
