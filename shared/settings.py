@@ -123,7 +123,11 @@ class Settings(BaseSettings):
     executor_held_recheck_s: float = 60.0
     sandbox_network: bool = True
     # Programs registered with network "egress" run in one NAT'd namespace per executor
-    # (services/executor/egress.py). Its /30 is the first free one of this range on the
+    # (services/executor/egress.py), built at start only when this is on (it switches on
+    # IPv4 forwarding in the executor's network namespace – the host's, outside a
+    # container – and needs CAP_NET_ADMIN); off, egress programs are deferred (4.x).
+    sandbox_egress: bool = False
+    # Its /30 is the first free one of this range on the
     # host (RFC 6598 shared space, the top of it: not the internet, rarely a pod or LAN
     # range). Extra destinations it may never reach, comma-separated CIDRs: the
     # cluster's pod and service CIDRs, the node's address (the pod's own addresses,

@@ -9,18 +9,23 @@ What it does
     executors on one host don't clash; the namespace side gets the upper address, the
     host side the lower one and is its default route), masquerade of the namespace's
     traffic on the way out, and one nftables table ``inet mailexec_egress_<tag>`` in
-    the executor's namespace that drops, for traffic coming from the veth:
+    the executor's namespace that refuses (a TCP reset, else ICMP admin-prohibited,
+    so the program's connect fails at once instead of hanging until its timeout),
+    for traffic coming from the veth:
       - anything addressed to the executor's namespace itself (hook input: every
-        address of every interface, loopback included, also addresses added later;
-        and in prerouting ``fib daddr type local|broadcast|multicast``),
+        address of every interface, also addresses added later, and whatever a DNAT
+        turned into one of them; loopback destinations never get that far: the
+        kernel drops them as martians),
       - 127.0.0.0/8, 169.254.0.0/16 (cloud metadata services), the egress range
         itself (other executors' egress namespaces on this host), every subnet
         attached to the executor's namespace when it started (in compose: the
         network where PostgreSQL and RabbitMQ live; in a pod: its node's pod range),
         and the CIDRs of ``sandbox_egress_blocked`` (cluster pod and service CIDRs,
-        the node's address) – matched in prerouting *before* any DNAT, so a
-        service address rewritten by kube-proxy or a published port is still
-        refused,
+        the node's address) – matched on conntrack's *original* destination, the
+        one the program asked for, so a service address rewritten by kube-proxy or
+        a published port is still refused;
+    and drops silently:
+      - broadcast, multicast and anycast destinations,
       - every IPv6 packet (IPv6 is off in the namespace: its veth gets no
         link-local address, there is no IPv6 address or route, and the filter drops
         IPv6 from the veth anyway),
@@ -71,11 +76,13 @@ What it does not do
       namespace are followed: the input hook sees them all).
 
 When
-    :func:`maybe_create`: at start, when network isolation is on, the range is not
-    empty and the process holds CAP_NET_ADMIN (why: :func:`wanted`).
+    :func:`maybe_create`: at start, when ``MAILEXEC_SANDBOX_EGRESS`` is on, network
+    isolation is on, the range is not empty and the process holds CAP_NET_ADMIN
+    (why: :func:`wanted`).
 
 Settings
-    ``sandbox_egress_subnet`` (empty: never built), ``sandbox_egress_blocked``,
+    ``sandbox_egress`` (off: never built), ``sandbox_egress_subnet``,
+    ``sandbox_egress_blocked``,
     ``sandbox_network``, ``executor_metrics_port`` (part of the default instance tag).
 """
 
@@ -281,23 +288,30 @@ def holds_net_admin(status_text: str | None = None) -> bool:
 
 
 def wanted(settings: Settings, status_text: str | None = None) -> tuple[bool, str]:
-    """Whether this executor builds the egress namespace at start, and why (for the log).
+    """Whether this executor builds the egress namespace at start, and why not (for the log).
 
-    Built whenever it can be: network isolation on, ``sandbox_egress_subnet`` not
-    empty, and CAP_NET_ADMIN held. The capability is the operator's declaration –
-    the chart and the compose file grant it only when ``egress`` programs are
-    wanted (SPEC §5) – and building at start, whatever the registry says now, lets
-    an admin's later ``PATCH network=egress`` work without a restart (the namespace
-    can't be made after the privilege drop). Asking policy at start instead would
-    tie the executor's start to policy being up and still miss later grants.
+    Only when the operator asks for it (``MAILEXEC_SANDBOX_EGRESS``: the compose file's
+    ``compose.egress.yaml`` and the chart's ``executor.sandbox.egress.enabled`` set it,
+    together with the CAP_NET_ADMIN it needs), network isolation is on and the range
+    is not empty. Root on a bare host always holds CAP_NET_ADMIN, so the capability
+    alone can't be the declaration: building the namespace switches on IPv4 forwarding
+    in the executor's network namespace, which on a bare host is the host's own. It is
+    built at start whatever the registry says now, so an admin's later
+    ``PATCH network=egress`` works without a restart (the namespace can't be made
+    after the privilege drop); asking policy at start instead would tie the
+    executor's start to policy being up and still miss later grants.
     """
+    if not settings.sandbox_egress:
+        return False, "MAILEXEC_SANDBOX_EGRESS is off"
     if not settings.sandbox_network:
         return False, "network isolation is off (MAILEXEC_SANDBOX_NETWORK=false)"
     if not settings.sandbox_egress_subnet.strip():
         return False, "MAILEXEC_SANDBOX_EGRESS_SUBNET is empty"
     if not holds_net_admin(status_text):
-        return False, "no CAP_NET_ADMIN (granted only where egress programs are wanted)"
-    return True, "CAP_NET_ADMIN held"
+        return False, ("MAILEXEC_SANDBOX_EGRESS is on but the executor holds no CAP_NET_ADMIN "
+                       "(compose: layer deploy/compose.egress.yaml; chart: "
+                       "executor.sandbox.egress.enabled)")
+    return True, "asked for, CAP_NET_ADMIN held"
 
 
 def maybe_create(settings: Settings) -> EgressNamespace | None:
@@ -309,14 +323,18 @@ def maybe_create(settings: Settings) -> EgressNamespace | None:
     """
     want, why = wanted(settings)
     if not want:
-        log.info("no egress namespace: %s; programs with network=egress will be deferred", why)
+        level = logging.ERROR if settings.sandbox_egress else logging.INFO
+        log.log(level, "no egress namespace: %s; programs with network=egress will be "
+                "deferred", why)
         return None
     try:
-        return EgressNamespace.from_settings(settings)
+        ns = EgressNamespace.from_settings(settings)
     except SandboxUnavailable as exc:
         log.error("egress namespace not built: %s; programs with network=egress will be "
                   "deferred until it is", exc)
         return None
+    log.info("egress namespace built", extra=ns.describe())
+    return ns
 
 
 # --- the namespace ------------------------------------------------------------------
@@ -374,6 +392,11 @@ class EgressNamespace:
             _run(["ip", "addr", "add", f"{host_addr}/30", "dev", host_if])
             _run(["ip", "link", "set", "dev", host_if, "up"])
             ip_in(netns_fd, "\n".join([
+                # loopback up: 127.0.0.1 is then the namespace's own and refuses at
+                # once (down, it would be routed to the host and dropped as a
+                # martian, a connect hanging until the program's timeout); no ::1
+                "link set dev lo up",
+                "addr flush dev lo scope host to ::/0",
                 f"link set dev {NS_IFNAME} addrgenmode none",
                 f"addr add {ns_addr}/30 dev {NS_IFNAME}",
                 f"link set dev {NS_IFNAME} up",
@@ -440,24 +463,35 @@ table inet {table} {{
         elements = {{ {elements} }}
     }}
 
-    # Before conntrack and DNAT: the destination the program asked for.
+    # Before conntrack and DNAT: what no program sends on purpose is dropped silently.
     chain prerouting {{
         type filter hook prerouting priority raw - 10; policy accept;
         iifname "{host_if}" meta nfproto ipv6 drop
         iifname "{host_if}" ip saddr != {ns_addr} drop
-        iifname "{host_if}" ip daddr @blocked drop
-        iifname "{host_if}" fib daddr type {{ local, broadcast, multicast, anycast }} drop
+        iifname "{host_if}" fib daddr type {{ broadcast, multicast, anycast }} drop
     }}
 
-    # Whatever is addressed to this namespace (every address, now or later).
+    # Refused at once, so a program's connect fails instead of hanging until its
+    # timeout: a TCP reset (not rate-limited, unlike the kernel's ICMP errors), an
+    # ICMP admin-prohibited for anything else.
+    chain refuse {{
+        meta l4proto tcp reject with tcp reset
+        reject with icmpx type admin-prohibited
+    }}
+
+    # Whatever is addressed to this namespace (every address, now or later), also
+    # after a DNAT to one of them.
     chain input {{
         type filter hook input priority filter - 10; policy accept;
-        iifname "{host_if}" drop
+        iifname "{host_if}" goto refuse
     }}
 
+    # Blocked destinations, matched on the address the program asked for (conntrack's
+    # original tuple: before any DNAT of kube-proxy or a published port).
     chain forward {{
         type filter hook forward priority filter - 10; policy accept;
-        iifname "{host_if}" ct original ip daddr @blocked drop
+        iifname "{host_if}" ct original ip daddr @blocked goto refuse
+        iifname "{host_if}" ip daddr @blocked goto refuse
         oifname "{host_if}" ct state established,related accept
         oifname "{host_if}" drop
     }}

@@ -6,7 +6,8 @@ What it does
     clear message – unless: it runs as root; the trusted directory is root's or the
     service user's and its parents root's, none writable by others (``ProgramStore``);
     the sandbox can be built as configured (spawner, namespaces, cgroups:
-    ``Sandbox.start``); and its own settings are sane (service token set, concurrency
+    ``Sandbox.start``, with the egress namespace of ``egress.py`` when
+    ``MAILEXEC_SANDBOX_EGRESS`` is on); and its own settings are sane (service token set, concurrency
     and limits positive). Then it logs ONE line naming the isolation layers that are
     active, drops for good to its service user with no capabilities left
     (``privdrop.py``: before any connection is made; it refuses to go on if anything
@@ -39,6 +40,7 @@ from typing import Any
 
 import uvicorn
 
+from services.executor import egress
 from services.executor.chain import Deps
 from services.executor.dead import DeadLetters
 from services.executor.errors import SandboxUnavailable
@@ -95,7 +97,8 @@ def prepare(s: Settings, service_user: ServiceUser | None = None) -> tuple[Progr
     store = ProgramStore(s.trusted_dir, owner_uid=service_user.uid if service_user else 0)
     forbidden = forbidden_uids(service_user.uid) if service_user else ()
     try:
-        sandbox = Sandbox.start(s, forbidden_uids=forbidden)
+        # before the drop: the veth, NAT and nftables of network=egress runs need root
+        sandbox = Sandbox.start(s, forbidden_uids=forbidden, egress=egress.maybe_create(s))
     except BaseException:
         store.close()
         raise

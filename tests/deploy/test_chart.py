@@ -325,6 +325,7 @@ def test_executor_keeps_exactly_setuid_setgid_kill_sys_admin(value_set: str, ren
     assert "MAILEXEC_SANDBOX_NETWORK" not in env
     assert Settings.model_fields["sandbox_network"].default is True
     assert "MAILEXEC_SANDBOX_EGRESS_BLOCKED" not in env
+    assert "MAILEXEC_SANDBOX_EGRESS" not in env and not Settings().sandbox_egress
     assert "MAILEXEC_SANDBOX_BWRAP" not in env  # one run path: the spawner
     trusted = env["MAILEXEC_TRUSTED_DIR"]
     assert trusted == "/var/lib/mailexec/trusted"
@@ -358,6 +359,7 @@ def test_egress_adds_net_admin_and_the_blocked_cidrs(rendered: dict) -> None:
     assert pod["hostUsers"] is False
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MAILEXEC_SANDBOX_EGRESS_BLOCKED"].split(",") == EGRESS_BLOCKED
+    assert env["MAILEXEC_SANDBOX_EGRESS"] == "true"  # the capability alone builds nothing
     assert "MAILEXEC_SANDBOX_BWRAP" not in env  # one run path: the spawner
     # Egress programs leave NAT'd to the pod's address: its NetworkPolicy lets public
     # addresses through, never the private ranges the cluster lives in.

@@ -235,6 +235,7 @@ def test_egress_overlay_adds_net_admin_to_the_executor_alone() -> None:
     assert executor["cap_add"] == ["NET_ADMIN"]
     assert set(executor) == {"cap_add", "environment"}
     assert set(executor["environment"]) <= setting_names()
+    assert executor["environment"]["MAILEXEC_SANDBOX_EGRESS"] == "true"
     blocked = [
         ipaddress.ip_network(net)
         for net in unset(executor["environment"]["MAILEXEC_SANDBOX_EGRESS_BLOCKED"]).split(",")

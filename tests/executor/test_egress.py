@@ -10,224 +10,66 @@ subnet, the cloud metadata address 169.254.169.254, a cluster CIDR named in
 reachable. The probe enters the egress namespace with setns(2) from a thread of this
 test, so it does not depend on the sandbox.
 
-The "outside" is another network namespace behind a veth from the host
-(198.18.255.0/30, RFC 2544 benchmarking space, never this machine's own networks);
-it owns 203.0.113.10 (the internet), 169.254.169.254 (the metadata service) and
-198.51.100.10 (a blocked cluster address), all routed through it, and listens on
-each. Every namespace, interface, route and table is removed in teardown, even when
-a test fails.
+The "outside" is tests/netlab.py's dummy network; every namespace, interface, route
+and table is removed in teardown, even when a test fails.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 
 from services.executor.egress import (
-    IP_FORWARD,
     EgressNamespace,
     fd_path,
     instance_tag,
     ip_in,
-    new_netns,
     wanted,
 )
 from services.executor.errors import SandboxUnavailable
+from tests.netlab import (
+    BLOCKED,
+    CLUSTER,
+    INTERNET,
+    LINK_OUTSIDE,
+    METADATA,
+    PORT,
+    Listener,
+    Outside,
+    errors_from,
+    in_netns,
+    ip,
+    ip_forward_restored,
+    links_named,
+    need_tools,
+    nft_tables,
+    outside_network,
+    probe_from,
+    tcp_answer,
+)
 
-T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-INTERNET = "203.0.113.10"
-METADATA = "169.254.169.254"
-CLUSTER = "198.51.100.10"
-BLOCKED = "198.51.100.0/24"
-LINK_HOST, LINK_OUTSIDE = "198.18.255.1", "198.18.255.2"
 POOL = "100.64.254.0/24"  # not the default range: a `make run` executor may hold that
-PORT = 18080
 
-
-def _need_tools() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, veth, nftables)"
-    if shutil.which("ip") is None or shutil.which("nsenter") is None:
-        return "needs iproute2 and util-linux (ip, nsenter)"
-    if shutil.which("nft") is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "nftables"], capture_output=True,
-                       timeout=300, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if shutil.which("nft") is None:
-        return "needs nftables (Debian package nftables; apt-get install failed)"
-    return None
-
-
-_skip = _need_tools()
+_skip = need_tools()
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
-
-
-def in_netns(fd: int, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that has entered network namespace ``fd``."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
-
-
-def tcp_answer(host: str, port: int, *, source: str | None = None,
-               timeout: float = 1.5) -> str | None:
-    """What a server says on connect ("(connected)" if it waits for us), None if the
-    connection can't be made."""
-    try:
-        s = socket.create_connection((host, port), timeout=timeout,
-                                     source_address=(source, 0) if source else None)
-    except OSError:
-        return None
-    with s:
-        s.settimeout(0.3)
-        try:
-            return s.recv(64).decode(errors="replace") or "(connected)"
-        except OSError:
-            return "(connected)"
-
-
-def probe_from(fd: int, targets: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
-    """Connect to every target from inside namespace ``fd``, in parallel."""
-    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        futures = {t: pool.submit(in_netns, fd, lambda t=t: tcp_answer(*t)) for t in targets}
-        return {t: f.result() for t, f in futures.items()}
-
-
-class Listener:
-    """A TCP server in a namespace (or here) that greets every connection with its name."""
-
-    def __init__(self, name: str, port: int, netns_fd: int | None = None) -> None:
-        self.name = name
-        ready = threading.Event()
-        self.sock: socket.socket | None = None
-
-        def serve() -> None:
-            if netns_fd is not None and _libc.setns(netns_fd, _CLONE_NEWNET) != 0:
-                ready.set()
-                return
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("0.0.0.0", port))
-            s.listen(64)
-            self.sock = s
-            ready.set()
-            while True:
-                try:
-                    conn, _ = s.accept()
-                except OSError:
-                    return
-                with conn:
-                    try:
-                        conn.sendall(name.encode())
-                    except OSError:
-                        pass
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        ready.wait(5)
-        assert self.sock is not None, f"listener {name} did not start"
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-        self.thread.join(5)
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def nft_tables() -> str:
-    return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-
-
-def links_named(prefix: str) -> list[str]:
-    out = ip("-o", "link", "show").stdout
-    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
-            if line.split(":")[1].strip().startswith(prefix)]
-
-
-@dataclass
-class Outside:
-    fd: int
-    veth: str
-    routes: list[str]
-    listener: Listener
-    extra: list[Any] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
 def forwarding() -> Iterator[None]:
-    """Restore net.ipv4.ip_forward as it was (the egress namespace switches it on)."""
-    with open(IP_FORWARD) as f:
-        before = f.read().strip()
-    yield
-    with open(IP_FORWARD, "w") as f:
-        f.write(before + "\n")
+    with ip_forward_restored():
+        yield
 
 
 @pytest.fixture(scope="module")
 def outside(forwarding: None) -> Iterator[Outside]:
-    veth = f"mxto{os.getpid() % 100000}h"
-    routes = [f"{INTERNET}/32", f"{METADATA}/32", f"{CLUSTER}/32"]
-    fd = new_netns()
-    added: list[str] = []
-    listener: Listener | None = None
-    try:
-        ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", fd_path(fd))
-        ip("addr", "add", f"{LINK_HOST}/30", "dev", veth)
-        ip("link", "set", "dev", veth, "up")
-        ip_in(fd, "\n".join([
-            "link set dev lo up",
-            f"addr add {LINK_OUTSIDE}/30 dev eth0",
-            "link set dev eth0 up",
-            *(f"addr add {r} dev lo" for r in routes),
-            f"route add default via {LINK_HOST}",
-        ]) + "\n")
-        for r in routes:
-            ip("route", "add", r, "via", LINK_OUTSIDE, "dev", veth)
-            added.append(r)
-        listener = Listener("outside", PORT, netns_fd=fd)
-        yield Outside(fd=fd, veth=veth, routes=added, listener=listener)
-    finally:
-        if listener is not None:
-            listener.close()
-        for r in added:
-            ip("route", "del", r, check=False)
-        ip("link", "del", veth, check=False)
-        os.close(fd)
+    with outside_network() as net:
+        yield net
 
 
 @pytest.fixture
@@ -280,6 +122,11 @@ def test_outside_reachable_control_plane_not(
         refused += [(addr, PORT + 1), (addr, 5432), (addr, 5672)]
     answers = probe_from(egress.fd, refused)
     assert {t: a for t, a in answers.items() if a is not None} == {}
+    # Refused, not silently dropped: a program's connect fails at once instead of
+    # hanging until its timeout (127/8 is the namespace's own loopback, where nobody
+    # listens).
+    errors = errors_from(egress.fd, refused)
+    assert set(errors.values()) == {"ECONNREFUSED"}, errors
 
 
 def test_spoofed_source_dropped(outside: Outside, egress: EgressNamespace) -> None:
@@ -387,14 +234,19 @@ def test_bad_configuration_refused_before_anything_is_made(forwarding: None) -> 
     assert (links_named("mxeg"), nft_tables()) == before
 
 
-def test_built_only_where_net_admin_is_granted() -> None:
+def test_built_only_where_asked_for_and_net_admin_is_granted() -> None:
     from shared.settings import Settings
 
     granted = "CapEff:\t000001ffffffffff\n"
     withheld = "CapEff:\t00000000a80425fb\n"  # docker's default set: no NET_ADMIN (bit 12)
-    on = Settings(sandbox_network=True, sandbox_egress_subnet="100.64.255.0/24")
-    assert wanted(on, granted) == (True, "CAP_NET_ADMIN held")
+    on = Settings(sandbox_egress=True, sandbox_network=True,
+                  sandbox_egress_subnet="100.64.255.0/24")
+    assert wanted(on, granted)[0] is True
     assert wanted(on, withheld)[0] is False
     assert "NET_ADMIN" in wanted(on, withheld)[1]
+    # root on a bare host always holds NET_ADMIN: only the operator's switch builds it
+    assert wanted(on.model_copy(update={"sandbox_egress": False}), granted) == (
+        False, "MAILEXEC_SANDBOX_EGRESS is off")
+    assert wanted(Settings(), granted)[0] is False  # off by default
     assert wanted(on.model_copy(update={"sandbox_egress_subnet": ""}), granted)[0] is False
     assert wanted(on.model_copy(update={"sandbox_network": False}), granted)[0] is False

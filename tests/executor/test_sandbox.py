@@ -370,8 +370,17 @@ async def test_each_run_gets_the_network_namespace_it_asks_for() -> None:
     from services.executor.programs import sealed_memfd
     from services.executor.sandbox.namespaces import create_empty_netns
 
-    egress = create_empty_netns()
-    box = Sandbox.start(test_settings(), egress_netns_fd=egress)
+    class Holder:  # what egress.EgressNamespace is to the sandbox: an fd it owns
+        def __init__(self) -> None:
+            self.fd = create_empty_netns()
+            self.ino = os.fstat(self.fd).st_ino
+
+        def close(self) -> None:
+            os.close(self.fd)
+            self.fd = -1
+
+    egress = Holder()
+    box = Sandbox.start(test_settings(), egress=egress)
     without = Sandbox.start(test_settings())
     fd = sealed_memfd("netns", b"#!/bin/sh\nreadlink /proc/self/ns/net\n")
     try:
@@ -380,7 +389,7 @@ async def test_each_run_gets_the_network_namespace_it_asks_for() -> None:
             result = await box.run(fd, "netns", 64020, 64020, "/", b"", b"", limits(),
                                    network=network)
             seen[network] = result.output.decode().strip()
-        assert seen["egress"] == f"net:[{os.fstat(egress).st_ino}]"
+        assert seen["egress"] == f"net:[{egress.ino}]"
         assert seen["none"] != seen["egress"] and seen["none"].startswith("net:[")
         assert box.isolation["egress_network"] and not without.isolation["egress_network"]
         with pytest.raises(LaunchFailed, match="no egress namespace"):
@@ -390,7 +399,7 @@ async def test_each_run_gets_the_network_namespace_it_asks_for() -> None:
         os.close(fd)
         box.close()
         without.close()
-        os.close(egress)
+    assert egress.fd == -1  # the sandbox closed what it was given
 
 
 def test_the_cgroup_subtree_is_discovered_from_proc_self_cgroup() -> None:

@@ -55,6 +55,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from services.executor.errors import IdentityRefused, LaunchFailed, SandboxUnavailable
 from services.executor.sandbox import cgroups as cg
@@ -81,13 +82,23 @@ def _missing_capabilities() -> list[str]:
     return []
 
 
+class EgressHolder(Protocol):
+    """What the sandbox needs of the egress namespace (``egress.EgressNamespace``)."""
+
+    fd: int
+
+    def close(self) -> None: ...
+
+
 class Sandbox:
     """Runs delivery programs; one per executor process. Use :meth:`start`."""
 
     def __init__(
         self, *, spawner: SpawnerClient, tz: str, netns_fds: list[int],
         cgroups: cg.RunCgroups | None, min_uid: int, forbidden_uids: Sequence[int],
+        egress: EgressHolder | None = None,
     ) -> None:
+        self._egress = egress
         self._spawner: SpawnerClient | None = spawner
         self._tz = tz
         self._netns_fds = netns_fds
@@ -110,16 +121,27 @@ class Sandbox:
 
     @classmethod
     def start(
-        cls, settings: Settings, *, egress_netns_fd: int | None = None,
+        cls, settings: Settings, *, egress: EgressHolder | None = None,
         forbidden_uids: Sequence[int] = (), helper: Path | None = None,
     ) -> Sandbox:
         """Everything the runs share; SandboxUnavailable (refuse to start) if not possible.
 
-        ``egress_netns_fd``: the namespace of ``network="egress"`` runs (``egress.py``);
+        ``egress``: the namespace of ``network="egress"`` runs (``egress.py``), owned by
+        the sandbox from here on (closed with it, also when this start fails);
         without it such runs fail with a temporary LaunchFailed. ``forbidden_uids``:
         uids the spawner must never run programs as (the service uid, the owners of
         PostgreSQL and RabbitMQ), on top of uid 0 and those below ``min_uid``.
         """
+        try:
+            return cls._start(settings, egress, forbidden_uids, helper)
+        except BaseException:
+            if egress is not None:
+                egress.close()
+            raise
+
+    @classmethod
+    def _start(cls, settings: Settings, egress: EgressHolder | None,
+               forbidden_uids: Sequence[int], helper: Path | None) -> Sandbox:
         if os.geteuid() != 0:
             raise SandboxUnavailable("the executor sandbox needs root (to start its spawner)")
         missing = _missing_capabilities()
@@ -137,9 +159,9 @@ class Sandbox:
         try:
             if settings.sandbox_network:
                 netns_fds.append(create_empty_netns())
-                if egress_netns_fd is not None:
-                    netns_fds.append(os.dup(egress_netns_fd))
-            elif egress_netns_fd is not None:
+                if egress is not None:
+                    netns_fds.append(os.dup(egress.fd))
+            elif egress is not None:
                 raise SandboxUnavailable("an egress namespace needs sandbox_network on")
             cgroups = cg.RunCgroups.open(settings.sandbox_cgroup_root, settings.executor_instance)
             spawner = SpawnerClient(path, netns_fds, settings.min_uid, forbidden_uids)
@@ -150,7 +172,7 @@ class Sandbox:
                 cgroups.close()
             raise
         return cls(spawner=spawner, tz=settings.tz, netns_fds=netns_fds, cgroups=cgroups,
-                   min_uid=settings.min_uid, forbidden_uids=forbidden_uids)
+                   min_uid=settings.min_uid, forbidden_uids=forbidden_uids, egress=egress)
 
     @property
     def spawner(self) -> SpawnerClient | None:
@@ -194,7 +216,8 @@ class Sandbox:
         netns = NETWORKS[network]
         if netns and netns >= len(self._netns_fds):
             raise LaunchFailed(f"the program's network is {network!r} but this executor has "
-                               "no egress namespace (see MAILEXEC_SANDBOX_EGRESS_*); retrying")
+                               "no egress namespace (MAILEXEC_SANDBOX_EGRESS, and why in "
+                               "the executor's start-up log); retrying")
         spawner = self._spawner
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -268,3 +291,6 @@ class Sandbox:
         for fd in self._netns_fds:
             os.close(fd)
         self._netns_fds = []
+        if self._egress is not None:
+            self._egress.close()
+            self._egress = None
