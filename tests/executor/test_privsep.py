@@ -44,9 +44,9 @@ from tests.helpers import processes_of
 ROOT = Path(__file__).resolve().parents[2]
 CAPSET_HEADER = ROOT / "services" / "executor" / "sandbox" / "capset.h"
 CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
-CAP_DAC_OVERRIDE, CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_SYS_ADMIN = 1, 5, 6, 7, 12, 21
+CAP_DAC_OVERRIDE, CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN = 1, 5, 6, 7, 21
 SPAWNER_NEEDS = {CAP_SETUID, CAP_SETGID, CAP_KILL}
-SPAWNER_MAY_HOLD = SPAWNER_NEEDS | {CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_DAC_OVERRIDE}
+SPAWNER_MAY_HOLD = SPAWNER_NEEDS | {CAP_SYS_ADMIN, CAP_DAC_OVERRIDE}
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop is tested as root")
 
@@ -114,8 +114,6 @@ def test_spawner_holds_what_runs_need(pipe: Pipeline) -> None:
     assert SPAWNER_NEEDS <= bits(got["CapEff"]), describe_capabilities(got["CapEff"])
 
 
-@pytest.mark.xfail(reason="spawner.c does not call capset.h's narrow_capabilities() yet "
-                          "(the sandbox engineer's file); it keeps root's full sets", strict=False)
 def test_spawner_keeps_only_what_it_needs(pipe: Pipeline) -> None:
     got = caps(privileges_of(spawner_pid(pipe)))
     for key in ("CapEff", "CapPrm", "CapBnd"):

@@ -6,14 +6,15 @@
  *      #define _GNU_SOURCE
  *      #include "capset.h"                    (next to spawner.c: no -I needed)
  *
- *      if (narrow_capabilities(SPAWNER_CAPS | (egress ? CAP_BIT(CAP_NET_ADMIN) : 0)) != 0)
+ *      if (narrow_capabilities(SPAWNER_CAPS) != 0)
  *          return 1;                           (errno says why; refuse to serve)
  *
  * DESCRIPTION
  *      The executor's Python process gives up every capability after start
  *      (services/executor/privdrop.py); the spawner is then the one process
- *      holding privilege, and it should hold only what it uses. Called first
- *      thing in main(), before any request is read, while the process is still
+ *      holding privilege, and it should hold only what it uses. Called in
+ *      main() right after the spawner's own set-up (network and mount
+ *      namespaces), before any request is read, while the process is still
  *      single-threaded (capabilities are per thread), narrow_capabilities(keep):
  *
  *      1. drops from the bounding set every capability not in keep, from 0 to
@@ -42,7 +43,8 @@
  *                                 service user's (drop it once the spawner makes
  *                                 the run cgroups itself, or lives in the
  *                                 delegated subtree);
- *      plus CAP_NET_ADMIN only when a program has network "egress".
+ *      not CAP_NET_ADMIN: entering the egress namespace (setns) needs only
+ *      CAP_SYS_ADMIN; the executor wires that namespace before it starts us.
  *
  * GUARANTEES
  *      On success the calling thread's effective, permitted and bounding sets

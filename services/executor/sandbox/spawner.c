@@ -41,6 +41,10 @@
  *      runs reaching host sockets, /proc of others     child_recipe.h
  *      fds landing on 0-2, oversized/truncated         test_containment: test_spawner_refuses_
  *        requests                                        malformed_requests
+ *      a hijacked spawner using more privilege than    test_privsep: test_spawner_keeps_
+ *        runs need: after its set-up it keeps only       only_what_it_needs
+ *        SETUID, SETGID, KILL, SYS_ADMIN and
+ *        DAC_OVERRIDE (capset.h; bounding set too)
  *
  * PROTOCOL (one seqpacket message each, native byte order)
  *      SPAWN: struct req_spawn, then three NUL-terminated strings home, argv0,
@@ -104,6 +108,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "capset.h"
 #include "child_recipe.h"
 
 #define OP_SPAWN 1
@@ -487,6 +492,10 @@ int main(int argc, char **argv)
     SELF_PIDFD = (int) syscall(SYS_pidfd_open, getpid(), 0);
     if (SELF_PIDFD < 0 || fcntl(SELF_PIDFD, F_SETFD, FD_CLOEXEC) != 0)
         return start_failed("pidfd_open");
+    /* The set-up is done: from here on it holds only what runs need (capset.h). */
+    if (narrow_capabilities(SPAWNER_CAPS) != 0)
+        return start_failed("narrowing its capabilities (needs CAP_SETPCAP for "
+                            "PR_CAPBSET_DROP)");
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     if (sigprocmask(SIG_BLOCK, &chld, NULL) != 0)
