@@ -148,6 +148,12 @@ class Pipeline:
                             headers={"Content-Type": "application/octet-stream"})
             assert r.status_code in (200, 201), r.text
 
+    async def program_network(self, name: str, network: str) -> None:
+        """PATCH /v1/programs/{name} {"network": ...} as the admin."""
+        async with httpx.AsyncClient(base_url=self.policy_url, headers=ADMIN, timeout=10) as c:
+            r = await c.patch(f"/v1/programs/{name}", json={"network": network})
+            assert r.status_code == 200, r.text
+
     async def unregister(self, name: str) -> None:
         async with httpx.AsyncClient(base_url=self.policy_url, headers=ADMIN, timeout=10) as c:
             r = await c.delete(f"/v1/programs/{name}")

@@ -33,6 +33,16 @@ from tests.conftest import ServiceProcess, free_port
 from tests.executor.helpers import Homes, Pipeline, message
 from tests.executor.sandboxing import test_settings
 from tests.helpers import processes_of
+from tests.netlab import (
+    BLOCKED,
+    CLUSTER,
+    INTERNET,
+    METADATA,
+    PORT,
+    ip_forward_restored,
+    need_tools,
+    outside_network,
+)
 from tests.security.conftest import (
     HOSTILE_EXECUTOR_ENV,
     build_hostile,
@@ -333,6 +343,60 @@ async def _two_instances(stack: Pipeline, homes: Homes, cexec: ServiceProcess) -
         for key, proc in (("instance-a2", a2), ("instance-b2", b2)):
             proc.stop()
             stack.procs.pop(key, None)
+
+
+async def test_an_egress_program_reaches_the_outside_and_nothing_of_the_control_plane(
+    stack: Pipeline, homes: Homes, cexec: ServiceProcess, mx_env: dict[str, str]
+) -> None:
+    """An admin grants a program ``network: egress`` and the executor is told to build the
+    namespace (MAILEXEC_SANDBOX_EGRESS, as compose.egress.yaml and the chart do). Delivered
+    through the pipeline, the program reaches an address "on the internet" (tests/netlab.py's
+    dummy outside), and is refused – at once, not after its timeout – on PostgreSQL,
+    RabbitMQ and every mailexec port on loopback and on the host's addresses, on the
+    metadata address, on a blocked cluster CIDR; host Unix sockets stay out of reach."""
+    if (why := need_tools()) is not None:
+        pytest.skip(why)
+    sockets = [path for path in host_sockets() if "PGSQL" in path]
+    ports = [5432, 5672, int(stack.policy_url.rsplit(":", 1)[1]),
+             int(stack.ingest_url.rsplit(":", 1)[1])]
+    refused = [f"tcp {METADATA} {PORT}", f"tcp {CLUSTER} {PORT}"]
+    refused += [f"tcp 127.0.0.1 {port}" for port in ports]
+    if (address := host_address()) is not None:
+        refused += [f"tcp {address} {port}" for port in ports]
+    refused += [f"unix {path}" for path in sockets]
+    uid, gid, home = homes.make()
+    (home / "targets").write_text("\n".join([f"tcp {INTERNET} {PORT}", *refused]) + "\n")
+    os.chown(home / "targets", uid, gid)
+    addr = f"egress-{uid}@example.org"
+    await stack.account(addr, uid, gid, home, ["contain"])
+    await stack.program_network("contain", "egress")
+    env = {**HOSTILE_EXECUTOR_ENV, "MAILEXEC_TRUSTED_DIR": cexec.env["MAILEXEC_TRUSTED_DIR"],
+           "MAILEXEC_SANDBOX_EGRESS": "true", "MAILEXEC_SANDBOX_EGRESS_SUBNET": "100.64.252.0/24",
+           "MAILEXEC_SANDBOX_EGRESS_BLOCKED": BLOCKED}
+    try:
+        with ip_forward_restored(), outside_network():
+            async with alone(cexec, mx_env["MAILEXEC_AMQP_URL"]):
+                egress_exec = await stack.astart("executor", key="egress-exec",
+                                                 extra_env=_own_port(env))
+                try:
+                    mid = await stack.submit(addr, message("egress"))
+                    rcpt = await stack.wait_state(mid, timeout=30)
+                    log = egress_exec.log_tail()
+                finally:
+                    egress_exec.stop()
+                    stack.procs.pop("egress-exec", None)
+    finally:
+        await stack.program_network("contain", "none")
+    text = (home / "contain.out").read_text()
+    assert rcpt["state"] == "delivered", (rcpt, text)
+    assert "egress namespace built" in log
+    res = outcome(home, "contain")
+    assert res.pop(f"tcp:{INTERNET}:{PORT}") == "OK", text
+    res.pop("tmp-write")
+    assert len(res) == len(refused), text
+    assert all(v.startswith("DENIED") for v in res.values()), text
+    # refused, not dropped: a connect that hung would have run into the 10 s timeout
+    assert all("timed out" not in v for v in res.values()), text
 
 
 async def test_exhausted_process_limit_at_exec_defers_then_delivers(
