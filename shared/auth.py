@@ -39,7 +39,6 @@ from shared.db import get_engine, translate_db_errors
 from shared.errors import Forbidden, TooManyRequests, Unauthorized
 from shared.settings import get_settings
 
-ROLES = ("admin", "mta", "user", "service")
 BAD_TOKEN_LIMIT = 30
 BAD_TOKEN_WINDOW_S = 60.0
 BAD_TOKEN_MAX_ADDRESSES = 10000
@@ -53,11 +52,6 @@ class Principal:
     role: str
     name: str  # for the audit log: "admin", "mta", "service" or "user:<address>"
     account: str | None = None
-
-    def may_access_account(self, address: str) -> bool:
-        if self.role == "admin":
-            return True
-        return self.role == "user" and self.account == address.lower()
 
 
 def hash_token(token: str) -> str:

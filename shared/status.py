@@ -179,11 +179,6 @@ def describe_exit(code: int) -> str:
     return f"{entry.name}: {entry.text}"
 
 
-def is_soft_exit(code: int) -> bool:
-    """Postfix ``sys_exits_softerror``: does the table call this exit temporary?"""
-    return status_for_exit(code).startswith("4.")
-
-
 def status_from_output(text: str | bytes | None) -> str | None:
     """The enhanced status code a program's output starts with (``5.7.1 go away``).
 

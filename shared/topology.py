@@ -39,7 +39,6 @@ EVENTS_EXCHANGE = "events"
 EVENTS_DLX = "events.dlx"
 NOTIFIER_QUEUE = "notifier.events"
 NOTIFIER_DEAD = "notifier.dead"
-EVENT_KINDS = ("bounce", "delayed", "delivered", "admin_notice")
 
 POLICY_EXCHANGE = "policy.changed"
 

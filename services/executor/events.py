@@ -16,7 +16,7 @@ from services.executor.publishing import Publisher
 from services.executor.repo import FINAL_STATES, MessageEnvelope, RecipientSnapshot
 from services.executor.verdict import DIAGNOSTICS, Verdict
 from shared.schemas import Event, EventEnvelope, EventRecipient, Job, Notice
-from shared.status import FailureKind, NoticeReason
+from shared.status import FailureKind
 
 EVENT_NS = uuid.UUID("5f0c8a52-3c1e-4a43-9a8e-6d2f4b1c7e90")
 
@@ -136,5 +136,3 @@ async def announce_final(pub: Publisher, job: Job, snap: RecipientSnapshot) -> i
         await pub.event(key, event)
     return len(pairs)
 
-
-NOTICE_KINDS = {r.value for r in NoticeReason}

@@ -122,7 +122,7 @@ def run() -> int:
         store, sandbox = prepare(settings, service_user)
     except (UnsafeConfig, SandboxUnavailable) as exc:
         return _refuse(str(exc), EX_CONFIG)
-    layers = {k: v for k, v in sandbox.isolation.items() if k not in ("launcher", "cgroup_dir")}
+    layers = {k: v for k, v in sandbox.isolation.items() if k != "cgroup_dir"}
     active = ", ".join(k for k, v in layers.items() if v) or "none"
     inactive = ", ".join(k for k, v in layers.items() if not v) or "none"
     log.info("sandbox ready: active isolation layers: %s; not active: %s", active, inactive,

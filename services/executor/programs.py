@@ -284,12 +284,6 @@ class ProgramStore:
                 f"unsafe trusted dir {self.dir}: writable by group or others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it")
 
-    def forget(self, sha256: str) -> None:
-        """Drop the cached memfd of ``sha256`` (the next open re-reads and re-verifies)."""
-        entry = self._memfds.pop(sha256.lower(), None)
-        if entry is not None:
-            os.close(entry[0])
-
     def _cached(self, sha256: str, name: str) -> ExecHandle | None:
         entry = self._memfds.get(sha256)
         if entry is None:

@@ -99,11 +99,6 @@ class Publisher:
         await self._publish("", queue, job.to_json(), expiration_s=expiration, headers=headers,
                             message_id=str(job.job_id))
 
-    async def retry_raw(self, body: bytes, headers: dict[str, Any], n: int) -> None:
-        """Re-queue an unparsed job body as is (used when we can't even read it safely)."""
-        queue, expiration = self.retry_target(n)
-        await self._publish("", queue, body, expiration_s=expiration, headers=headers)
-
     async def hold(self, job: Job) -> None:
         expiration = self.held_recheck_s if self.held_recheck_s * 1000 < topology.HELD_RECHECK_MS else None
         await self._publish("", topology.HELD_QUEUE, job.to_json(), expiration_s=expiration,

@@ -94,11 +94,6 @@ class Aggregator:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @property
-    def buffered(self) -> int:
-        """Events not yet being stored (open windows and closed ones waiting)."""
-        return self._open_items + sum(len(w) for w in self._closed)
-
     def add(self, item: Buffered) -> None:
         key = key_of(item)
         window = self._open.get(key)

@@ -175,14 +175,10 @@ class SmtpSession:
         self._client: aiosmtplib.SMTP | None = None
         self._opened_at = 0.0
         self._used_at = 0.0
-        self.connections = 0  # opened so far (tests, logs)
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.is_connected
-
-    def idle_s(self) -> float:
-        return time.monotonic() - self._used_at if self.connected else 0.0
 
     def _reusable(self) -> bool:
         now = time.monotonic()
@@ -233,7 +229,6 @@ class SmtpSession:
             raise _translate(exc) from exc
         self._client = client
         self._opened_at = self._used_at = time.monotonic()
-        self.connections += 1
 
     async def _transaction(self, rcpt: str, content: bytes, *, reused: bool) -> str:
         client = self._client

@@ -116,7 +116,6 @@ class SpawnerClient:
         # id -> (spawned future, exit-status future)
         self._pending: dict[int, tuple[asyncio.Future[tuple[int, int]], asyncio.Future[int]]] = {}
         self._opening: dict[int, asyncio.Future[int]] = {}
-        self.starts = 0
         self._start()
 
     @property
@@ -150,7 +149,6 @@ class SpawnerClient:
         ours.setblocking(False)
         self._sock = ours
         self._loop = None
-        self.starts += 1
 
     def _await_ready(self, sock: socket.socket) -> None:
         """The spawner's READY, or SandboxUnavailable: no silent weaker fallback."""
