@@ -74,7 +74,7 @@ from .envelope import (
     parse_ret,
     parse_sender,
 )
-from .outbox import Outbox
+from .publish_outbox import Outbox
 from .recipients import AccountCheck, Answer
 
 log = logging.getLogger("mailexec.lmtp")

@@ -21,7 +21,7 @@ from shared.errors import Unavailable
 from shared.settings import Settings
 
 from .lmtp import LMTPServer
-from .outbox import Outbox, Relay
+from .publish_outbox import Outbox, Relay
 from .recipients import AccountCheck
 from .repo import Database
 

@@ -34,7 +34,7 @@ from services.notifier.dsn import (
     render_dsn_bytes,
     to_bytes,
 )
-from services.notifier.notices import (
+from services.notifier.notice_limits import (
     Decision,
     NoticeKey,
     NoticeLimiter,

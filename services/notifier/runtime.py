@@ -16,9 +16,9 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.exceptions import AMQPError
 
 from services.notifier.consumer import PREFETCH, EventConsumer
-from services.notifier.outbox import Sender
 from services.notifier.policy_client import PolicyClient
 from services.notifier.smtp import SmtpTarget, parse_smtp_url
+from services.notifier.smtp_outbox import Sender
 from shared import topology
 from shared.amqp import Broker, redact
 from shared.db import ping

@@ -52,7 +52,7 @@ from shared.db import get_engine, session_scope, translate_db_errors
 from shared.errors import Unavailable
 from shared.settings import Settings
 
-log = logging.getLogger("mailexec.notifier.outbox")
+log = logging.getLogger("mailexec.notifier.smtp_outbox")
 
 WORKERS = 8  # SMTP connections sending at once
 HELD_PER_WORKER = 4  # rows claimed per worker: one being sent, the next ones waiting

@@ -84,7 +84,9 @@ SHELL_MARKER_THRESHOLD = 6
 
 
 @dataclass(frozen=True)
-class Verdict:
+class InterpreterCheck:
+    """Whether an uploaded program is a command interpreter, and why (empty when not)."""
+
     interpreter: bool
     reason: str = ""
 
@@ -168,10 +170,10 @@ def by_content(content: bytes, sha256: str) -> str | None:
     return None
 
 
-def classify(name: str, content: bytes, sha256: str) -> Verdict:
+def classify(name: str, content: bytes, sha256: str) -> InterpreterCheck:
     if content.startswith(b"#!"):
         # The guide: a carefully inspected script run by an interpreter may be safe.
         reason = by_name(name)
-        return Verdict(True, reason) if reason else Verdict(False)
+        return InterpreterCheck(True, reason) if reason else InterpreterCheck(False)
     reason = by_name(name) or by_content(content, sha256)
-    return Verdict(True, reason) if reason else Verdict(False)
+    return InterpreterCheck(True, reason) if reason else InterpreterCheck(False)

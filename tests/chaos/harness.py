@@ -51,7 +51,7 @@ import asyncpg
 import httpx
 from aiosmtpd.controller import Controller
 
-from services.notifier.outbox import HELD_PER_WORKER, WORKERS
+from services.notifier.smtp_outbox import HELD_PER_WORKER, WORKERS
 from tests.chaos.pgcluster import PrivateCluster, drop_leftovers
 from tests.chaos.proxy import CuttableProxy
 from tests.conftest import ServiceProcess, free_port
@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 ACCOUNTS = ("succ", "fail", "defer")
-# The notifier sends, then marks sent (services/notifier/outbox.py): a kill -9 between
+# The notifier sends, then marks sent (services/notifier/smtp_outbox.py): a kill -9 between
 # the relay's 250 and the commit re-sends that DSN. Each fault that can hit that window
 # may re-send at most what the sender workers hold: the DSN each is sending and the ones
 # accepted in the last few ms, still waiting for their gathered "sent" mark.
