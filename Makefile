@@ -42,7 +42,7 @@ test: $(STAMP) $(HELPER)  ## the whole test suite against the local PostgreSQL a
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff + mypy
-	$(BIN)/ruff check mailexec shared services migrations tests bench deploy tools
+	$(BIN)/ruff check mailexec shared services migrations tests testing bench deploy tools
 	$(BIN)/mypy mailexec shared services
 
 bench: $(STAMP) $(HELPER)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(8) vs raw spawn (root, ~10 min); BENCH_PROFILE=1 adds py-spy

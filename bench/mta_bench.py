@@ -5,7 +5,7 @@ program (mxprog) and the same messages (``smtp-source -s 20 -l 1024 -N``):
 (b) ``lmtp``:   Postfix → lmtp(8) → ingest's LMTP listener → executor → program
 (c) ``submit``: Postfix → pipe(8) → ``mailexec submit`` → ingest (HTTP) → executor → program
 
-Three private Postfix instances (bench/private_postfix.py) that differ only in the transport,
+Three private Postfix instances (testing/private_postfix.py) that differ only in the transport,
 one mailexec pipeline (bench/mailexec_bench.py's ``Pipeline``, LMTP on a free port), runs
 interleaved a, b, c per repetition so foreign load hits all three alike. Per run: deliveries/s
 (clock from smtp-source's start to the N-th program exit), CPU per delivery split between
@@ -58,7 +58,7 @@ from bench.common import (
 )
 from bench.mailexec_bench import VHOST, Pipeline, ingest_only, pg, rabbitmqctl
 from bench.postfix_bench import BENCH_MAIN_CF, instance, source_cmd
-from bench.private_postfix import PrivatePostfix, ensure_postfix
+from testing.private_postfix import PrivatePostfix, ensure_postfix
 
 PATHS = ("pipe", "lmtp", "submit")
 LABEL = {

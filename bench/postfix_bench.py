@@ -23,7 +23,7 @@ from bench.common import (
     summary,
     tree_cpu_s,
 )
-from bench.private_postfix import PrivatePostfix, ensure_postfix
+from testing.private_postfix import PrivatePostfix, ensure_postfix
 
 BENCH_MAIN_CF = [
     "mydomain = localdomain",

@@ -16,7 +16,7 @@ the backlog and queues, more than 2 seconds' worth of messages). Writes
 kept growing.
 
 PostgreSQL: a private, throwaway cluster with Debian's default configuration
-(``tests/chaos/pgcluster.py``; ``SOAK_PG=shared`` uses the machine's server instead). Why:
+(``testing/pgcluster.py``; ``SOAK_PG=shared`` uses the machine's server instead). Why:
 the shared server of this workplace runs with ``autovacuum = off``
 (``conf.d/90-ci.conf``, for test speed); ten minutes of updates without vacuum or
 analyze bloat ``mail.recipients`` and leave the planner without statistics, which no
@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from bench.common import BENCH_DIR, Config, Workdir, ensure_user, free_port, loadavg, say
-from tests.chaos.soak import queue_depths, rss_mib
+from testing.procstats import queue_depths, rss_mib
 
 
 def _sample(p: Any, t0: float) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def main() -> int:
     uid, gid = ensure_user()
     cluster = None
     if os.environ.get("SOAK_PG", "private") == "private":
-        from tests.chaos.pgcluster import PrivateCluster, drop_leftovers
+        from testing.pgcluster import PrivateCluster, drop_leftovers
 
         drop_leftovers()
         cluster = PrivateCluster(free_port())

@@ -3,7 +3,7 @@
 The one copy behind both users of a real Postfix on this machine: the bench
 (``bench/postfix_bench.py``, pipe(8) throughput) and the end-to-end test
 (``tests/cli/test_postfix_e2e.py``, Postfix → ``mailexec submit`` → bounce back). It lives in
-``bench/`` and not in ``mailexec/`` because it is development tooling (it may apt-get install
+``testing/`` and not in ``mailexec/`` because it is development tooling (it may apt-get install
 Postfix): the product package, the wheel and the image never carry it. Standard library only,
 so the tests import it without the bench's dependencies and the bench without the tests'.
 

@@ -3,7 +3,7 @@
 Environment: ``CHAOS_N`` messages (5000), ``CHAOS_RATE`` per second (50),
 ``CHAOS_EXECUTOR_KILLS`` (4), ``CHAOS_RABBIT`` = ``real`` (default: stop_app/start_app
 of the machine's broker) or ``proxy`` (cut a TCP proxy instead), ``CHAOS_PG`` = ``real``
-(default: a private PostgreSQL cluster, really restarted; see ``pgcluster.py``) or
+(default: a private PostgreSQL cluster, really restarted; see ``testing/pgcluster.py``) or
 ``proxy`` (the shared server behind a TCP proxy that is cut; the server never restarts).
 Exit status 0 iff the ledger holds.
 """

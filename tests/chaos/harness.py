@@ -5,7 +5,7 @@ programs' own side-effect files and an SMTP sink.
 Topology: its own RabbitMQ vhost and PostgreSQL database (created and dropped here).
 
 - PostgreSQL, ``pg="real"`` (the default, ``CHAOS_PG``): the database lives in a private,
-  throwaway cluster (:mod:`tests.chaos.pgcluster`, its own port on 127.0.0.1) that the
+  throwaway cluster (:mod:`testing.pgcluster`, its own port on 127.0.0.1) that the
   services reach directly; the "restart postgresql" fault is a real server restart
   (``pg_ctlcluster … stop -m fast``, 3 s down, ``start``), every client connection is
   terminated by the server. Afterwards every service must answer ``/readyz`` (its
@@ -52,7 +52,7 @@ import httpx
 from aiosmtpd.controller import Controller
 
 from services.notifier.smtp_outbox import HELD_PER_WORKER, WORKERS
-from tests.chaos.pgcluster import PrivateCluster, drop_leftovers
+from testing.pgcluster import PrivateCluster, drop_leftovers
 from tests.chaos.proxy import CuttableProxy
 from tests.conftest import ServiceProcess, free_port
 

@@ -15,31 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 
+from testing.procstats import queue_depths, rss_mib
 from tests.chaos.harness import Chaos
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def queue_depths(vhost: str) -> dict[str, int]:
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages",
-                          "--formatter", "json"], capture_output=True, text=True, timeout=60)
-    try:
-        return {q["name"]: int(q["messages"]) for q in json.loads(out.stdout)
-                if q["name"] in ("deliveries", "notifier.events", "deliveries.dead")}
-    except (ValueError, KeyError):
-        return {}
 
 
 async def sample(chaos: Chaos) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""The private Postfix of the end-to-end test (bench/private_postfix.py sets up the instance).
+"""The private Postfix of the end-to-end test (testing/private_postfix.py sets up the instance).
 
 Domains: ``prog.test`` goes to the ``mailexec`` pipe(8) service (``transport_maps``), and
 ``sender.test`` is delivered by virtual(8) into mailbox files under ``vmail/``; all other
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.private_postfix import PrivatePostfix
+from testing.private_postfix import PrivatePostfix
 
 
 class PostfixInstance(PrivatePostfix):

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from bench.private_postfix import ensure_postfix
+from testing.private_postfix import ensure_postfix
 from tests.cli.conftest import Pipeline
 from tests.cli.helpers import ROOT, mx
 from tests.cli.postfix import PostfixInstance

@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.private_postfix import ensure_postfix
+from testing.private_postfix import ensure_postfix
 from tests.cli.conftest import Pipeline
 from tests.cli.helpers import mx
 from tests.cli.postfix import PostfixInstance

@@ -16,14 +16,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import httpx
 import orjson
-import pytest
 
 from tests.conftest import ADMIN_TOKEN, MTA_TOKEN, ServiceProcess, free_port
 
@@ -288,54 +287,3 @@ def message(subject: str = "test", body: str = "hello\n", *, crlf: bool = False,
             f"Message-ID: <{os.urandom(6).hex()}@example.net>\n{extra_headers}\n{body}")
     data = text.encode()
     return data.replace(b"\n", b"\r\n") if crlf else data
-
-
-# --- fixtures (imported by the test modules) ----------------------------------------------
-
-PROGRAM_NAMES = ("probe", "probe2", "probe3", "exit1", "exit65", "exit67", "exit75", "say",
-                 "chatty", "sig", "sleeper", "flaky", "early", "hostile", "true", "slowonce", "nap")
-
-
-@pytest.fixture(scope="module", name="tprog")
-def tprog_fixture(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    if os.geteuid() != 0:
-        pytest.skip("executor end-to-end tests run as root")
-    return build_tprog(tmp_path_factory.mktemp("tprog"))
-
-
-@pytest.fixture(scope="module", name="homes")
-def homes_fixture() -> Iterator[Homes]:
-    h = Homes()
-    yield h
-    h.cleanup()
-
-
-@pytest.fixture(scope="module", name="pipe")
-async def pipe_fixture(mx_env: dict[str, str], tprog: bytes, tmp_path_factory: pytest.TempPathFactory
-               ) -> AsyncIterator[Pipeline]:
-    p = Pipeline(mx_env, tmp_path_factory.mktemp("logs"))
-    try:
-        p.start("policy")
-        p.start("ingest")
-        p.start("executor")
-        await p.settings(mode="secure", suspended=False, safe_user=None,
-                         delay_warning_after_s=14400, max_queue_lifetime_s=432000,
-                         program_timeout_s=60, dsn_include_output=True)
-        for name in PROGRAM_NAMES:
-            await p.register(name, tprog)
-        yield p
-    finally:
-        p.stop_all()
-
-
-@pytest.fixture(name="tap")
-async def tap_fixture(mx_env: dict[str, str]) -> AsyncIterator[EventTap]:
-    async with EventTap(mx_env["MAILEXEC_AMQP_URL"]) as t:
-        yield t
-
-
-@pytest.fixture(name="log_dir")
-def log_dir_fixture(pipe: Pipeline) -> Path:
-    return pipe.log_dir
-
-

@@ -5,16 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.executor.helpers import (  # noqa: F401  (fixtures)
-    EventTap,
-    Homes,
-    Pipeline,
-    homes_fixture,
-    message,
-    pipe_fixture,
-    tap_fixture,
-    tprog_fixture,
-)
+from tests.executor.helpers import EventTap, Homes, Pipeline, message
 
 
 def read(home: Path, name: str) -> str:

@@ -7,16 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.helpers import (  # noqa: F401  (fixtures)
-    EventTap,
-    Homes,
-    Pipeline,
-    homes_fixture,
-    message,
-    pipe_fixture,
-    tap_fixture,
-    tprog_fixture,
-)
+from tests.executor.helpers import EventTap, Homes, Pipeline, message
 
 
 async def deliver(

@@ -14,16 +14,7 @@ import httpx
 import orjson
 
 from tests.conftest import db_conn, free_port
-from tests.executor.helpers import (  # noqa: F401  (fixtures)
-    EventTap,
-    Homes,
-    Pipeline,
-    homes_fixture,
-    message,
-    pipe_fixture,
-    tap_fixture,
-    tprog_fixture,
-)
+from tests.executor.helpers import EventTap, Homes, Pipeline, message
 from tests.helpers import TcpProxy
 
 

@@ -31,14 +31,7 @@ from services.executor.privdrop import (
     privileges_of,
     resolve_service_user,
 )
-from tests.executor.helpers import (  # noqa: F401  (fixtures)
-    Homes,
-    Pipeline,
-    homes_fixture,
-    message,
-    pipe_fixture,
-    tprog_fixture,
-)
+from tests.executor.helpers import Homes, Pipeline, message
 from tests.helpers import processes_of
 
 ROOT = Path(__file__).resolve().parents[2]

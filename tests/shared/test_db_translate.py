@@ -1,6 +1,6 @@
 """``translate_db_errors`` against a real PostgreSQL that is shutting down or restarting.
 
-A private throwaway cluster (``tests/chaos/pgcluster.py``), never the shared server: a
+A private throwaway cluster (``testing/pgcluster.py``), never the shared server: a
 smart shutdown held open by one session refuses new connections with 57P03 ("the
 database system is shutting down", the same answer as "starting up" during a restart),
 and a fast shutdown terminates a running query with 57P01. Both must come out as
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.db import translate_db_errors
 from shared.errors import Unavailable
-from tests.chaos.pgcluster import PrivateCluster
+from testing.pgcluster import PrivateCluster
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(
