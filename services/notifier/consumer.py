@@ -28,12 +28,8 @@ from pydantic import ValidationError
 
 from services.notifier import metrics, repo, rules
 from services.notifier.aggregate import Aggregator, Buffered, Key, store_with_retry
-from services.notifier.dsn import (
-    MAX_RETURNED_HEADER_BYTES,
-    render_admin_notice,
-    render_dsn_bytes,
-    to_bytes,
-)
+from services.notifier.dsn import render_dsn_bytes
+from services.notifier.mime import MAX_RETURNED_HEADER_BYTES, to_bytes
 from services.notifier.notice_limits import (
     Decision,
     NoticeKey,
@@ -41,6 +37,7 @@ from services.notifier.notice_limits import (
     annotate_suppressed,
     notice_key,
 )
+from services.notifier.notice_render import render_admin_notice
 from services.notifier.policy_client import PolicyClient
 from shared.db import session_scope
 from shared.schemas import Event, EventRef

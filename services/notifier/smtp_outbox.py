@@ -45,7 +45,8 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.notifier import metrics, repo
-from services.notifier.dsn import render_undeliverable_dsn_notice, to_bytes
+from services.notifier.mime import to_bytes
+from services.notifier.notice_render import render_undeliverable_dsn_notice
 from services.notifier.policy_client import PolicyClient
 from services.notifier.smtp import IDLE_LIMIT_S, SmtpError, SmtpSession, SmtpTarget
 from shared.db import get_engine, session_scope, translate_db_errors

@@ -1,8 +1,10 @@
 """DSN and postmaster-notice rendering: golden files, field-by-field parse-back, flufl.bounce.
 
-Golden files (tests/notifier/golden/*.ref, like Postfix's src/bounce/*.ref) pin the
-exact bytes with a fixed clock and message id. After an intended change, rewrite them
-with ``MAILEXEC_UPDATE_GOLDEN=1 pytest tests/notifier/test_dsn.py`` and review the diff.
+Golden files (tests/notifier/golden/*.ref, like Postfix's src/bounce/*.ref) are the
+oracle of the exact bytes, with a fixed clock and message id, and have one case for each
+way a returned original is written (as is, regenerated, or through the whole-message
+generator). After an intended change, rewrite them with
+``MAILEXEC_UPDATE_GOLDEN=1 pytest tests/notifier/test_dsn.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -21,13 +23,9 @@ from typing import Any
 import pytest
 from flufl.bounce import scan_message
 
-from services.notifier.dsn import (
-    render_admin_notice,
-    render_dsn,
-    render_undeliverable_dsn_notice,
-    should_send_dsn,
-    to_bytes,
-)
+from services.notifier.dsn import render_dsn_bytes, should_send_dsn
+from services.notifier.mime import to_bytes
+from services.notifier.notice_render import render_admin_notice, render_undeliverable_dsn_notice
 from shared.schemas import Event, EventEnvelope
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -97,16 +95,21 @@ def make_event(kind: str = "bounce", recipients: list[dict[str, Any]] | None = N
     )
 
 
-def render(event: Event, original: bytes | None = ORIGINAL, **kw: Any) -> EmailMessage:
+def render(event: Event, original: bytes | None = ORIGINAL, **kw: Any) -> bytes:
     kw.setdefault("reporting_mta", HOST)
     kw.setdefault("max_returned_body_bytes", 65536)
     kw.setdefault("include_output", True)
-    return render_dsn(event, original, now=NOW, message_id=MSGID, **kw)
+    return render_dsn_bytes(event, original, now=NOW, message_id=MSGID, **kw)
 
 
-def parse(message: EmailMessage) -> EmailMessage:
+def wire(message: bytes | EmailMessage) -> bytes:
+    """The octets sent: a DSN is rendered as bytes, a notice as a message to serialise."""
+    return message if isinstance(message, bytes) else to_bytes(message)
+
+
+def parse(message: bytes | EmailMessage) -> EmailMessage:
     """Parse the serialised bytes back, as a receiving mail client would."""
-    parsed = email.message_from_bytes(to_bytes(message), policy=policy.default)
+    parsed = email.message_from_bytes(wire(message), policy=policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -131,17 +134,17 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def check_golden(name: str, message: EmailMessage) -> None:
+def check_golden(name: str, message: bytes | EmailMessage) -> None:
     path = GOLDEN / f"{name}.ref"
-    got = to_bytes(message, linesep="\n")
+    got = wire(message).replace(b"\r\n", b"\n")  # CRLF only (assert_wire_safe): no ambiguity
     if UPDATE:
         path.write_bytes(got)
     assert path.exists(), f"{path} missing: run with MAILEXEC_UPDATE_GOLDEN=1"
     assert got == path.read_bytes(), f"{name} differs from {path}"
 
 
-def assert_wire_safe(message: EmailMessage) -> None:
-    raw = to_bytes(message)
+def assert_wire_safe(message: bytes | EmailMessage) -> None:
+    raw = wire(message)
     assert raw.isascii(), "DSN must be 7-bit"
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
@@ -234,6 +237,27 @@ def _undeliverable() -> EmailMessage:
     )
 
 
+MULTIPART = (
+    b"From: Alice <alice@example.net>\r\n"
+    b"To: bob@example.org\r\n"
+    b"Subject: with attachment\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="XYZ"\r\n'
+    b"\r\n"
+    b"preamble text\r\n"
+    b"--XYZ\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"\r\n"
+    b"hello\r\n"
+    b"--XYZ\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"\r\n"
+    b"AAECAwQFBgcICQ==\r\n"
+    b"--XYZ--\r\n"
+    b"epilogue\r\n"
+)
+
 GOLDEN_CASES: dict[str, Any] = {
     "bounce_two_recipients": lambda: render(BOUNCE_TWO),
     "bounce_no_output": lambda: render(BOUNCE_TWO, include_output=False),
@@ -242,6 +266,15 @@ GOLDEN_CASES: dict[str, Any] = {
         make_event(ret="FULL"), ORIGINAL + b"more text\r\n" * 100, max_returned_body_bytes=60
     ),
     "bounce_malformed_original": lambda: render(make_event(), b"no headers at all\n\xff\x00\n"),
+    # a MIME original is regenerated the way email's generator writes it ...
+    "bounce_multipart_original": lambda: render(make_event(ret="FULL"), MULTIPART),
+    "bounce_original_headers_unspaced": lambda: render(
+        make_event(ret="FULL"), b"Subject:x\r\nFrom:  a@b.c\r\nX-Empty:\r\n\r\nbody\r\n"
+    ),
+    # ... and one the parser finds defects in goes through the whole-message generator
+    "bounce_unclosed_multipart_original": lambda: render(
+        make_event(ret="FULL"), MULTIPART.split(b"--XYZ--")[0]
+    ),
     "delayed": lambda: render(DELAYED),
     "delivered": lambda: render(DELIVERED),
     "admin_notice_program_failed": lambda: render_admin_notice(
@@ -429,7 +462,7 @@ def test_delayed_report() -> None:
 def test_will_retry_until_only_in_delayed_reports() -> None:
     event = make_event(recipients=[_rcpt("bob@example.org", will_retry_until="2026-12-01T00:00:00Z")])
     assert "Will-Retry-Until" not in status_blocks(parse(render(event)))[1]
-    assert b"Will-Retry-Until" not in to_bytes(render(event))
+    assert b"Will-Retry-Until" not in render(event)
 
 
 def test_delivered_report() -> None:
@@ -448,7 +481,7 @@ def test_include_output_false_hides_output_everywhere() -> None:
         make_event(recipients=[_rcpt("bob@example.org", exit_status=0)]),
     ]
     for event in events:
-        raw = to_bytes(render(event, include_output=False))
+        raw = render(event, include_output=False)
         assert b"SECRET-OUTPUT-LINE" not in raw
         assert b"Permission denied" not in raw
         block = status_blocks(parse(render(event, include_output=False)))[1]
@@ -518,7 +551,7 @@ def test_header_injection_never_adds_a_header(attack: str) -> None:
         assert list(bob.keys()) == EXPECTED_BLOCK
         assert list(carol.keys()) == EXPECTED_BLOCK
         assert "Bcc" not in dsn and "Injected-Body" not in dsn
-        raw = to_bytes(message)
+        raw = wire(message)
         assert not re.search(rb"\r\n(Bcc|Injected-Body)", raw)
 
 
@@ -582,7 +615,7 @@ def test_huge_header_section_is_capped() -> None:
     message = render(make_event(ret="FULL"), original)
     dsn = parse(message)
     assert parts(dsn)[2].get_content_type() == "text/rfc822-headers"
-    assert len(to_bytes(message)) < 300 * 1024
+    assert len(wire(message)) < 300 * 1024
     assert "header lines were left out" in parts(dsn)[0].get_content()
 
 
@@ -605,7 +638,7 @@ def test_smtputf8_recipient_uses_utf8_address_type() -> None:
 
 def test_smtputf8_sender_gets_a_utf8_to_header_and_nothing_else_8bit() -> None:
     message = render(make_event(sender="j\u00f6rg@example.net"))
-    raw = to_bytes(message)
+    raw = wire(message)
     assert "To: j\u00f6rg@example.net\r\n".encode() in raw
     assert raw.replace("j\u00f6rg".encode(), b"jorg").isascii()
     assert scan_message(parse(message)) == {b"bob@example.org"}
@@ -616,7 +649,7 @@ def test_long_diagnostic_is_folded_and_capped() -> None:
         recipients=[_rcpt("bob@example.org", output_excerpt=("word " * 400 + "\n") * 3)]
     )
     message = render(event)
-    raw = to_bytes(message)
+    raw = wire(message)
     field = re.search(rb"Diagnostic-Code:.*?\r\n(?! )", raw, re.S)
     assert field is not None
     assert all(len(line) <= 78 for line in field.group(0).split(b"\r\n"))
@@ -658,10 +691,10 @@ def test_refuses_null_sender_admin_notice_and_bad_host() -> None:
 
 
 def test_fresh_message_id_and_date_by_default() -> None:
-    one = render_dsn(BOUNCE_TWO, ORIGINAL, reporting_mta=HOST, max_returned_body_bytes=100,
-                     include_output=True)
-    two = render_dsn(BOUNCE_TWO, ORIGINAL, reporting_mta=HOST, max_returned_body_bytes=100,
-                     include_output=True)
+    one = parse(render_dsn_bytes(BOUNCE_TWO, ORIGINAL, reporting_mta=HOST,
+                                 max_returned_body_bytes=100, include_output=True))
+    two = parse(render_dsn_bytes(BOUNCE_TWO, ORIGINAL, reporting_mta=HOST,
+                                 max_returned_body_bytes=100, include_output=True))
     assert one["Message-ID"] != two["Message-ID"]
     assert str(one["Message-ID"]).endswith(f"@{HOST}>")
     age = datetime.now(UTC) - email.utils.parsedate_to_datetime(str(one["Date"]))

@@ -9,7 +9,7 @@ Properties:
   from the grammar are always accepted.
 - ``POST /v1/messages`` with any query string answers 202 or 400 (never 5xx); on 202
   the stored envelope is exactly what ``parse_envelope`` says.
-- ``render_dsn`` with a valid event and any original either raises ``ValueError`` or
+- ``render_dsn_bytes`` with a valid event and any original either raises ``ValueError`` or
   renders a DSN that Python's ``email`` parser reads back with exactly the event's
   recipients and sender, only the headers we write (no injected header, at top level or
   in the delivery-status part), every line ≤ 998 octets and 7-bit (bar the To: of an
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from services.ingest.envelope import parse_envelope
-from services.notifier.dsn import render_dsn, to_bytes
+from services.notifier.dsn import render_dsn_bytes
 from shared.addresses import (
     MAX_ADDRESS_OCTETS,
     MAX_LOCAL_OCTETS,
@@ -286,11 +286,10 @@ def test_render_dsn_reads_back_with_same_recipients_and_no_injection(
     event: Event, original: bytes | None, include_output: bool, max_body: int
 ) -> None:
     try:
-        msg = render_dsn(event, original, reporting_mta=HOST, max_returned_body_bytes=max_body,
-                         include_output=include_output)
+        wire = render_dsn_bytes(event, original, reporting_mta=HOST,
+                                max_returned_body_bytes=max_body, include_output=include_output)
     except ValueError:
         return
-    wire = to_bytes(msg)
     sender = event.envelope.sender
     for line in wire.split(b"\r\n"):
         assert len(line) <= 998, line[:100]
