@@ -96,26 +96,17 @@ async def decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: De
 async def _decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: Deps) -> Verdict:
     policy = deps.policy
     ps = await policy.settings()
-    account = await policy.account(job.recipient)
-    rcpt = job.recipient
-    if account is None:
-        diag = DIAGNOSTICS[FailureKind.UNKNOWN_ACCOUNT].format(recipient=rcpt)
-        return failed(FailureKind.UNKNOWN_ACCOUNT, diag)
-    if not account.program_delivery_enabled or not account.programs:
-        return failed(FailureKind.NOT_CONFIGURED,
-                      DIAGNOSTICS[FailureKind.NOT_CONFIGURED].format(recipient=rcpt),
-                      account=account.address)
-    if ps.suspended:
-        return held(job, claim, ps)
+    account = admit(job, claim, await policy.account(job.recipient), ps)
+    if isinstance(account, Verdict):
+        return account
     if ps.mode != "insecure":
         status = await policy.status()
         if status.get("program_delivery") == "disabled":
-            return failed(FailureKind.DISABLED, DIAGNOSTICS[FailureKind.DISABLED],
-                          account=account.address,
-                          notice_detail="secure mode and no trusted program is registered")
+            return disabled(account)
     async with open_body() as body:
-        if has_delivered_to(body, rcpt):
-            return failed(FailureKind.MAIL_LOOP, DIAGNOSTICS[FailureKind.MAIL_LOOP].format(recipient=rcpt))
+        loop = mail_loop(body, job.recipient)
+        if loop is not None:
+            return loop
         identity = run_identity(account, ps, deps.sandbox)
         if isinstance(identity, Verdict):
             return identity
@@ -127,6 +118,35 @@ async def _decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: D
         finally:
             for r in resolved:
                 r.handle.close()
+
+
+def admit(job: Job, claim: Claim, account: Account | None, ps: PolicySettings) -> Account | Verdict:
+    """SPEC §3 rules 1–2: the account to deliver to, or why not: unknown (5.1.1), program
+    delivery not configured (5.3.0), suspended (held)."""
+    if account is None:
+        diag = DIAGNOSTICS[FailureKind.UNKNOWN_ACCOUNT].format(recipient=job.recipient)
+        return failed(FailureKind.UNKNOWN_ACCOUNT, diag)
+    if not account.program_delivery_enabled or not account.programs:
+        return failed(FailureKind.NOT_CONFIGURED,
+                      DIAGNOSTICS[FailureKind.NOT_CONFIGURED].format(recipient=job.recipient),
+                      account=account.address)
+    if ps.suspended:
+        return held(job, claim, ps)
+    return account
+
+
+def disabled(account: Account) -> Verdict:
+    """SPEC §3 rule 3: secure mode with nothing registered bounces, and tells the postmaster."""
+    return failed(FailureKind.DISABLED, DIAGNOSTICS[FailureKind.DISABLED], account=account.address,
+                  notice_detail="secure mode and no trusted program is registered")
+
+
+def mail_loop(body: bytes, recipient: str) -> Verdict | None:
+    """SPEC §3 rule 7: ``Delivered-To: <recipient>`` already in the header is a loop (5.4.6)."""
+    if has_delivered_to(body, recipient):
+        return failed(FailureKind.MAIL_LOOP,
+                      DIAGNOSTICS[FailureKind.MAIL_LOOP].format(recipient=recipient))
+    return None
 
 
 def held(job: Job, claim: Claim, ps: PolicySettings) -> Verdict:
@@ -190,9 +210,7 @@ async def resolve_chain(
         except ProgramUnresolved as exc:
             for r in out:
                 r.handle.close()
-            diag = DIAGNOSTICS[FailureKind.UNRESOLVED_PROGRAM].format(program=entry, why=exc)
-            return failed(FailureKind.UNRESOLVED_PROGRAM, diag, account=account.address,
-                          program=entry, position=position, notice_detail=str(exc))
+            return unresolved(account, entry, position, str(exc))
         except BaseException:
             for r in out:
                 r.handle.close()
@@ -249,22 +267,49 @@ async def run_chain(
             signal=res.signal, timed_out=res.timed_out, output_excerpt=output[:STORED_OUTPUT_CHARS],
             duration_ms=int(res.duration_s * 1000), started_at=started_at,
         ))
-        if res.ok:
-            continue
         if res.launch is not None:
             SANDBOX_FAILURES.inc()
-            if res.launch.temporary:
-                return exec_deferred(job, account, r.entry, position, res.launch.text, runs, ps)
-            if not res.launch.at_exec:
-                return Verdict(kind="retry", diagnostic=f"program {r.entry}: {res.launch_error}",
-                               next_program=position, runs=runs, program=r.entry)
-            diag = DIAGNOSTICS[FailureKind.UNRESOLVED_PROGRAM].format(program=r.entry, why=res.launch_error)
-            return failed(FailureKind.UNRESOLVED_PROGRAM, diag, account=account.address,
-                          program=r.entry, position=position, runs=runs, notice_detail=res.launch_error)
-        return program_failure(job, account, r.entry, position, res, output, runs, ps)
-    return Verdict(kind="delivered", status=status_for(Outcome.DELIVERED), diagnostic="delivered to "
-                   + ", ".join(r.entry for r in chain), runs=runs, next_program=len(account.programs),
-                   account=account.address)
+        verdict = run_outcome(job, account, r.entry, position, res, output, runs, ps)
+        if verdict is not None:
+            return verdict
+    return delivered(account, [r.entry for r in chain], runs)
+
+
+def run_outcome(
+    job: Job, account: Account, entry: str, position: int, res: RunResult, output: str,
+    runs: list[RunRow], ps: PolicySettings,
+) -> Verdict | None:
+    """What one run means: None to go on with the chain, else the verdict that ends it.
+
+    A launch failure at exec is an unresolved program (5.3.0), a temporary one a
+    deferral (4.3.0), one before exec an outage (``retry``); any other failure is the
+    program's (``program_failure``)."""
+    if res.ok:
+        return None
+    if res.launch is not None:
+        if res.launch.temporary:
+            return exec_deferred(job, account, entry, position, res.launch.text, runs, ps)
+        if not res.launch.at_exec:
+            return Verdict(kind="retry", diagnostic=f"program {entry}: {res.launch_error}",
+                           next_program=position, runs=runs, program=entry)
+        return unresolved(account, entry, position, res.launch.text, runs)
+    return program_failure(job, account, entry, position, res, output, runs, ps)
+
+
+def delivered(account: Account, entries: list[str], runs: list[RunRow]) -> Verdict:
+    """SPEC §3 rule 8: every program succeeded."""
+    return Verdict(kind="delivered", status=status_for(Outcome.DELIVERED),
+                   diagnostic="delivered to " + ", ".join(entries), runs=runs,
+                   next_program=len(account.programs), account=account.address)
+
+
+def unresolved(account: Account, entry: str, position: int, why: str,
+               runs: list[RunRow] | None = None) -> Verdict:
+    """SPEC §3 rule 5: a program that cannot be resolved (or exec'd) bounces 5.3.0 with a
+    notice to the postmaster."""
+    diag = DIAGNOSTICS[FailureKind.UNRESOLVED_PROGRAM].format(program=entry, why=why)
+    return failed(FailureKind.UNRESOLVED_PROGRAM, diag, account=account.address, program=entry,
+                  position=position, runs=runs if runs is not None else [], notice_detail=why)
 
 
 def exec_deferred(job: Job, account: Account, entry: str, position: int, why: str,
