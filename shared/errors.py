@@ -13,6 +13,8 @@ Hierarchy::
     ├── UnsupportedMedia  415
     ├── TooManyRequests   429
     └── Unavailable       503     a dependency (database, broker, policy) is down; retry later
+        └── DatabaseUnavailable   PostgreSQL is not there (``shared.db.is_outage``): the
+                                  HTTP layer answers 503, LMTP 451, workers defer/requeue
 
 Only the HTTP layer (``shared.httpapp``) turns these into responses.
 """
@@ -92,3 +94,10 @@ class Unavailable(MailexecError):
     def __init__(self, message: str, *, retry_after: int = 5, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class DatabaseUnavailable(Unavailable):
+    """Raised only by :func:`shared.db.translate_db_errors`, for an outage; a constraint
+    violation or any other database error is never this."""
+
+    code = "database_unavailable"

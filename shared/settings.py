@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     ingest_url: str = "http://127.0.0.1:8025"
     notifier_url: str = "http://127.0.0.1:8027"
     smtp_url: str = "smtp://127.0.0.1:25"
+    # PostgreSQL pools (shared.db): connections of the SQLAlchemy engine (as many again in
+    # a burst), of ingest's and the executor's asyncpg pools; seconds to open a
+    # connection, to run one statement, to wait for a free pooled connection.
+    database_pool_size: int = 10
+    ingest_database_pool_size: int = 8
+    executor_database_pool_size: int = 4
+    database_connect_timeout_s: float = 5.0
+    database_command_timeout_s: float = 30.0
+    database_acquire_timeout_s: float = 10.0
 
     # Bootstrap tokens (roles admin, mta, service). Empty means "no such bootstrap token".
     admin_token: str = ""

@@ -6,8 +6,10 @@ batch, one statement (a data-modifying CTE: recipients updated *and* program run
 inserted, atomically) records a batch. Raw asyncpg over one small pool: the
 SQLAlchemy layer costs more CPU per row than the whole claim.
 
-Every database failure leaves here as :class:`shared.errors.Unavailable`; callers
-defer the job (never lose it, never bounce because of it).
+An outage leaves here as :class:`shared.errors.DatabaseUnavailable` (``shared.db``
+decides what is one); callers defer the job (never lose it, never bounce because of it).
+Any other database error is a bug and propagates as it is: the worker logs it and
+requeues the job.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,8 +27,9 @@ import asyncpg
 
 from services.executor.batching import Batcher
 from services.executor.metrics import BODY_BYTES, BODY_BYTES_PEAK
-from shared.errors import Unavailable
-from shared.pgpool import keep_session
+from shared import db
+from shared.errors import DatabaseUnavailable, Unavailable
+from shared.settings import get_settings
 
 CLAIMABLE = ("queued", "deferred", "suspended")
 FINAL_STATES = ("delivered", "bounced")
@@ -142,21 +145,6 @@ class MessageEnvelope:
     received_at: datetime
 
 
-def _plain_dsn(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return "postgresql://" + rest if sep else url
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise Unavailable(
-            f"database error: {type(exc).__name__}: {exc}", code="database_unavailable"
-        ) from exc
-
-
 class BodyBudget:
     """At most ``limit`` bytes of message bodies held at once, granted first come, first
     served: a large message waits its turn instead of being overtaken forever by small
@@ -209,11 +197,11 @@ class BodyBudget:
 
 
 class Repo:
-    def __init__(self, database_url: str, *, pool_size: int = 4,
+    def __init__(self, database_url: str, *, pool_size: int | None = None,
                  body_memory_bytes: int = 32 * 1024 * 1024) -> None:
-        self._dsn = _plain_dsn(database_url)
+        self._database_url = database_url
         self.body_budget = BodyBudget(body_memory_bytes)
-        self._pool_size = pool_size
+        self._pool_size = pool_size or get_settings().executor_database_pool_size
         self._pool: asyncpg.Pool | None = None
         self.claims: Batcher[ClaimRequest, Claim] = Batcher("claim", self._claim_batch)
         self.records: Batcher[RecipientUpdate, bool] = Batcher("record", self._record_batch)
@@ -224,14 +212,14 @@ class Repo:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30,
-                    timeout=5, reset=keep_session,
-                )
+                with db.translate_db_errors():
+                    self._pool = await db.create_pool(
+                        self._database_url, min_size=1, max_size=self._pool_size
+                    )
                 break
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except DatabaseUnavailable:  # anything else (a wrong password) fails at once
                 if asyncio.get_running_loop().time() > deadline:
-                    raise Unavailable(f"database unreachable: {exc}", code="database_unavailable") from exc
+                    raise
                 await asyncio.sleep(0.5)
         self.claims.start()
         self.records.start()
@@ -251,13 +239,8 @@ class Repo:
         except Exception:
             return False
 
-    @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._pool is None:
-            raise Unavailable("database pool not started", code="database_unavailable")
-        with _translated():
-            async with self._pool.acquire(timeout=10) as conn:
-                yield conn
+    def _conn(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return db.acquire(self._pool)
 
     # --- hot path --------------------------------------------------------------------
 

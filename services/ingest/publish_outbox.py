@@ -15,7 +15,8 @@ How (one batch = the submissions that arrived within ~2 ms, ≤ 100 messages, �
 
 Failure semantics, decided here:
 
-- DB down at step 1: nothing was stored → 503 (``database_unavailable``).
+- DB down at step 1: nothing was stored → 503 (``database_unavailable``). Any other
+  database error (a constraint violation: a bug, ids are fresh uuids) → 500.
 - Broker down / nack / timeout at step 2, and NO job of a message was confirmed: the
   message is deleted again (cascade to its recipients) → 503; nothing half-accepted
   remains, and the MTA's retry (same Idempotency-Key or not) starts from scratch. If a
@@ -270,9 +271,9 @@ class Outbox:
             await self._publish(fresh)
 
     def _fail(self, batch: Sequence[_Submission], exc: BaseException, reason: str) -> None:
-        if not isinstance(exc, MailexecError):
+        if not isinstance(exc, MailexecError):  # not an outage (shared.db): a bug, 500
             log.error("storing a batch failed", exc_info=exc)
-            exc = Unavailable("could not store the message; retry later", code="store_failed")
+            exc = MailexecError("could not store the message: internal error; see the log")
         metrics.MESSAGES_REJECTED.labels(reason=reason).inc(len(batch))
         for sub in batch:
             self._finish(sub, exc)
@@ -393,8 +394,10 @@ class Outbox:
                     )
                 await asyncio.sleep(0.05)
         except Exception as exc:
-            self._finish(sub, exc if isinstance(exc, MailexecError) else Unavailable(
-                "could not look up the Idempotency-Key; retry later", code="store_failed"))
+            if not isinstance(exc, MailexecError):  # not an outage (shared.db): a bug, 500
+                log.error("looking up an Idempotency-Key failed", exc_info=exc)
+                exc = MailexecError("could not look up the Idempotency-Key: internal error")
+            self._finish(sub, exc)
 
 
 class Relay:

@@ -6,50 +6,24 @@ data-modifying CTEs over ``unnest`` of arrays, binary protocol, prepared once), 
 what lets one ingest process accept thousands of messages per second. The pool is
 created lazily (``min_size=0``), so ingest starts while PostgreSQL is down.
 
-Library exceptions are translated here, once: anything meaning "the database is not
-there" becomes :class:`shared.errors.Unavailable` (HTTP 503).
+Errors are translated at this boundary by :mod:`shared.db`: an outage becomes
+:class:`shared.errors.DatabaseUnavailable` (HTTP 503, LMTP 451); anything else, a
+constraint violation included, propagates unchanged (a bug: HTTP 500, LMTP 451).
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
-from shared.errors import Unavailable
-from shared.pgpool import keep_session
-
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-)
-
-
-@contextlib.contextmanager
-def translate() -> Iterator[None]:
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise Unavailable(
-            f"database unavailable ({type(exc).__name__}); retry later",
-            code="database_unavailable",
-        ) from exc
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """``postgresql+asyncpg://…`` (SQLAlchemy form) → ``postgresql://…`` for asyncpg."""
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+from shared import db
+from shared.settings import get_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +128,13 @@ LIMIT $5
 class Database:
     """A lazily connecting asyncpg pool and the statements ingest runs on it."""
 
-    def __init__(self, database_url: str, *, max_size: int = 8) -> None:
-        self.dsn = asyncpg_dsn(database_url)
-        self.max_size = max_size
+    def __init__(self, database_url: str, *, max_size: int | None = None) -> None:
+        self.database_url = database_url
+        self.max_size = max_size or get_settings().ingest_database_pool_size
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(
-            self.dsn,
-            min_size=0,
-            max_size=self.max_size,
-            timeout=5,
-            command_timeout=30,
-            max_inactive_connection_lifetime=60,
-            reset=keep_session,
-        )
+        self.pool = await db.create_pool(self.database_url, max_size=self.max_size)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -176,13 +142,8 @@ class Database:
                 await self.pool.close()
             self.pool = None
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        if self.pool is None:
-            raise Unavailable("database pool not started", code="database_unavailable")
-        with translate():
-            async with self.pool.acquire() as conn:
-                yield conn
+    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return db.acquire(self.pool)
 
     async def ping(self) -> bool:
         try:

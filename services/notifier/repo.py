@@ -256,16 +256,6 @@ async def mark_sent_many(conn: AsyncConnection | AsyncSession, ids: Sequence[uui
     )
 
 
-async def mark_sent(session: AsyncSession, nid: uuid.UUID) -> None:
-    await session.execute(
-        text(
-            "UPDATE notifier.notifications SET state = 'sent', sent_at = now(), "
-            "attempts = attempts + 1, last_error = NULL WHERE id = :id"
-        ),
-        {"id": nid},
-    )
-
-
 async def mark_retry(session: AsyncSession, nid: uuid.UUID, error: str, delay_s: float) -> None:
     await session.execute(
         text(
@@ -291,19 +281,6 @@ async def count_pending(session: AsyncSession) -> int:
         await session.execute(text("SELECT count(*) FROM notifier.notifications WHERE state = 'pending'"))
     ).first()
     return int(row[0]) if row else 0
-
-
-async def next_due_in(session: AsyncSession) -> float | None:
-    """Seconds until the earliest pending notification is due (<= 0: now), None if none."""
-    row = (
-        await session.execute(
-            text(
-                "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now())) "
-                "FROM notifier.notifications WHERE state = 'pending'"
-            )
-        )
-    ).first()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 async def list_notifications(
