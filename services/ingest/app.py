@@ -1,4 +1,5 @@
-"""The ingest FastAPI application: routes plus the runtime started by the lifespan."""
+"""The ingest FastAPI application: the submit fast path, the routes, and the runtime
+started by the lifespan."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from shared.db import dispose_engine
 from shared.httpapp import create_app
 from shared.settings import Settings, get_settings
 
-from .fastpath import SubmitFastPath
+from . import fastpath
 from .routes import messages
 from .runtime import Runtime
 
@@ -35,9 +36,10 @@ def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | Non
         routers=[messages.router],
         ready_check=runtime.ready,
         lifespan=lifespan,
-        inner_middleware=[(SubmitFastPath, {"runtime": runtime})],
+        inner_middleware=[(fastpath.SubmitFastPath, {"runtime": runtime})],
         # the message itself: streamed and limited by MAILEXEC_MAX_MESSAGE_BYTES
-        raw_bodies=[("POST", messages.router.prefix)],
+        raw_bodies=[("POST", fastpath.PATH)],
     )
+    fastpath.document(app)
     app.state.runtime = runtime
     return app

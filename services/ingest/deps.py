@@ -8,7 +8,6 @@ from fastapi import Depends, Request
 
 from shared.auth import Principal, require
 
-from .envelope import SUBMIT_ROLES
 from .runtime import Runtime
 
 
@@ -18,6 +17,5 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SubmitterDep = Annotated[Principal, Depends(require(*SUBMIT_ROLES))]
 ReaderDep = Annotated[Principal, Depends(require("mta", "admin", "user"))]
 AdminDep = Annotated[Principal, Depends(require("admin"))]

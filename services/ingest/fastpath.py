@@ -1,14 +1,19 @@
-"""``POST /v1/messages`` without FastAPI's per-request machinery.
+"""``POST /v1/messages``: submit a message (MTA), without FastAPI's per-request machinery.
 
 Why: submission is the one endpoint an MTA calls for every message, and the profile of
 ingest alone put ~40 % of its CPU in FastAPI/Starlette layers (dependency solving,
 exception middlewares, parameter models) around a handler that needs none of them.
-This ASGI middleware answers exactly ``POST /v1/messages`` itself: the same
-authentication and role check (``shared.auth``), the same handler
-(``routes.messages.accept``) and the same error bodies (``shared.httpapp``) as the
-FastAPI route, which stays declared for the OpenAPI schema and answers everything
-else under the path. It sits inside ``RejectNulBytes``, so NUL bytes in the query
-string are refused first, as on every other route.
+:class:`SubmitFastPath`, an ASGI middleware, answers exactly ``POST /v1/messages``
+itself, with the same authentication and role check (``shared.auth``) and the same
+error bodies (``shared.httpapp``) as every FastAPI route; every other method and path
+goes on to FastAPI (``routes/messages.py`` reads the status back). It sits inside
+``RejectNulBytes``, so NUL bytes in the query string are refused first, as on every
+other route. No FastAPI route is declared for it: :data:`SUBMIT_OPERATION` is its
+OpenAPI operation, which :func:`document` adds to the app's schema.
+
+The handler checks everything that costs nothing first — auth, content type, envelope,
+declared length — and only then reads the body, in chunks, aborting at the size limit:
+a huge or endless chunked body never sits in memory.
 """
 
 from __future__ import annotations
@@ -16,19 +21,29 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
+from fastapi import FastAPI
 from starlette.requests import Request
+from starlette.responses import Response
 
 from shared.auth import authenticate, check_role
-from shared.errors import MailexecError
+from shared.errors import (
+    BadRequest,
+    LengthRequired,
+    MailexecError,
+    PayloadTooLarge,
+    UnsupportedMedia,
+)
 from shared.httpapp import internal_error_response, mailexec_error_response
 
-from .envelope import SUBMIT_ROLES
-from .routes.messages import accept, router
+from . import metrics
+from .envelope import SUBMIT_ROLES, parse_envelope
 from .runtime import Runtime
 
 log = logging.getLogger("mailexec.http")
 
-PATH = router.prefix  # POST "" under it is the submit route
+PATH = "/v1/messages"
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class SubmitFastPath:
@@ -50,3 +65,172 @@ class SubmitFastPath:
             log.exception("unhandled error", extra={"path": PATH})
             response = internal_error_response()
         await response(scope, receive, send)
+
+
+async def accept(request: Request, runtime: Runtime) -> Response:
+    """The whole of ``POST /v1/messages`` after authentication: check, read, store, queue.
+
+    Repeated query parameters read the way FastAPI reads them: the last ``from`` (and
+    ``envid``, ``ret``, ``notify``) wins, every ``to`` counts.
+    """
+    query = request.query_params
+    limit = runtime.settings.max_message_bytes
+    try:
+        _check_content_type(request)
+        envelope = parse_envelope(query.get("from"), query.getlist("to"), envid=query.get("envid"),
+                                  ret=query.get("ret"), notify=query.get("notify"))
+        key = _idempotency_key(request.headers.get("idempotency-key"))
+        body = await read_body(request, limit)
+    except UnsupportedMedia:
+        metrics.MESSAGES_REJECTED.labels(reason="unsupported_media").inc()
+        raise
+    except LengthRequired:
+        metrics.MESSAGES_REJECTED.labels(reason="length_required").inc()
+        raise
+    except PayloadTooLarge:
+        metrics.MESSAGES_REJECTED.labels(reason="too_large").inc()
+        raise
+    except BadRequest:
+        metrics.MESSAGES_REJECTED.labels(reason="bad_request").inc()
+        raise
+    accepted = await runtime.outbox.submit(envelope, body, key)
+    out: dict[str, Any] = {
+        "id": str(accepted.message_id),
+        "recipients": [{"address": a, "status": "queued"} for a in accepted.recipients],
+    }
+    if accepted.duplicate:
+        out["duplicate"] = True
+    return Response(orjson.dumps(out), status_code=202, media_type="application/json")
+
+
+def _check_content_type(request: Request) -> None:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "message/rfc822":
+        raise UnsupportedMedia(
+            f"Content-Type must be message/rfc822 (the raw RFC 5322 message), not "
+            f"{ctype or 'missing'}",
+            code="unsupported_media_type",
+        )
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"5.2.3 message exceeds the size limit of {limit} bytes (MAILEXEC_MAX_MESSAGE_BYTES)",
+        code="message_too_large",
+        status="5.2.3",
+        limit=limit,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read as it streams in; 411 without a length, 413 at ``limit``."""
+    declared = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if declared is None and not chunked:
+        raise LengthRequired(
+            "send Content-Length or a chunked body", code="length_required"
+        )
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length is not a number", code="bad_content_length")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        if chunk:
+            chunks.append(chunk)
+    if size == 0:
+        raise BadRequest("empty message body", code="empty_message")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise BadRequest(
+            f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+            code="bad_idempotency_key",
+        )
+    return key
+
+
+# --- OpenAPI ------------------------------------------------------------------------------
+
+
+def _optional(name: str, where: str, *, title: str, description: str | None = None,
+              items: bool = False) -> dict[str, Any]:
+    """An optional string (or list of strings) parameter, as FastAPI writes one."""
+    value: dict[str, Any] = {"type": "array", "items": {"type": "string"}} if items else {
+        "type": "string"
+    }
+    schema: dict[str, Any] = {"anyOf": [value, {"type": "null"}]}
+    if description is not None:
+        schema["description"] = description
+    schema["title"] = title
+    param: dict[str, Any] = {"name": name, "in": where, "required": False, "schema": schema}
+    if description is not None:
+        param["description"] = description
+    return param
+
+
+SUBMIT_OPERATION: dict[str, Any] = {
+    "tags": ["messages"],
+    "summary": "Submit a message (SMTP envelope in the query, raw message in the body)",
+    "operationId": "submit_message_v1_messages_post",
+    "parameters": [
+        _optional("from", "query", title="From", description="'' = null sender <>"),
+        _optional("to", "query", title="To", description="one per recipient, ≤ 1000", items=True),
+        _optional("envid", "query", title="Envid", description="RFC 3461 ENVID (xtext)"),
+        _optional("ret", "query", title="Ret", description="FULL or HDRS"),
+        _optional("notify", "query", title="Notify", description="NEVER or SUCCESS,FAILURE,DELAY"),
+        _optional("Idempotency-Key", "header", title="Idempotency-Key"),
+    ],
+    "responses": {
+        "202": {
+            "description": "stored, and one job per recipient confirmed by the broker",
+            "content": {"application/json": {"schema": {}}},
+        },
+        "400": {"description": "bad address or envelope"},
+        "409": {"description": "Idempotency-Key already used for a different envelope or body"},
+        "411": {"description": "no Content-Length and not chunked"},
+        "413": {"description": "larger than MAILEXEC_MAX_MESSAGE_BYTES (5.2.3)"},
+        "415": {"description": "Content-Type is not message/rfc822"},
+        "503": {"description": "database or broker down; nothing accepted, retry"},
+        "422": {
+            "description": "Validation Error",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+            },
+        },
+    },
+}
+
+
+def document(app: FastAPI) -> None:
+    """Add :data:`SUBMIT_OPERATION` to ``app``'s OpenAPI schema (``/openapi.json``,
+    ``/docs``), listed where FastAPI puts a route declared first: before the other
+    operations under :data:`PATH`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            paths: dict[str, Any] = schema.get("paths", {})
+            item = {"post": SUBMIT_OPERATION, **paths.pop(PATH, {})}
+            ordered: dict[str, Any] = {}
+            for path, other in paths.items():
+                if path.startswith(PATH + "/") and PATH not in ordered:
+                    ordered[PATH] = item
+                ordered[path] = other
+            ordered.setdefault(PATH, item)
+            schema["paths"] = ordered
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
