@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +33,7 @@ from pydantic import ValidationError
 from services.executor.events import announce_final, envelope_from_db, event_id
 from services.executor.metrics import DELIVERIES
 from services.executor.publishing import Publisher
-from services.executor.repo import Repo
+from services.executor.repo import MessageEnvelope, RecipientSnapshot, Repo
 from services.executor.verdict import DIAGNOSTICS
 from shared.errors import Unavailable
 from shared.schemas import Event, EventEnvelope, EventRecipient, Job, Notice
@@ -71,9 +72,7 @@ class DeadLetters:
         await self._poison(job, reason)
 
     async def _poison(self, job: Job, reason: str) -> None:
-        why = f"dead-lettered ({reason}) after repeated delivery failures"
-        diag = DIAGNOSTICS[FailureKind.POISON].format(why=why)
-        status = status_for(FailureKind.POISON)
+        status, diag = poison_outcome(reason)
         if not await self.repo.force_final(job.job_id, "bounced", status, diag):
             # Recorded by a worker that could not announce it (its channel died between
             # the commit and the publish, and the redeliveries ran out): announce it
@@ -84,10 +83,8 @@ class DeadLetters:
                      extra={"message_id": str(job.message_id), "recipient": job.recipient,
                             "events": sent})
             return
-        env = EventEnvelope(sender=job.sender, envid=job.envid, ret=job.ret, notify=list(job.notify),
-                            arrival_date=job.arrival)
-        rcpt = _recipient(job.recipient, job.orcpt, status, diag)
-        await self._announce(job.job_id, job.message_id, env, rcpt, NoticeReason.POISON, diag, job.recipient)
+        for key, event in poison_events(job, status, diag, datetime.now(UTC)):
+            await self.pub.event(key, event)
         log.error("poison job bounced", extra={"message_id": str(job.message_id),
                                                "recipient": job.recipient, "outcome": "bounced",
                                                "status": status})
@@ -95,51 +92,81 @@ class DeadLetters:
 
     async def _corrupt(self, body: bytes, error: str, reason: str) -> None:
         DELIVERIES.labels("corrupt").inc()
-        loose = _loose(body)
-        job_id = _uuid(loose.get("job_id"))
-        status = status_for(Outcome.CORRUPT)
-        diag = f"delivery job could not be parsed: {error[:300]}"
+        job_id = _uuid(_loose(body).get("job_id"))
         snap = await self.repo.snapshot(job_id) if job_id else None
         env_row = await self.repo.envelope(snap.message_id) if snap else None
-        message_id = snap.message_id if snap else _uuid(loose.get("message_id"))
-        rcpt = None
-        if snap is not None and env_row is not None:
-            rcpt = _recipient(snap.address, snap.orcpt, status, diag)
-            env = envelope_from_db(env_row, snap.notify)
-            if await self.repo.force_final(snap.job_id, "bounced", status, diag):
-                ev = Event(kind="bounce", event_id=event_id(snap.job_id, -2, "bounce"),
-                           message_id=snap.message_id, occurred_at=datetime.now(UTC), envelope=env,
-                           recipients=[rcpt])
-                await self.pub.event("bounce", ev)
-        else:
-            env = EventEnvelope(sender="", arrival_date=datetime.now(UTC))
-        notice = Notice(reason=NoticeReason.CORRUPT, account=snap.address if snap else None,
-                        detail=f"{diag} (dead-letter reason {reason}); body starts {body[:200]!r}")
-        ev_id = event_id(job_id, -2, "admin_notice") if job_id else uuid.uuid4()
-        ev = Event(kind="admin_notice", event_id=ev_id, message_id=message_id,
-                   occurred_at=datetime.now(UTC), envelope=env,
-                   recipients=[rcpt] if rcpt else [], notice=notice)
-        await self.pub.event("admin_notice", ev)
+        report = corrupt_report(body, error, reason, snap, env_row, datetime.now(UTC))
+        if (report.bounce is not None and snap is not None
+                and await self.repo.force_final(snap.job_id, "bounced", report.status, report.diagnostic)):
+            await self.pub.event("bounce", report.bounce)
+        await self.pub.event("admin_notice", report.notice)
+        message_id = report.notice.message_id
         log.error("corrupt job reported", extra={"message_id": str(message_id) if message_id else None,
                                                  "outcome": "corrupt"})
 
-    async def _announce(
-        self, job_id: uuid.UUID, message_id: uuid.UUID, env: EventEnvelope, rcpt: EventRecipient,
-        reason: NoticeReason, detail: str, account: str,
-    ) -> None:
-        now = datetime.now(UTC)
-        bounce = Event(kind="bounce", event_id=event_id(job_id, -2, "bounce"), message_id=message_id,
-                       occurred_at=now, envelope=env, recipients=[rcpt])
-        await self.pub.event("bounce", bounce)
-        notice = Event(kind="admin_notice", event_id=event_id(job_id, -2, "admin_notice"),
-                       message_id=message_id, occurred_at=now, envelope=env, recipients=[rcpt],
-                       notice=Notice(reason=reason, account=account, detail=detail))
-        await self.pub.event("admin_notice", notice)
+
+# --- the decisions above, without the I/O ----------------------------------------------
 
 
-def _recipient(address: str, orcpt: str | None, status: str, diag: str) -> EventRecipient:
+def poison_outcome(reason: str) -> tuple[str, str]:
+    """Status and diagnostic of a job the quorum queue gave up on (``x-death`` reason)."""
+    why = f"dead-lettered ({reason}) after repeated delivery failures"
+    return status_for(FailureKind.POISON), DIAGNOSTICS[FailureKind.POISON].format(why=why)
+
+
+def poison_events(job: Job, status: str, diag: str, now: datetime) -> list[tuple[str, Event]]:
+    """The bounce to the sender and the notice to the postmaster for a poison job; their ids
+    are fixed per job, so announcing twice is dropped by the notifier."""
+    env = EventEnvelope(sender=job.sender, envid=job.envid, ret=job.ret, notify=list(job.notify),
+                        arrival_date=job.arrival)
+    rcpt = _recipient(job.recipient, job.orcpt, status, diag, now)
+    bounce = Event(kind="bounce", event_id=event_id(job.job_id, -2, "bounce"),
+                   message_id=job.message_id, occurred_at=now, envelope=env, recipients=[rcpt])
+    notice = Event(kind="admin_notice", event_id=event_id(job.job_id, -2, "admin_notice"),
+                   message_id=job.message_id, occurred_at=now, envelope=env, recipients=[rcpt],
+                   notice=Notice(reason=NoticeReason.POISON, account=job.recipient, detail=diag))
+    return [("bounce", bounce), ("admin_notice", notice)]
+
+
+@dataclass(frozen=True)
+class CorruptReport:
+    """What a job that cannot be parsed comes to: the recipient's bounce, when its row and
+    envelope could be found (sent only if the row was not final yet), and always a notice."""
+
+    status: str
+    diagnostic: str
+    bounce: Event | None
+    notice: Event
+
+
+def corrupt_report(body: bytes, error: str, reason: str, snap: RecipientSnapshot | None,
+                   env_row: MessageEnvelope | None, now: datetime) -> CorruptReport:
+    loose = _loose(body)
+    job_id = _uuid(loose.get("job_id"))
+    status = status_for(Outcome.CORRUPT)
+    diag = f"delivery job could not be parsed: {error[:300]}"
+    message_id = snap.message_id if snap else _uuid(loose.get("message_id"))
+    rcpt = None
+    bounce = None
+    if snap is not None and env_row is not None:
+        rcpt = _recipient(snap.address, snap.orcpt, status, diag, now)
+        env = envelope_from_db(env_row, snap.notify)
+        bounce = Event(kind="bounce", event_id=event_id(snap.job_id, -2, "bounce"),
+                       message_id=snap.message_id, occurred_at=now, envelope=env, recipients=[rcpt])
+    else:
+        env = EventEnvelope(sender="", arrival_date=now)
+    notice = Notice(reason=NoticeReason.CORRUPT, account=snap.address if snap else None,
+                    detail=f"{diag} (dead-letter reason {reason}); body starts {body[:200]!r}")
+    ev_id = event_id(job_id, -2, "admin_notice") if job_id else uuid.uuid4()
+    report = Event(kind="admin_notice", event_id=ev_id, message_id=message_id, occurred_at=now,
+                   envelope=env, recipients=[rcpt] if rcpt else [], notice=notice)
+    return CorruptReport(status, diag, bounce, report)
+
+
+def _recipient(address: str, orcpt: str | None, status: str, diag: str, now: datetime
+               ) -> EventRecipient:
     return EventRecipient(address=address, orcpt=orcpt, action="failed", status=status,
-                          diagnostic=diag, last_attempt=datetime.now(UTC))
+                          diagnostic=diag, last_attempt=now)
 
 
 def _death_reason(headers: dict[str, Any]) -> str:

@@ -42,8 +42,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -115,10 +116,7 @@ class Worker:
             await _settle(message, requeue=True)
 
     async def _handle_job(self, message: AbstractIncomingMessage, job: Job) -> None:
-        headers = message.headers or {}
-        raw_retries = headers.get(INFRA_RETRY_HEADER, 0)
-        infra_retries = raw_retries if isinstance(raw_retries, int) else 0
-        reclaim = bool(message.redelivered) or INFRA_RETRY_HEADER in headers
+        infra_retries, reclaim = redelivery(message.headers or {}, bool(message.redelivered))
         try:
             claim = await self.repo.claim(job.job_id, job.attempt, reclaim)
         except Unavailable as exc:
@@ -152,13 +150,8 @@ class Worker:
         self, message: AbstractIncomingMessage, job: Job, v: Verdict, infra_retries: int,
         duration: float,
     ) -> None:
-        attempts = job.attempt + (1 if v.counts_as_attempt else 0)
-        update = RecipientUpdate(
-            job_id=job.job_id, expected_attempts=job.attempt, state=v.state, status=v.status,
-            diagnostic=v.diagnostic[:MAX_DIAGNOSTIC] or None, attempts=attempts,
-            next_program=v.next_program, final=v.final, delay_notified=v.delay_warning,
-            runs=v.runs,
-        )
+        update = recipient_update(job, v)
+        attempts = update.attempts
         recorded = await self._record(update)
         if recorded is None:  # database still down after RECORD_RETRY_S: run again later
             await _settle(message, requeue=True)
@@ -170,15 +163,10 @@ class Worker:
             await _settle(message)
             return
         try:
-            if v.kind == "deferred":
-                RETRIES.labels("tempfail").inc()
-                await self.pub.retry(job.model_copy(update={"attempt": attempts,
-                                                            "next_program": v.next_program}),
-                                     attempts)
-            elif v.kind == "retry":
-                RETRIES.labels("outage").inc()
-                await self.pub.retry(job.model_copy(update={"next_program": v.next_program}),
-                                     infra_retries + 1, infra_retries=infra_retries + 1)
+            again = retry_of(job, v, infra_retries)
+            if again is not None:
+                RETRIES.labels("tempfail" if v.kind == "deferred" else "outage").inc()
+                await self.pub.retry(again.job, again.step, infra_retries=again.infra_retries)
             elif v.kind == "suspended":
                 await self.pub.hold(job)
                 self.held_since_drain = True
@@ -268,6 +256,49 @@ class Worker:
         self.held_since_drain = False
         if moved:
             log.info("resumed: held jobs released", extra={"count": moved})
+
+
+# --- the decisions above, without the I/O ----------------------------------------------
+
+
+def redelivery(headers: Mapping[str, object], redelivered: bool) -> tuple[int, bool]:
+    """(outage retries so far, whether the job may re-claim a ``running`` row): a job the
+    broker redelivered, or one back from the retry ladder after an outage, may."""
+    raw = headers.get(INFRA_RETRY_HEADER, 0)
+    return (raw if isinstance(raw, int) else 0), redelivered or INFRA_RETRY_HEADER in headers
+
+
+def recipient_update(job: Job, v: Verdict) -> RecipientUpdate:
+    """The row update that records ``v``: delivered, bounced and deferred count as an
+    attempt; a suspension or an outage does not."""
+    return RecipientUpdate(
+        job_id=job.job_id, expected_attempts=job.attempt, state=v.state, status=v.status,
+        diagnostic=v.diagnostic[:MAX_DIAGNOSTIC] or None,
+        attempts=job.attempt + (1 if v.counts_as_attempt else 0),
+        next_program=v.next_program, final=v.final, delay_notified=v.delay_warning, runs=v.runs,
+    )
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The copy of a job sent to the retry ladder, and its step there."""
+
+    job: Job
+    step: int
+    infra_retries: int | None = None
+
+
+def retry_of(job: Job, v: Verdict, infra_retries: int) -> Retry | None:
+    """A deferral goes up the ladder by attempt and resumes at the failed program; an
+    outage by its own count (header ``x-mailexec-infra-retries``), as the same attempt."""
+    if v.kind == "deferred":
+        attempts = job.attempt + 1
+        return Retry(job.model_copy(update={"attempt": attempts, "next_program": v.next_program}),
+                     attempts)
+    if v.kind == "retry":
+        return Retry(job.model_copy(update={"next_program": v.next_program}), infra_retries + 1,
+                     infra_retries + 1)
+    return None
 
 
 async def _settle(message: AbstractIncomingMessage, *, requeue: bool | None = None) -> None:

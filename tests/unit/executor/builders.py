@@ -10,9 +10,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.executor.policy_client import Account, PolicySettings
-from services.executor.repo import Claim, RunRow
+import orjson
+
+from services.executor.repo import Claim, RecipientSnapshot, RunRow
 from services.executor.sandbox.runio import LaunchError, RunResult
+from shared.contract import Account, PolicySettings
 from shared.schemas import Job
 
 RECIPIENT = "robin@example.org"
@@ -29,19 +31,20 @@ def job(*, age_s: float = 0.0, attempt: int = 0, next_program: int = 0,
 
 def account(programs: list[str] | None = None, *, uid: int = 64101, gid: int | None = None,
             shell: str = "/bin/sh", enabled: bool = True, address: str = RECIPIENT) -> Account:
-    return Account.from_api({
+    return Account.model_validate_json(orjson.dumps({
         "address": address,
         "owner": {"name": "robin", "uid": uid, "gid": uid if gid is None else gid,
                   "home": f"/home/u{uid}", "shell": shell},
         "program_delivery": {"enabled": enabled,
                              "programs": ["probe"] if programs is None else programs},
         "mailbox_delivery": False,
-    })
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+    }))
 
 
 def settings(**patch: Any) -> PolicySettings:
     """The policy's settings document: SPEC's defaults with ``patch`` applied."""
-    return PolicySettings.from_api({"settings": patch})
+    return PolicySettings.model_validate_json(orjson.dumps(patch))
 
 
 def claim(*, warned: bool = False) -> Claim:
@@ -59,3 +62,13 @@ def run_row(program: str = "probe", position: int = 0) -> RunRow:
     return RunRow(attempt=0, program=program, position=position, exit_status=0, signal=None,
                   timed_out=False, output_excerpt="", duration_ms=10,
                   started_at=datetime.now(UTC))
+
+
+def snapshot(j: Job, *, state: str, status: str | None, diagnostic: str | None, attempts: int,
+             last_run: dict[str, Any] | None = None) -> RecipientSnapshot:
+    """A recipient row as recorded (``repo.snapshot`` reads it back)."""
+    return RecipientSnapshot(job_id=j.job_id, message_id=j.message_id, address=j.recipient,
+                             orcpt=j.orcpt, notify=None, state=state, status=status,
+                             diagnostic=diagnostic, attempts=attempts, next_program=0,
+                             delay_notified_at=None, updated_at=datetime.now(UTC),
+                             last_run=last_run)

@@ -16,7 +16,7 @@ from services.executor.verdict import Verdict
 from shared.status import NoticeReason
 from tests.unit.executor.builders import RECIPIENT, account, claim, job, run, run_row, settings
 
-DAY = 86400.0
+DAY = 86400
 
 
 def bounced(v: Verdict | object, status: str) -> Verdict:
@@ -280,8 +280,8 @@ def test_a_temporary_exec_failure_defers_4_3_0(err: int) -> None:
     v = outcome(run(exit_status=None, launch=launch))
     assert v is not None and (v.kind, v.status, v.next_program) == ("deferred", "4.3.0", 1)
     assert v.diagnostic.startswith("program probe could not start for now: launch failed at exec")
-    expired = outcome(run(exit_status=None, launch=launch), settings(max_queue_lifetime_s=60),
-                      age_s=120)
+    ps = settings(max_queue_lifetime_s=60, delay_warning_after_s=30)
+    expired = outcome(run(exit_status=None, launch=launch), ps, age_s=120)
     bounced(expired, "4.4.7")
 
 
