@@ -385,8 +385,9 @@ def assemble_bytes(
     ``refold_source="none"``; bodies with CRLF line ends) except a returned
     ``message/rfc822``, which it regenerates from its parse. So only that part goes
     through the parser and generator, on its own, and the rest is joined with CRLF.
-    Text with a CR of its own takes the slow path, which gives the same bytes by
-    definition. The golden files (``tests/notifier/golden``) pin what comes out.
+    Text with a CR of its own, or a returned original the parser finds defects in, goes
+    through :func:`assemble` and :func:`to_bytes` whole: they define the bytes. The
+    golden files (``tests/notifier/golden``) have a case for each of the three ways.
     """
     boundary = _choose_boundary(seed, host, parts)
     canonical: list[Part] = []
