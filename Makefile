@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv helpers run test lint bench bench-quick bench-mta chaos soak soak-mix clean
+.PHONY: help venv helpers run test test-unit lint bench bench-quick bench-mta chaos soak soak-mix clean
 help:           ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
 
@@ -40,6 +40,9 @@ run: $(STAMP) $(HELPER)   ## the whole pipeline on this machine, demo data in; p
 test: $(STAMP) $(HELPER)  ## the whole test suite against the local PostgreSQL and RabbitMQ
 	$(BIN)/python -m mailexec.devrun --services-only
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP)  ## the decision logic's unit tests (tests/unit): seconds, any user, no PostgreSQL/RabbitMQ
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/ruff check mailexec shared services migrations tests testing bench deploy tools
