@@ -15,8 +15,18 @@ part or domain are accepted; limits are counted in UTF-8 octets.
 Canonical form: surrounding ``<...>`` removed, the domain lower-cased, a quoted local part
 unquoted when it does not need the quotes (``"bob"@x`` → ``bob@x``), otherwise kept
 quoted with only ``"`` and ``\\`` escaped. The local part keeps its case (RFC 5321 says
-it may be significant); :func:`normalize_account` lower-cases everything for the
-account lookup (docs/internals.md, "Account lookup").
+it may be significant).
+
+Account keys (the one grammar of ``policy.accounts.address``; docs/internals.md, "Account
+lookup"): :func:`normalize_account` is the only way an address becomes an account key —
+ingest (recipients), policy (every ``{address}`` in a URL, ``postmaster``), the executor
+and the notifier call it. A key is the canonical form lower-cased entirely and must be
+plain ASCII ``local@domain``: a dot-atom local part of RFC 5322 atext without ``/`` (the
+key is a URL path segment of the policy API), an LDH host name or an address literal.
+SMTPUTF8 addresses, quoted local parts that need their quotes, and ``/`` are valid in an
+envelope but can never be an account: :func:`normalize_account` refuses them with an
+:class:`AddressError` saying so, and ingest refuses such recipients at once (HTTP 400,
+LMTP ``550 5.1.1``) instead of queueing mail nobody can receive.
 """
 
 from __future__ import annotations
@@ -167,6 +177,63 @@ def parse_recipient(s: str) -> str:
     return parse_mailbox(s, allow_empty=False)
 
 
-def normalize_account(addr: str) -> str:
-    """The account key of an address: its canonical form, lower-cased entirely."""
-    return parse_mailbox(addr).lower()
+# --- account keys ------------------------------------------------------------------------
+
+# RFC 5322 atext without "/" (it would make the key a URL path segment), ASCII only.
+_KEY_ATEXT = r"A-Za-z0-9!#$%&'*+=?^_`{|}~\-"
+_KEY_LOCAL = re.compile(rf"[{_KEY_ATEXT}]+(?:\.[{_KEY_ATEXT}]+)*")
+_KEY_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_KEY_HOST = re.compile(rf"{_KEY_LABEL}(?:\.{_KEY_LABEL})*")
+# A bare key in any case: the common spelling, recognised without the full parse.
+_PLAIN_KEY = re.compile(rf"(?:[{_KEY_ATEXT}]+(?:\.[{_KEY_ATEXT}]+)*)@{_KEY_HOST.pattern}")
+ACCOUNT_RULE = (
+    "an account address is ASCII local@domain: the local part letters, digits and "
+    "!#$%&'*+=?^_`{|}~.- (no '/', no quotes, no leading, trailing or doubled dot), the "
+    "domain a host name or an address literal"
+)
+
+
+def _account_problem(canonical: str) -> str | None:
+    """What in the canonical address ``canonical`` no account key may have, or None."""
+    if not canonical.isascii():
+        return "it has UTF-8 (SMTPUTF8)"
+    if canonical.startswith('"'):
+        return "its local part needs quotes"
+    local, _, domain = canonical.rpartition("@")
+    if not _KEY_LOCAL.fullmatch(local):
+        return "its local part has a '/'"
+    if not (domain.startswith("[") or _KEY_HOST.fullmatch(domain)):  # literals: parse_mailbox checked them
+        return "its domain is not a host name"
+    return None
+
+
+def normalize_account(address: str) -> str:
+    """The account key of ``address``: its canonical form (:func:`parse_recipient`),
+    lower-cased entirely; raises :class:`AddressError` when no account can have it.
+
+    Idempotent: a key comes back unchanged. ``<Bob@Example.ORG>`` and ``"bob"@example.org``
+    give ``bob@example.org``; ``bö@example.org``, ``"a b"@example.org`` and
+    ``a/b@example.org`` are refused.
+    """
+    if (
+        isinstance(address, str)
+        and len(address) <= MAX_ADDRESS_OCTETS
+        and _PLAIN_KEY.fullmatch(address)
+        and address.rfind("@") <= MAX_LOCAL_OCTETS
+    ):
+        return address.lower()  # what parse_recipient would return, lower-cased
+    canonical = parse_recipient(address)
+    problem = _account_problem(canonical)
+    if problem:
+        shown = address if len(address) <= 80 else address[:77] + "..."
+        raise AddressError(f"no account can have the address {shown!r}: {problem}; {ACCOUNT_RULE}")
+    return canonical.lower()
+
+
+def account_problem(address: str) -> str | None:
+    """Why ``address`` can never be an account (the :class:`AddressError` text), or None."""
+    try:
+        normalize_account(address)
+    except AddressError as exc:
+        return str(exc)
+    return None

@@ -24,10 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from mailexec.client import EX_DATAERR, EX_NOINPUT, ApiError, Client
 from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, err, fail, out, table
 from mailexec.commands.programs import register_program
-from shared.programs import PROGRAM_NAME_RE, PROGRAM_NAME_RULE
-
-INSECURE_FLAG = "INSECURE-PROGRAM-DELIVERIES"
-SUSPEND_FLAG = "SUSPEND-PROGRAM-DELIVERIES"
+from shared.programs import INSECURE_FLAG, PROGRAM_NAME_RE, PROGRAM_NAME_RULE, SUSPEND_FLAG
 
 
 @dataclass

@@ -46,11 +46,12 @@ from datetime import UTC, datetime
 
 from services.executor.errors import IdentityRefused, LaunchFailed, ProgramUnresolved
 from services.executor.metrics import PROGRAM_RUN_SECONDS, SANDBOX_FAILURES
-from services.executor.policy_client import Account, PolicyClient, PolicySettings, PolicyUnavailable
 from services.executor.programs import ExecHandle, ProgramStore, open_insecure
 from services.executor.repo import Claim, RunRow
 from services.executor.sandbox import RunLimits, RunResult, Sandbox
 from services.executor.verdict import DIAGNOSTICS, Verdict, failed
+from shared.contract import Account, PolicySettings
+from shared.policy_client import PolicyClient, PolicyUnavailable
 from shared.programs import PROGRAM_NAME_RULE, entry_basename, is_program_name
 from shared.schemas import Job
 from shared.settings import Settings
@@ -101,7 +102,7 @@ async def _decide_and_run(job: Job, claim: Claim, open_body: BodyOpener, deps: D
         return account
     if ps.mode != "insecure":
         status = await policy.status()
-        if status.get("program_delivery") == "disabled":
+        if status.program_delivery == "disabled":
             return disabled(account)
     async with open_body() as body:
         loop = mail_loop(body, job.recipient)

@@ -8,6 +8,12 @@ RFC 3461 rules: ``NOTIFY`` is ``NEVER`` alone or a set of ``SUCCESS``, ``FAILURE
 xtext of at most 100 characters and ``ORCPT`` is ``addr-type;xtext`` (both kept encoded,
 as they travel in DSNs). NOTIFY and ORCPT belong to a recipient (LMTP gives them per
 ``RCPT``); HTTP's ``notify=`` applies to every recipient of the POST.
+
+Recipients: valid in SMTP (:func:`shared.addresses.parse_recipient`) and, to be
+delivered, an account key (:func:`shared.addresses.normalize_account`, the grammar policy
+applies to account addresses). A recipient no account can ever have (UTF-8, a local part
+that needs quotes, a ``/``) is refused at once: 400 ``bad_recipient`` over HTTP, ``550
+5.1.1`` at LMTP's RCPT (``recipients.AccountCheck`` answers it without asking policy).
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from dataclasses import dataclass
 
 import orjson
 
-from shared.addresses import AddressError, parse_mailbox, parse_recipient
+from shared.addresses import (
+    AddressError,
+    account_problem,
+    normalize_account,
+    parse_mailbox,
+    parse_recipient,
+)
 from shared.errors import BadRequest
 
 # Who may submit an envelope: the HTTP route, its fast path and LMTP's AUTH all check this.
@@ -36,7 +48,7 @@ _ORCPT = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*);(.+)")
 @dataclass(frozen=True, slots=True)
 class Recipient:
     address: str  # canonical form, as the MTA spelled the local part
-    account: str  # lower-cased: the policy.accounts key
+    account: str  # the policy.accounts key (normalize_account); "" if no account can have it
     notify: tuple[str, ...] | None = None  # RFC 3461 NOTIFY of this recipient; None: the message's
     orcpt: str | None = None  # RFC 3461 ORCPT as given (addr-type;xtext)
 
@@ -128,7 +140,11 @@ def make_recipient(raw: str, *, notify: tuple[str, ...] | None = None,
         address = parse_recipient(raw)
     except AddressError as exc:
         raise BadRequest(f"to: {exc}", code="bad_recipient") from None
-    return Recipient(address=address, account=address.lower(), notify=notify, orcpt=orcpt)
+    try:
+        account = normalize_account(address)
+    except AddressError:
+        account = ""  # valid in SMTP; HTTP refuses it below, LMTP with 550 5.1.1
+    return Recipient(address=address, account=account, notify=notify, orcpt=orcpt)
 
 
 def parse_envelope(
@@ -138,7 +154,8 @@ def parse_envelope(
     ret: str | None = None,
     notify: str | None = None,
 ) -> Envelope:
-    """Validate the query parameters; duplicate recipients (same account) collapse."""
+    """Validate the query parameters; duplicate recipients (same account) collapse, and
+    a recipient no account can have is refused."""
     if sender is None:
         raise BadRequest(
             "from: missing; pass from= (empty) for the null reverse-path <>", code="bad_sender"
@@ -154,6 +171,8 @@ def parse_envelope(
     seen: dict[str, Recipient] = {}
     for raw in to:
         rcpt = make_recipient(raw)
+        if not rcpt.account:
+            raise BadRequest(f"to: {account_problem(rcpt.address)}", code="bad_recipient")
         seen.setdefault(rcpt.account, rcpt)
     return Envelope(
         sender=canonical_sender,

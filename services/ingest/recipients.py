@@ -12,7 +12,7 @@ policy says                            RCPT reply
 account with program delivery enabled  accepted (also while delivery is suspended:
                                        the job is parked, as for HTTP)
 no such account (404, or an address    ``550 5.1.1``
-policy's account grammar refuses)
+no account can have: not asked)
 program delivery not enabled           ``550 5.3.0``
 unreachable, timeout, 5xx, 401/403     ``451 4.3.0``: the MTA retries; never a 5xx
 =====================================  ==========================================
@@ -32,6 +32,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from shared.addresses import AddressError, normalize_account
 from shared.cache import AsyncCache
 
 POLICY_CACHE_TTL_S = 30.0
@@ -59,12 +60,17 @@ class AccountCheck:
         await self._http.aclose()
 
     async def check(self, account: str) -> Answer:
-        """The verdict for the lower-cased account key (``Recipient.account``)."""
+        """The verdict for the account key ``Recipient.account`` ("": no account can have
+        the address, so there is nothing to ask)."""
+        if not account:
+            return Answer.NO_SUCH_ACCOUNT
         return await self._cache.get(account, lambda: self._ask(account),
                                      keep=lambda v: v is Answer.ACCEPT)
 
     def cached(self, account: str) -> Answer | None:
-        """The answer if it is cached (a positive one), without asking policy."""
+        """The answer if it is known without asking policy (a cached positive one)."""
+        if not account:
+            return Answer.NO_SUCH_ACCOUNT
         answer: Answer | None = self._cache.peek(account)
         return answer
 
@@ -72,7 +78,11 @@ class AccountCheck:
         """A ``policy.changed`` broadcast: forget what it names (everything when unsure)."""
         what, key = body.get("what"), body.get("key")
         if what == "account" and isinstance(key, str):
-            gone = key.lower()
+            try:
+                gone = normalize_account(key)
+            except AddressError:
+                self._cache.invalidate()
+                return
             self._cache.invalidate(lambda k: k == gone)
         elif what not in ("program", "token"):  # settings, or an unknown kind
             self._cache.invalidate()
@@ -86,8 +96,8 @@ class AccountCheck:
         if resp.status_code == 404:
             return Answer.NO_SUCH_ACCOUNT
         if resp.status_code == 400 and b"invalid_address" in resp.content:
-            # Valid in SMTP but outside policy's account grammar (UTF-8, quoted local
-            # parts): no account can ever have this address.
+            # A policy of another version whose account grammar refuses the key: no
+            # account there can have this address.
             return Answer.NO_SUCH_ACCOUNT
         if resp.status_code != 200:
             self.last_error = f"policy service answered {resp.status_code}"

@@ -38,8 +38,8 @@ from services.notifier.notice_limits import (
     notice_key,
 )
 from services.notifier.notice_render import render_admin_notice
-from services.notifier.policy_client import PolicyClient
 from shared.db import session_scope
+from shared.policy_client import NoticeSettingsReader
 from shared.schemas import Event, EventRef
 from shared.settings import Settings
 
@@ -89,7 +89,8 @@ async def settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
 
 
 class EventConsumer:
-    def __init__(self, settings: Settings, policy: PolicyClient, on_stored: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, policy: NoticeSettingsReader,
+                 on_stored: Callable[[], None]) -> None:
         self._settings = settings
         self._policy = policy
         self._on_stored = on_stored

@@ -16,13 +16,13 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.exceptions import AMQPError
 
 from services.notifier.consumer import PREFETCH, EventConsumer
-from services.notifier.policy_client import PolicyClient
 from services.notifier.smtp import SmtpTarget, parse_smtp_url
 from services.notifier.smtp_outbox import Sender
 from shared import topology
 from shared.amqp import Broker, redact
 from shared.db import ping
 from shared.errors import Unavailable
+from shared.policy_client import NoticeSettingsReader
 from shared.settings import Settings
 
 log = logging.getLogger("mailexec.notifier")
@@ -34,7 +34,7 @@ class Runtime:
         self.target: SmtpTarget = parse_smtp_url(
             settings.smtp_url, default_timeout=settings.notifier_smtp_timeout_s
         )
-        self.policy = PolicyClient(settings)
+        self.policy = NoticeSettingsReader(settings)
         self.sender = Sender(settings, self.policy, self.target)
         self.consumer = EventConsumer(settings, self.policy, on_stored=self.sender.wake)
         self.broker: Broker | None = None

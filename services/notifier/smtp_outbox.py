@@ -47,10 +47,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from services.notifier import metrics, repo
 from services.notifier.mime import to_bytes
 from services.notifier.notice_render import render_undeliverable_dsn_notice
-from services.notifier.policy_client import PolicyClient
 from services.notifier.smtp import IDLE_LIMIT_S, SmtpError, SmtpSession, SmtpTarget
 from shared.db import get_engine, session_scope, translate_db_errors
 from shared.errors import Unavailable
+from shared.policy_client import NoticeSettingsReader
 from shared.settings import Settings
 
 log = logging.getLogger("mailexec.notifier.smtp_outbox")
@@ -131,7 +131,7 @@ class _Accepted:
 
 
 class Sender:
-    def __init__(self, settings: Settings, policy: PolicyClient, target: SmtpTarget) -> None:
+    def __init__(self, settings: Settings, policy: NoticeSettingsReader, target: SmtpTarget) -> None:
         self._settings = settings
         self._policy = policy
         self._target = target

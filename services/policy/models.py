@@ -1,4 +1,9 @@
-"""Request and response bodies of the policy API (pydantic, strict: no silent coercion)."""
+"""Request and response bodies of the policy API (pydantic, strict: no silent coercion).
+
+The documents policy serves to its readers (settings, status, program metadata,
+accounts) are the contract in :mod:`shared.contract`, re-exported here; this module adds
+the request bodies (unknown fields refused) and the listings only admins read.
+"""
 
 from __future__ import annotations
 
@@ -6,89 +11,41 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.policy.validation import address_problem, path_problem
+from shared.contract import (
+    AbsPath,
+    Account,
+    AccountAddress,
+    Owner,
+    PolicySettings,
+    ProgramDelivery,
+    ProgramMeta,
+    SafeUser,
+    Status,
+)
+from shared.programs import Network
 
-MAX_PROGRAM_ENTRIES = 64
-MAX_PROGRAM_ENTRY_CHARS = 4096
-MAX_UID = 2**32 - 2  # (uid_t)-1 is "no change" to setuid(2)
-
-
-def _absolute(path: str) -> str:
-    problem = path_problem(path)
-    if problem:
-        raise ValueError(f"{path!r} {problem}")
-    return path
-
-
-def _address(value: str) -> str:
-    problem = address_problem(value)
-    if problem:
-        raise ValueError(f"invalid address {value!r}: {problem}")
-    return value.lower()
-
-
-def _program_entry(entry: str) -> str:
-    if not entry:
-        raise ValueError("program entries must not be empty")
-    if any(c in entry for c in "\x00\r\n"):
-        raise ValueError("program entries must not contain NUL, CR or LF; give one program per entry")
-    if len(entry) > MAX_PROGRAM_ENTRY_CHARS:
-        raise ValueError(f"program entries are at most {MAX_PROGRAM_ENTRY_CHARS} characters")
-    return entry
-
-
-AbsPath = Annotated[str, AfterValidator(_absolute)]
-Address = Annotated[str, AfterValidator(_address)]
-ProgramEntry = Annotated[str, AfterValidator(_program_entry)]
-Id = Annotated[int, Field(ge=0, le=MAX_UID)]
-PositiveId = Annotated[int, Field(gt=0, le=MAX_UID)]
-
-DEFAULT_SHELLS = ["/bin/sh", "/bin/csh", "/bin/ksh", "/usr/bin/sh", "/usr/bin/csh", "/usr/bin/ksh"]
+__all__ = [
+    "Account", "AccountIn", "AccountPage", "AccountWritten", "AuditEntry", "AuditPage",
+    "Network", "Owner", "OwnerIn", "PolicySettings", "ProgramDelivery", "ProgramDeliveryIn",
+    "ProgramList", "ProgramMeta", "ProgramPatch", "ProgramsWritten", "SafeUser", "SafeUserIn",
+    "SettingsPatch", "Status", "TokenIn", "TokenIssued", "TokenList", "TokenMeta",
+]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+FORBID_UNKNOWN = ConfigDict(extra="forbid")  # a contract model as a request body
+
+
 # --- settings -------------------------------------------------------------------------
 
 
-class SafeUser(Strict):
-    uid: PositiveId
-    gid: PositiveId
-
-
-class PolicySettings(Strict):
-    """The effective settings (SPEC §2 policy); defaults are SPEC's."""
-
-    mode: Literal["secure", "insecure"] = "secure"
-    suspended: bool = False
-    safe_user: SafeUser | None = None
-    valid_shells: Annotated[list[AbsPath], Field(max_length=256)] = Field(
-        default_factory=lambda: list(DEFAULT_SHELLS)
-    )
-    program_timeout_s: Annotated[int, Field(ge=1, le=86400)] = 60
-    max_output_bytes: Annotated[int, Field(ge=1, le=16 * 1024 * 1024)] = 65536
-    tempfail_exit_codes: Annotated[
-        list[Annotated[int, Field(ge=1, le=255)]], Field(max_length=255)
-    ] = Field(default_factory=lambda: [71, 75])
-    dsn_include_output: bool = True
-    delay_warning_after_s: Annotated[int, Field(ge=1)] = 14400
-    max_queue_lifetime_s: Annotated[int, Field(ge=1)] = 432000
-    postmaster: Address | None = None
-
-    @model_validator(mode="after")
-    def _lifetime_after_warning(self) -> PolicySettings:
-        if self.max_queue_lifetime_s <= self.delay_warning_after_s:
-            raise ValueError(
-                f"max_queue_lifetime_s ({self.max_queue_lifetime_s}) must be greater than "
-                f"delay_warning_after_s ({self.delay_warning_after_s})"
-            )
-        if len(set(self.tempfail_exit_codes)) != len(self.tempfail_exit_codes):
-            raise ValueError("tempfail_exit_codes: list each exit code once")
-        return self
+class SafeUserIn(SafeUser):
+    model_config = FORBID_UNKNOWN
 
 
 class SettingsPatch(Strict):
@@ -96,7 +53,7 @@ class SettingsPatch(Strict):
 
     mode: Literal["secure", "insecure"] | None = None
     suspended: bool | None = None
-    safe_user: SafeUser | None = None
+    safe_user: SafeUserIn | None = None
     valid_shells: Annotated[list[AbsPath], Field(max_length=256)] | None = None
     program_timeout_s: int | None = None
     max_output_bytes: int | None = None
@@ -104,34 +61,13 @@ class SettingsPatch(Strict):
     dsn_include_output: bool | None = None
     delay_warning_after_s: int | None = None
     max_queue_lifetime_s: int | None = None
-    postmaster: Address | None = None
-
-
-class Status(BaseModel):
-    program_delivery: Literal["enabled", "disabled", "suspended"]
-    mode: Literal["secure", "insecure"]
-    suspended: bool
-    programs: int
-    accounts: int
+    postmaster: AccountAddress | None = None
 
 
 # --- programs --------------------------------------------------------------------------
 
 
-Network = Literal["none", "egress"]
 MAX_DESCRIPTION_CHARS = 2000
-
-
-class ProgramMeta(BaseModel):
-    name: str
-    sha256: str
-    size: int
-    interpreter: bool
-    registered_by: str
-    registered_at: datetime
-    updated_at: datetime
-    description: str | None = None
-    network: Network = "none"
 
 
 class ProgramPatch(Strict):
@@ -159,34 +95,18 @@ class ProgramList(BaseModel):
 # --- accounts --------------------------------------------------------------------------
 
 
-class Owner(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f:]+$")]
-    uid: Id
-    gid: Id
-    home: AbsPath
-    shell: AbsPath
+class OwnerIn(Owner):
+    model_config = FORBID_UNKNOWN
 
 
-class ProgramDelivery(Strict):
-    enabled: bool = False
-    programs: Annotated[list[ProgramEntry], Field(max_length=MAX_PROGRAM_ENTRIES)] = Field(
-        default_factory=list
-    )
+class ProgramDeliveryIn(ProgramDelivery):
+    model_config = FORBID_UNKNOWN
 
 
 class AccountIn(Strict):
-    owner: Owner
-    program_delivery: ProgramDelivery = Field(default_factory=ProgramDelivery)
+    owner: OwnerIn
+    program_delivery: ProgramDeliveryIn = Field(default_factory=ProgramDeliveryIn)
     mailbox_delivery: bool = True
-
-
-class Account(BaseModel):
-    address: str
-    owner: Owner
-    program_delivery: ProgramDelivery
-    mailbox_delivery: bool
-    created_at: datetime
-    updated_at: datetime
 
 
 class AccountWritten(Account):

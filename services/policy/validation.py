@@ -1,4 +1,5 @@
-"""Rules for names, addresses, paths and cursors; every refusal says what to fix."""
+"""Rules for program names and entries, account addresses in URLs (the grammar itself is
+shared.addresses.normalize_account) and cursors; every refusal says what to fix."""
 
 from __future__ import annotations
 
@@ -10,13 +11,9 @@ from typing import Any
 import orjson
 
 from services.policy.errors import InvalidAddress, InvalidCursor, InvalidName, InvalidProgramEntry
+from shared.addresses import AddressError, normalize_account
 from shared.programs import FLAG_NAMES, PROGRAM_NAME_RE, PROGRAM_NAME_RULE, entry_basename
 
-# RFC 5322 atext without "/" (it would make the address a URL path segment) for the
-# local part; LDH labels or an address literal for the domain.
-_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+=?^_`{|}~-]+)*$")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$|^\[[A-Za-z0-9.:]+\]$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -63,43 +60,13 @@ def check_program_entries(entries: list[str]) -> None:
             ) from None
 
 
-def address_problem(address: str) -> str | None:
-    """Why ``address`` is not a usable local@domain address, or None."""
-    if _CONTROL.search(address):
-        return "it contains a control character (NUL, CR, LF ...)"
-    if len(address) > 254:
-        return f"it is {len(address)} characters long; at most 254 are allowed"
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        return "it must have the form local@domain"
-    if len(local) > 64:
-        return "the local part is longer than 64 characters"
-    if not _LOCAL_RE.match(local):
-        return (
-            f"the local part {local!r} has characters outside letters, digits and "
-            "!#$%&'*+=?^_`{|}~.- (no spaces, quotes, '/' or leading/trailing/double dots)"
-        )
-    if not _DOMAIN_RE.match(domain):
-        return f"the domain {domain!r} is not a valid host name"
-    return None
-
-
-def normalize_address(address: str) -> str:
-    """The account key: the address, validated and lower-cased."""
-    problem = address_problem(address)
-    if problem:
-        raise InvalidAddress(f"invalid address {address!r}: {problem}")
-    return address.lower()
-
-
-def path_problem(path: str) -> str | None:
-    if not path.startswith("/"):
-        return "must be an absolute path (starting with '/')"
-    if _CONTROL.search(path):
-        return "must not contain control characters (NUL, CR, LF ...)"
-    if len(path) > 4096:
-        return "is longer than 4096 characters"
-    return None
+def account_key(address: str) -> str:
+    """The account key of an ``{address}`` in a URL (the one grammar and normalisation,
+    :func:`shared.addresses.normalize_account`), or 400 ``invalid_address`` saying why."""
+    try:
+        return normalize_account(address)
+    except AddressError as exc:
+        raise InvalidAddress(str(exc)) from None
 
 
 def encode_cursor(data: dict[str, Any]) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.executor.policy_client import PolicyClient
 from shared.amqp import Broker
+from shared.policy_client import PolicyClient
 from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, ServiceProcess, free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

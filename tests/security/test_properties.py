@@ -89,7 +89,10 @@ def _check_canonical(out: str) -> None:
     local = out.rsplit("@", 1)[0] if not out.startswith('"') else out[: out.rindex('"') + 1]
     assert len(local.encode()) <= MAX_LOCAL_OCTETS + 2 * local.count("\\") + 2
     assert validate_address(out) == out  # the executor/notifier side takes what ingest takes
-    assert normalize_account(out) == out.lower()
+    try:
+        assert normalize_account(out) == out.lower()
+    except AddressError as exc:  # UTF-8, a quoted local part, '/': valid mail, never an account
+        assert str(exc).startswith("no account can have the address")
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])

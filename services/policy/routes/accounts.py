@@ -28,13 +28,14 @@ from services.policy.models import (
     Owner,
     PolicySettings,
     ProgramDelivery,
+    ProgramDeliveryIn,
     ProgramsWritten,
 )
 from services.policy.validation import (
+    account_key,
     check_program_entries,
     decode_cursor,
     encode_cursor,
-    normalize_address,
 )
 from shared.auth import forget_token
 from shared.errors import NotFound
@@ -131,7 +132,7 @@ async def list_accounts(
 async def get_programs(
     address: str, principal: ProgramsReaderDep, session: SessionDep
 ) -> ProgramDelivery:
-    key = normalize_address(address)
+    key = account_key(address)
     ensure_own_account(principal, key)
     async with transaction(session):
         row = await repo.get_account(session, key)
@@ -142,10 +143,10 @@ async def get_programs(
 
 @router.put("/{address}/programs", response_model=ProgramsWritten)
 async def put_programs(
-    address: str, body: ProgramDelivery, principal: ProgramsWriterDep, session: SessionDep,
+    address: str, body: ProgramDeliveryIn, principal: ProgramsWriterDep, session: SessionDep,
     broker: BrokerDep,
 ) -> ProgramsWritten:
-    key = normalize_address(address)
+    key = account_key(address)
     ensure_own_account(principal, key)
     check_program_entries(body.programs)
     async with transaction(session):
@@ -166,7 +167,7 @@ async def put_programs(
 
 @router.get("/{address:raw}", response_model=Account)
 async def get_account(address: str, principal: AccountReaderDep, session: SessionDep) -> Account:
-    key = normalize_address(address)
+    key = account_key(address)
     ensure_own_account(principal, key)
     async with transaction(session):
         row = await repo.get_account(session, key)
@@ -184,7 +185,7 @@ async def put_account(
     address: str, body: AccountIn, response: Response, principal: AdminDep, session: SessionDep,
     broker: BrokerDep,
 ) -> AccountWritten:
-    key = normalize_address(address)
+    key = account_key(address)
     check_program_entries(body.program_delivery.programs)
     fields = {
         "owner_name": body.owner.name, "uid": body.owner.uid, "gid": body.owner.gid,
@@ -210,7 +211,7 @@ async def put_account(
 async def delete_account(
     address: str, principal: AdminDep, session: SessionDep, broker: BrokerDep
 ) -> Response:
-    key = normalize_address(address)
+    key = account_key(address)
     async with transaction(session):
         old = await repo.get_account(session, key, for_update=True)
         if old is None:

@@ -10,6 +10,7 @@ from services.policy import repo
 from services.policy.deps import AdminDep, SessionDep, transaction
 from services.policy.models import AuditEntry, AuditPage
 from services.policy.validation import decode_cursor, encode_cursor
+from shared.addresses import AddressError, normalize_account
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 
@@ -26,7 +27,11 @@ async def list_audit(
 ) -> AuditPage:
     before = decode_cursor(cursor, "before", int) if cursor else None
     if target is not None and "@" in target:
-        target = target.lower()
+        try:
+            target = normalize_account(target)
+        except AddressError:
+            pass  # no account has this address: the filter matches nothing of one
+
     async with transaction(session):
         rows = await repo.list_audit(session, before=before, limit=limit, target=target,
                                      kind=kind)

@@ -12,7 +12,7 @@ from services.policy.deps import AdminDep, BrokerDep, SessionDep, transaction
 from services.policy.events import announce
 from services.policy.models import TokenIn, TokenIssued, TokenList, TokenMeta
 from services.policy.routes.accounts import not_found
-from services.policy.validation import normalize_address
+from services.policy.validation import account_key
 from shared.auth import forget_token, hash_token, new_token
 from shared.errors import NotFound
 
@@ -25,7 +25,7 @@ async def issue_token(
     address: str, principal: AdminDep, session: SessionDep, broker: BrokerDep,
     body: Annotated[TokenIn | None, Body()] = None,
 ) -> TokenIssued:
-    key = normalize_address(address)
+    key = account_key(address)
     label = body.label if body else None
     token = new_token("mxu")
     async with transaction(session):
@@ -44,7 +44,7 @@ async def issue_token(
 
 @router.get("/accounts/{address}/tokens", response_model=TokenList)
 async def list_tokens(address: str, principal: AdminDep, session: SessionDep) -> TokenList:
-    key = normalize_address(address)
+    key = account_key(address)
     async with transaction(session):
         rows = await repo.list_tokens(session, key)
     return TokenList(items=[TokenMeta.model_validate(dict(r)) for r in rows])
