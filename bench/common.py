@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.settings import Settings
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -92,12 +94,21 @@ def percentiles(samples: list[float], ps: tuple[float, ...] = (50, 95, 99)) -> d
 
 
 def ensure_user(name: str = BENCH_USER) -> tuple[int, int]:
+    """The bench programs' account: an ordinary user, because the executor never runs
+    programs below MAILEXEC_MIN_UID (1000). A system user left by an older bench (uid
+    999 and the like) is recreated."""
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        say(f"creating system user {name}")
+        pw = None
+    if pw is not None and pw.pw_uid < Settings().min_uid:
+        say(f"recreating user {name}: uid {pw.pw_uid} is below MAILEXEC_MIN_UID")
+        subprocess.run(["userdel", name], check=True)
+        pw = None
+    if pw is None:
+        say(f"creating user {name}")
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+            ["useradd", "--no-create-home", "--home-dir", "/nonexistent",
              "--shell", "/usr/sbin/nologin", "--user-group", name],
             check=True,
         )
