@@ -129,9 +129,7 @@ class Aggregator:
 
     def _start_flushes(self) -> None:
         while self._closed and len(self._flushing) < self._flushers:
-            batch: list[Buffered] = []
-            while self._closed and (not batch or len(batch) + len(self._closed[0]) <= self._max_batch):
-                batch.extend(self._closed.popleft())
+            batch = take_batch(self._closed, self._max_batch)
             task = asyncio.create_task(self._store(batch))
             self._flushing.add(task)
             self._idle.clear()
@@ -168,6 +166,15 @@ class Aggregator:
         self._open.clear()
         self._open_items = 0
         self._closed.clear()
+
+
+def take_batch(closed: deque[list[Buffered]], max_events: int) -> list[Buffered]:
+    """The next flush: whole closed windows, oldest first, up to ``max_events`` events (a
+    larger window goes alone: a window is never split across flushes)."""
+    batch: list[Buffered] = []
+    while closed and (not batch or len(batch) + len(closed[0]) <= max_events):
+        batch.extend(closed.popleft())
+    return batch
 
 
 def _split(items: list[Buffered]) -> list[list[Buffered]]:
