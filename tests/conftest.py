@@ -3,6 +3,9 @@
 Everything talks to the real PostgreSQL (MAILEXEC_TEST_PG_ADMIN, default
 postgresql://postgres@127.0.0.1:5432/postgres) and the real RabbitMQ (vhost created with
 rabbitmqctl). Both are dropped at the end of the run.
+
+``tests/unit`` (``make test-unit``) overrides ``mx_env`` with a fixture that creates
+nothing: its tests are pure and must pass with no server running.
 """
 
 from __future__ import annotations
