@@ -25,7 +25,7 @@ def job(*, age_s: float = 0.0, attempt: int = 0, next_program: int = 0,
         notify: list[str] | None = None, recipient: str = RECIPIENT) -> Job:
     return Job(job_id=uuid.uuid4(), message_id=uuid.uuid4(), recipient=recipient,
                sender=SENDER, attempt=attempt, next_program=next_program,
-               notify=notify or ["FAILURE", "DELAY"],
+               notify=notify or ["FAILURE", "DELAY"],  # type: ignore[arg-type]
                arrival=datetime.now(UTC) - timedelta(seconds=age_s), size=100)
 
 

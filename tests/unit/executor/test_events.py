@@ -4,6 +4,7 @@ an outcome re-announced after a crash carries the ids of its first announcement.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,7 +26,7 @@ from tests.unit.executor.builders import (
 J = job()
 
 
-def kinds(pairs: list[tuple[str, object]]) -> list[str]:
+def kinds(pairs: Sequence[tuple[str, object]]) -> list[str]:
     return [key for key, _ in pairs]
 
 

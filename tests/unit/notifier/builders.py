@@ -30,7 +30,7 @@ def event(kind: str = "bounce", *, message_id: uuid.UUID | None = None, sender: 
         if kind == "admin_notice" else None
     return Event(kind=kind, event_id=uuid.uuid4(), message_id=message_id or uuid.uuid4(),  # type: ignore[arg-type]
                  occurred_at=at or datetime.now(UTC),
-                 envelope=EventEnvelope(sender=sender, notify=notify or ["FAILURE", "DELAY"],
+                 envelope=EventEnvelope(sender=sender, notify=notify or ["FAILURE", "DELAY"],  # type: ignore[arg-type]
                                         arrival_date=ARRIVAL),
                  recipients=recipients if recipients is not None else [recipient(kind=kind)],
                  notice=notice)

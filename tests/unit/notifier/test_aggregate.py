@@ -45,7 +45,7 @@ class Store:
 
     def windows(self) -> list[list[str]]:
         """Per flush, per (message, kind): the recipients, in the order stored."""
-        out = []
+        out: list[list[str]] = []
         for _, items in self.flushes:
             groups: dict[object, list[str]] = {}
             for it in items:
