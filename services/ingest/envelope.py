@@ -147,6 +147,17 @@ def make_recipient(raw: str, *, notify: tuple[str, ...] | None = None,
     return Recipient(address=address, account=account, notify=notify, orcpt=orcpt)
 
 
+def account_filter(raw: str | None) -> str | None:
+    """A ``recipient=`` filter of the message listings as the account key it names (any
+    spelling of the address), None when absent; 400 if no account can have it."""
+    if not raw:
+        return None
+    try:
+        return normalize_account(raw)
+    except AddressError as exc:
+        raise BadRequest(f"recipient: {exc}", code="bad_recipient") from None
+
+
 def parse_envelope(
     sender: str | None,
     to: list[str],

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from shared.errors import BadRequest, NotFound
 
 from ..deps import AdminDep, ReaderDep, RuntimeDep
+from ..envelope import account_filter
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
@@ -119,7 +120,7 @@ async def list_messages(
     if state is not None and state not in STATES:
         raise BadRequest(f"state: one of {', '.join(STATES)}", code="bad_state")
     rows = await runtime.db.list_messages(
-        account=recipient.lower() if recipient else None,
+        account=account_filter(recipient),
         state=state,
         before=_parse_cursor(cursor) if cursor else None,
         limit=limit,

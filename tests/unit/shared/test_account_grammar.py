@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from services.ingest.envelope import make_recipient, parse_envelope
+from services.ingest.envelope import account_filter, make_recipient, parse_envelope
 from services.ingest.recipients import AccountCheck, Answer
 from services.policy.errors import InvalidAddress
 from services.policy.validation import account_key
@@ -186,3 +186,11 @@ async def test_lmtp_refuses_a_non_account_without_asking_policy() -> None:
         assert check.cached("bob@example.org") is None
     finally:
         await check.close()
+
+
+def test_message_listing_filters_by_the_account_key() -> None:
+    """``GET /v1/messages?recipient=`` names an account in any spelling of its address."""
+    assert account_filter(None) is None and account_filter("") is None
+    assert account_filter("<Bob@Example.ORG>") == "bob@example.org"
+    with pytest.raises(BadRequest, match="no account can have"):
+        account_filter("bö@example.org")
