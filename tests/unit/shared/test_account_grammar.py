@@ -100,6 +100,7 @@ def test_ingest_queues_only_account_keys_policy_accepts(raw: str) -> None:
     # A key is its own normal form, plain lower-case ASCII without '/' in the local part,
     # and the same whichever spelling of the recipient the executor later looks up.
     assert normalize_account(key) == key == key.lower()
+    assert key == parse_recipient(raw).lower()  # the quick path for bare keys agrees
     assert key.isascii() and "/" not in key.rsplit("@", 1)[0] and '"' not in key
     assert len(key) <= MAX_ADDRESS_OCTETS and key.rfind("@") <= MAX_LOCAL_OCTETS
     assert normalize_account(make_recipient(raw).address) == key
