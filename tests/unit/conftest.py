@@ -12,7 +12,23 @@ here it is replaced by a fixture that creates nothing, so these tests pass with
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+
+def _may_write(path: Path) -> bool:
+    return os.access(path if path.exists() else path.parent, os.W_OK)
+
+
+# Hypothesis keeps its example database in ./.hypothesis; a user who may not write there
+# (``make test-unit`` as nobody in root's checkout) runs without one, instead of failing
+# on Hypothesis's warning (filterwarnings = error).
+if not _may_write(Path.cwd() / ".hypothesis" / "examples"):
+    hypothesis_settings.register_profile("read-only-checkout", database=None)
+    hypothesis_settings.load_profile("read-only-checkout")
 
 
 @pytest.fixture(scope="session", autouse=True)
