@@ -117,10 +117,14 @@ def ensure_user(name: str = BENCH_USER) -> tuple[int, int]:
 
 
 class Workdir:
-    """A temporary directory, world-searchable, holding programs and counter files."""
+    """A temporary directory, world-searchable, holding programs and counter files.
+
+    Under /var/tmp, not /tmp: each sandboxed run gets a private /tmp (issue 13), so a
+    counter file under the host's /tmp is out of the program's reach and the bench
+    would wait forever for runs it can't count."""
 
     def __init__(self, prefix: str = "mxbench.") -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
         self.path.chmod(0o755)
 
     def counter(self, name: str, uid: int, gid: int) -> Path:
