@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
 # 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now (starting up or
 # shutting down), 53300 too_many_connections; class 08 (connection exception) by prefix.
-# Not the rest of class 57 (57014 is a cancelled statement) nor of 53 (53100 disk full
-# will not pass with a retry a few seconds later).
+# Not the rest of class 57 (57014: a statement cancelled) nor of class 53 (disk full,
+# out of memory: an operator's problem, reported as an error rather than retried).
 OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 # asyncpg's InterfaceError means "no usable connection" (closed, lost, pool closing),
