@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mailexec import supervisor
+from shared.sysexits import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE
 
 app = typer.Typer(
     name="mailexec",
@@ -57,16 +58,16 @@ def serve(
             f"unknown service {service!r}; choose one of {', '.join(supervisor.SERVICES)}",
             err=True,
         )
-        raise typer.Exit(64)
+        raise typer.Exit(EX_USAGE)
     try:
         main_mod = importlib.import_module(f"services.{service}.main")
     except ModuleNotFoundError:
         typer.echo(f"service {service} is not available in this build", err=True)
-        raise typer.Exit(69) from None
+        raise typer.Exit(EX_UNAVAILABLE) from None
     if self_check:
         if not hasattr(main_mod, "self_check"):
             typer.echo(f"{service} has no self-check", err=True)
-            raise typer.Exit(64)
+            raise typer.Exit(EX_USAGE)
         raise typer.Exit(main_mod.self_check())
     rc = main_mod.run()
     raise typer.Exit(rc or 0)
@@ -95,7 +96,6 @@ _register_commands()
 
 
 def main() -> None:
-    from mailexec.submit import EX_CONFIG
     from shared.secretfile import SecretFileError
 
     try:

@@ -28,10 +28,10 @@ from typing import Any
 
 import httpx
 
-# one definition of the exit codes, default URLs and config-file lookup: the light
-# `mailexec submit` (standard library only) owns them, the operator commands import them
-from mailexec.submit import (
-    DEFAULT_URLS,
+# one definition of the default URLs and config-file lookup: the light `mailexec submit`
+# (standard library only) owns them, the operator commands import them
+from mailexec.submit import DEFAULT_URLS, ConfigError, read_config_file, resolve_token, resolve_url
+from shared.sysexits import (
     EX_CONFIG,
     EX_DATAERR,
     EX_NOINPUT,
@@ -40,11 +40,6 @@ from mailexec.submit import (
     EX_SOFTWARE,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
-    EX_USAGE,  # noqa: F401  (mailexec.commands import it from here)
-    ConfigError,
-    read_config_file,
-    resolve_token,
-    resolve_url,
 )
 
 SERVICES = ("policy", "ingest", "notifier")

@@ -34,8 +34,9 @@ socket itself because ``http.client`` imports ``email.parser`` and ``ssl`` (≈ 
 half the budget). ``tests/cli/test_submit_cost.py`` holds it to ≤ 40 ms CPU and ≤ 20 MB
 RSS per run, and checks that none of the admin stack is imported.
 
-This module is also the one definition of the CLI's sysexits codes, default URLs and
-config-file lookup; :mod:`mailexec.client` imports them from here.
+This module is also the one definition of the CLI's default URLs and config-file
+lookup; :mod:`mailexec.client` imports them from here. The exit codes are
+:mod:`shared.sysexits` (no imports of its own), like every other mailexec process's.
 """
 
 from __future__ import annotations
@@ -43,24 +44,13 @@ from __future__ import annotations
 import os
 import sys
 
+from shared.sysexits import EX_DATAERR, EX_NOPERM, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
+
 TYPE_CHECKING = False  # typing costs ≈ 3 ms to import; mypy still reads the block below
 if TYPE_CHECKING:
     import socket
     from collections.abc import Iterator
     from typing import IO, Any
-
-# sysexits.h
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_NOUSER = 67
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_PROTOCOL = 76
-EX_NOPERM = 77
-EX_CONFIG = 78
 
 DEFAULT_URLS = {
     "policy": "http://127.0.0.1:8026",

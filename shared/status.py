@@ -7,7 +7,8 @@ one row in :data:`STATUS_TABLE` (a test enforces it), like Postfix's
 ``src/global/sys_exits.c`` is the one place that maps sendmail exit codes.
 
 Program exit codes follow ``sys_exits.c`` exactly (:data:`SYSEXITS`), including its
-soft errors (EX_OSERR 71 and EX_TEMPFAIL 75 → ``4.3.0``). Whether an exit defers or
+soft errors (EX_OSERR 71 and EX_TEMPFAIL 75 → ``4.3.0``); the codes, names and texts
+themselves are :mod:`shared.sysexits`, the one table every process uses. Whether an exit defers or
 bounces is the executor's setting ``tempfail_exit_codes``; :func:`failure_status`
 applies it and forces the status class to match the outcome, as Postfix's pipe(8)
 does.
@@ -19,6 +20,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
+
+from shared import sysexits as sx
 
 STATUS_RE: Final = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _OUTPUT_STATUS_RE: Final = re.compile(rb"^([45])\.(\d{1,3})\.(\d{1,3})(?=[ \t\r\n]|$)")
@@ -141,28 +144,30 @@ class SysExit:
     text: str
 
 
+# sys_exits.c's DSN column; the names and texts are sysexits.h's (shared.sysexits)
+_EXIT_STATUS: Final[dict[int, str]] = {
+    sx.EX_USAGE: "5.3.0",
+    sx.EX_DATAERR: "5.6.0",
+    sx.EX_NOINPUT: "5.3.0",
+    sx.EX_NOUSER: "5.1.1",
+    sx.EX_NOHOST: "5.1.2",
+    sx.EX_UNAVAILABLE: "5.3.0",
+    sx.EX_SOFTWARE: "5.3.0",
+    sx.EX_OSERR: "4.3.0",
+    sx.EX_OSFILE: "5.3.0",
+    sx.EX_CANTCREAT: "5.2.0",
+    sx.EX_IOERR: "5.3.0",
+    sx.EX_TEMPFAIL: "4.3.0",
+    sx.EX_PROTOCOL: "5.5.0",
+    sx.EX_NOPERM: "5.7.0",
+    sx.EX_CONFIG: "5.3.5",
+}
 SYSEXITS: Final[dict[int, SysExit]] = {
-    e.code: e
-    for e in (
-        SysExit(64, "EX_USAGE", "5.3.0", "command line usage error"),
-        SysExit(65, "EX_DATAERR", "5.6.0", "data format error"),
-        SysExit(66, "EX_NOINPUT", "5.3.0", "cannot open input"),
-        SysExit(67, "EX_NOUSER", "5.1.1", "user unknown"),
-        SysExit(68, "EX_NOHOST", "5.1.2", "host name unknown"),
-        SysExit(69, "EX_UNAVAILABLE", "5.3.0", "service unavailable"),
-        SysExit(70, "EX_SOFTWARE", "5.3.0", "internal software error"),
-        SysExit(71, "EX_OSERR", "4.3.0", "system resource problem"),
-        SysExit(72, "EX_OSFILE", "5.3.0", "critical OS file missing"),
-        SysExit(73, "EX_CANTCREAT", "5.2.0", "can't create user output file"),
-        SysExit(74, "EX_IOERR", "5.3.0", "input/output error"),
-        SysExit(75, "EX_TEMPFAIL", "4.3.0", "temporary failure"),
-        SysExit(76, "EX_PROTOCOL", "5.5.0", "remote error in protocol"),
-        SysExit(77, "EX_NOPERM", "5.7.0", "permission denied"),
-        SysExit(78, "EX_CONFIG", "5.3.5", "local configuration error"),
-    )
+    code: SysExit(code, name, _EXIT_STATUS[code], text)
+    for code, (name, text) in sx.EXITS.items()
 }
 DEFAULT_EXIT_STATUS: Final = "5.3.0"
-DEFAULT_TEMPFAIL_EXIT_CODES: Final = (71, 75)
+DEFAULT_TEMPFAIL_EXIT_CODES: Final = (sx.EX_OSERR, sx.EX_TEMPFAIL)
 
 
 def status_for_exit(code: int) -> str:

@@ -7,7 +7,6 @@ from urllib.parse import quote
 
 import typer
 
-from mailexec.client import EX_USAGE
 from mailexec.commands.common import (
     JsonOpt,
     TokenOpt,
@@ -21,6 +20,7 @@ from mailexec.commands.common import (
     table,
     warnings_of,
 )
+from shared.sysexits import EX_USAGE
 
 app = typer.Typer(help="Accounts: owner, program list, mailbox delivery.", no_args_is_help=True)
 tokens_app = typer.Typer(

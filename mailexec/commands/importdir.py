@@ -21,10 +21,11 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from mailexec.client import EX_DATAERR, EX_NOINPUT, ApiError, Client
+from mailexec.client import ApiError, Client
 from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, err, fail, out, table
 from mailexec.commands.programs import register_program
 from shared.programs import INSECURE_FLAG, PROGRAM_NAME_RE, PROGRAM_NAME_RULE, SUSPEND_FLAG
+from shared.sysexits import EX_DATAERR, EX_NOINPUT
 
 
 @dataclass

@@ -9,8 +9,9 @@ from urllib.parse import quote
 
 import typer
 
-from mailexec.client import EX_NOINPUT, EX_USAGE, Client
+from mailexec.client import Client
 from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, err, fail, kv_table, out, table
+from shared.sysexits import EX_NOINPUT, EX_USAGE
 
 app = typer.Typer(
     help="Trusted programs: register inspected programs, list, show, set metadata, remove.",

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from mailexec.client import EX_USAGE
 from mailexec.commands.common import JsonOpt, TokenOpt, api, emit_json, fail, kv_table, out, table
 from shared import topology
+from shared.sysexits import EX_USAGE
 
 app = typer.Typer(
     help="Program-delivery settings (mode, suspended, safe_user, valid_shells, limits…).",

@@ -58,7 +58,7 @@ HEAVY = (
     "mailexec.commands",
 )
 # the standard-library-only modules of those packages that submit may load
-LIGHT = {"shared", "shared.secretfile"}
+LIGHT = {"shared", "shared.secretfile", "shared.sysexits"}
 MSG = b"From: alice@example.net\r\nTo: bob@example.org\r\nSubject: cost\r\n\r\n" + b"hello, world\r\n" * 200
 
 LAUNCHER = """
@@ -93,6 +93,8 @@ def bytecode() -> None:
     package = Path(mailexec.submit.__file__).parent
     for name in ("__init__.py", "entry.py", "submit.py"):
         py_compile.compile(str(package / name), quiet=1)
+    for name in ("__init__.py", "secretfile.py", "sysexits.py"):
+        py_compile.compile(str(package.parent / "shared" / name), quiet=1)
 
 
 @pytest.fixture

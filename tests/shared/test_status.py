@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared import sysexits
 from shared.status import (
     DEFAULT_TEMPFAIL_EXIT_CODES,
     STATUS_RE,
@@ -173,3 +174,14 @@ def test_with_class() -> None:
     assert with_class("4.3.0", "5") == "5.3.0"
     with pytest.raises(ValueError):
         with_class("4.3.0", "3")
+
+
+def test_one_sysexits_table_and_every_code_has_a_dsn_status() -> None:
+    """shared.sysexits defines the codes once; shared.status maps each of them."""
+    codes = {value for name, value in vars(sysexits).items() if name.startswith("EX_") and value}
+    assert codes == set(sysexits.EXITS) == set(SYSEXITS) == set(range(64, 79))
+    for code, (name, text) in sysexits.EXITS.items():
+        assert getattr(sysexits, name) == code
+        assert (SYSEXITS[code].name, SYSEXITS[code].text) == (name, text)
+    assert sysexits.describe(78) == "78 EX_CONFIG (local configuration error)"
+    assert sysexits.describe(1) == "1"
