@@ -200,10 +200,12 @@ def test_every_sysexits_code_maps_to_its_status_and_defers_only_when_soft(code: 
         assert (v.kind, v.notice) == ("bounced", NoticeReason.PROGRAM_FAILED)
 
 
-def test_the_sysexits_table_is_postfixs() -> None:
+def test_the_sysexits_table_is_postfixs_and_covers_every_code_of_sysexits_h() -> None:
     from shared.status import SYSEXITS
+    from shared.sysexits import EXITS
 
     assert {c: (e.status, e.name) for c, e in SYSEXITS.items()} == POSTFIX_SYSEXITS
+    assert {c: name for c, (name, _) in EXITS.items()} == {c: n for c, (_, n) in POSTFIX_SYSEXITS.items()}
 
 
 @pytest.mark.parametrize("code", [1, 2, 3, 63, 79, 126, 255])
