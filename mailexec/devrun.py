@@ -325,6 +325,9 @@ Ctrl-C stops everything.
         up.send_signal(signal.SIGTERM)
         up.wait(30)
     sink.stop()  # type: ignore[attr-defined]
+    if not stop:  # every service refused to start (see `mailexec up` above)
+        say(f"stopped: mailexec up exited with status {up.returncode}")
+        return up.returncode or 1
     say("stopped")
     return 0
 

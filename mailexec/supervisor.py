@@ -2,6 +2,13 @@
 
 Like Postfix's master(8), in small: each service is its own process (`mailexec serve X`),
 restarted with a back-off if it dies; Ctrl-C (SIGINT) or SIGTERM stops them all cleanly.
+
+What a service's exit status means (``shared.service``) decides whether it is restarted:
+one that refused to start over something only an operator can fix (78 bad settings,
+77 the executor not root, 64 a bad command line) is not started again, since it would
+refuse again every 30 s; the others keep running, and `mailexec up` exits with that
+status when none is left (or at Ctrl-C). Any other exit (a crash, a signal, 69 a database or broker not
+reachable, 71 a port in use) is restarted with a back-off.
 """
 
 from __future__ import annotations
@@ -14,11 +21,15 @@ import sys
 import time
 from collections.abc import Mapping
 
+from shared.sysexits import EX_CONFIG, EX_NOPERM, EX_USAGE, describe
+
 SERVICES = ("policy", "ingest", "executor", "notifier")
 # Secrets a service never uses and so never gets (issue 13). The executor runs account
 # owners' programs: a flaw there must not hand out the admin or mta token; it talks to
 # policy with the service token only. Their ``_FILE`` forms are withheld too.
 WITHHELD = {"executor": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN")}
+# exits a restart can't cure: the operator must change something first
+NOT_RESTARTED = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
 
 
 def service_env(name: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -44,6 +55,7 @@ def run(services: list[str] | None = None) -> int:
     procs = {name: _spawn(name) for name in names}
     restarts = {name: 0.0 for name in names}
     stopping = False
+    refused = 0  # the status of the first service that can't be restarted
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -53,15 +65,22 @@ def run(services: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     print(f"mailexec up: running {', '.join(names)} (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        while not stopping:
+        while not stopping and procs:
             time.sleep(0.2)
             for name, proc in list(procs.items()):
                 rc = proc.poll()
                 if rc is None or stopping:
                     continue
+                if rc in NOT_RESTARTED:
+                    print(f"mailexec up: {name} refused to start (status {describe(rc)}); "
+                          "not restarting it: fix what its message says, then start it again",
+                          file=sys.stderr, flush=True)
+                    del procs[name]
+                    refused = refused or rc
+                    continue
                 delay = min(30.0, max(1.0, restarts[name] * 2))
                 print(
-                    f"mailexec up: {name} exited with status {rc}; restarting in {delay:.0f}s",
+                    f"mailexec up: {name} exited with status {describe(rc)}; restarting in {delay:.0f}s",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -79,4 +98,4 @@ def run(services: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return 0
+    return refused

@@ -11,10 +11,13 @@ What it does
     and limits positive). Then it logs ONE line naming the isolation layers that are
     active, drops for good to its service user with no capabilities left
     (``privdrop.py``: before any connection is made; it refuses to go on if anything
-    is left), serves /healthz, /readyz and
-    /metrics on ``executor_metrics_port`` and consumes ``deliveries`` (prefetch
+    is left), binds ``executor_metrics_port`` (71 if it is taken), connects to
+    PostgreSQL and RabbitMQ (69 if either can't be reached), serves /healthz, /readyz and
+    /metrics there and consumes ``deliveries`` (prefetch
     ``executor_prefetch``, ``executor_concurrency`` jobs at once), ``deliveries.dead``
     and an exclusive auto-delete queue on ``policy.changed`` – all on one uvloop.
+    SIGTERM: no new jobs, the running ones finish (``SHUTDOWN_GRACE_S``), exit 0. The
+    statuses are ``shared.service``'s, as for every service.
 
 What it guarantees
     Broker and database outages are survived without losing a job: the AMQP
@@ -34,11 +37,7 @@ import json
 import logging
 import os
 import signal
-import sys
-from contextlib import nullcontext
 from typing import Any
-
-import uvicorn
 
 from services.executor import egress
 from services.executor.chain import Deps
@@ -58,14 +57,13 @@ from services.executor.worker import Worker
 from shared import topology
 from shared.amqp import Broker
 from shared.httpapp import create_app
-from shared.logging import configure
 from shared.policy_client import PolicyClient
-from shared.settings import Settings, get_settings
+from shared.service import http_server, listen, refuse, run_service
+from shared.settings import Settings
+from shared.sysexits import EX_CONFIG, EX_NOPERM, EX_OK, EX_UNAVAILABLE
 
 log = logging.getLogger("mailexec.executor")
 
-EX_NOPERM = 77
-EX_CONFIG = 78
 SHUTDOWN_GRACE_S = 10.0
 
 
@@ -106,14 +104,14 @@ def prepare(s: Settings, service_user: ServiceUser | None = None) -> tuple[Progr
 
 
 def _refuse(message: str, code: int) -> int:
-    log.critical("executor refuses to start: %s", message, extra={"exit_status": code})
-    print(f"mailexec executor: refusing to start: {message}", file=sys.stderr, flush=True)
-    return code
+    return refuse("executor", message, code)
 
 
 def run() -> int:
-    settings = get_settings()
-    configure(settings.log_level, service="executor")
+    return run_service("executor", _run)
+
+
+def _run(settings: Settings) -> int:
     if os.geteuid() != 0:
         return _refuse("it must run as root (it drops to each account's uid to run programs)",
                        EX_NOPERM)
@@ -147,16 +145,15 @@ def run() -> int:
         store.close()
 
 
-class _Server(uvicorn.Server):
-    def capture_signals(self) -> Any:  # the executor owns SIGTERM/SIGINT
-        return nullcontext()
-
-
 async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> int:
+    """Exit status: 0 after a clean stop; 69 or 71 refusing to start (``shared.service``)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # bound before anything is consumed: a taken port refuses the start (StartupError, 71)
+    http_socket = listen(settings.bind_host, settings.executor_metrics_port,
+                         "MAILEXEC_EXECUTOR_METRICS_PORT")
 
     repo = Repo(settings.database_url, body_memory_bytes=settings.executor_body_memory_bytes)
     broker = Broker(settings.amqp_url)
@@ -165,10 +162,10 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
         await repo.start()
         await broker.connect(declare=True, timeout=30)
     except Exception as exc:
-        log.critical("cannot reach the database or the broker: %s", exc)
+        http_socket.close()
         await policy.close()
         await repo.close()
-        return 69
+        return _refuse(f"cannot reach the database or the broker: {exc}", EX_UNAVAILABLE)
     publisher = Publisher(broker, settings)
     worker = Worker(Deps(policy=policy, store=store, sandbox=sandbox, settings=settings), repo,
                     publisher, settings.executor_concurrency)
@@ -178,9 +175,10 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
         return {"database": await repo.ping(), "broker": broker.ready}
 
     app = create_app(title="mailexec executor", routers=[], ready_check=ready)
-    server = _Server(uvicorn.Config(app, host=settings.bind_host, port=settings.executor_metrics_port,
-                                    log_config=None, access_log=False, lifespan="off"))
-    http_task = loop.create_task(server.serve(), name="metrics-http")
+    server = http_server(app, own_signals=False,  # the executor owns SIGTERM/SIGINT
+                         host=settings.bind_host, port=settings.executor_metrics_port,
+                         lifespan="off")
+    http_task = loop.create_task(server.serve(sockets=[http_socket]), name="metrics-http")
 
     def on_policy_changed(body: dict[str, Any]) -> None:
         what = body.get("what")
@@ -212,13 +210,15 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
     await broker.close()
     await repo.close()
     await policy.close()
-    return 0
+    return EX_OK
 
 
 def self_check() -> int:
     """`mailexec serve executor --self-check`: the start-up checks and one sandboxed run."""
-    settings = get_settings()
-    configure(settings.log_level, service="executor")
+    return run_service("executor", _self_check)
+
+
+def _self_check(settings: Settings) -> int:
     if os.geteuid() != 0:
         return _refuse("it must run as root", EX_NOPERM)
     try:  # the same checks as a real start: the service user may own the trusted dir

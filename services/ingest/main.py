@@ -10,6 +10,10 @@ supervisor binds the port once *without* it: another process listening there (a 
 ingest of the same uid would otherwise silently share the port and its connections) makes
 it refuse to start. It replaces uvicorn's own supervisor, which can hand its workers only
 the sockets it serves HTTP on.
+
+Exit statuses are ``shared.service``'s, with several workers too: when every worker fails
+at start-up in a row, the supervisor stops and exits with the status they gave (71: a
+port is in use, 78: bad settings …); a worker that dies later is started again.
 """
 
 from __future__ import annotations
@@ -21,60 +25,45 @@ import socket
 import time
 from typing import Any
 
-import uvicorn
-from fastapi import FastAPI
-
-from shared.logging import configure
-from shared.settings import Settings, get_settings
+from shared.service import StartupError, cannot_listen, listen, run_service, serve_http
+from shared.settings import Settings
+from shared.sysexits import EX_OK, EX_OSERR
 
 log = logging.getLogger("mailexec.ingest")
 
 RESPAWN_PAUSE_S = 1.0
+PORT_SETTING = "MAILEXEC_INGEST_PORT"
 
 
-def worker_app(lmtp_socket: socket.socket | None = None) -> FastAPI:
-    """The app one process serves (logging is per process)."""
-    settings = get_settings()
-    configure(settings.log_level, service="ingest")
-    from .app import build_app
+def _serve(settings: Settings, http: socket.socket | None = None,
+           lmtp: socket.socket | None = None) -> int:
+    """One process's HTTP server (and LMTP, started by the app's lifespan)."""
+    from .app import build_app  # in the worker: the supervisor forks before the app exists
 
-    return build_app(settings, lmtp_socket)
-
-
-def _options(settings: Settings) -> dict[str, Any]:
-    return dict(
-        host=settings.bind_host,
-        port=settings.ingest_port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-        backlog=2048,
-        timeout_keep_alive=30,
-        server_header=False,
+    return serve_http(
+        "ingest", build_app(settings, lmtp), host=settings.bind_host, port=settings.ingest_port,
+        setting=PORT_SETTING, sockets=None if http is None else [http],
+        backlog=2048, timeout_keep_alive=30, server_header=False,
     )
 
 
-def run() -> int:
-    settings = get_settings()
-    configure(settings.log_level, service="ingest")
+def _main(settings: Settings) -> int:
     if settings.ingest_workers > 1:
         return _supervise(settings)
-    server = uvicorn.Server(uvicorn.Config(worker_app(), **_options(settings)))
-    server.run()
-    return 0 if server.started else 1
+    return _serve(settings)
+
+
+def run() -> int:
+    return run_service("ingest", _main)
 
 
 def _worker(settings: Settings, http: socket.socket, lmtp: socket.socket | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    server = uvicorn.Server(uvicorn.Config(worker_app(lmtp), **_options(settings)))
-    server.run(sockets=[http])
-    return 0 if server.started else 1
+    return run_service("ingest", lambda s: _serve(s, http, lmtp))
 
 
-def _lmtp_port_free(settings: Settings) -> bool:
+def _check_lmtp_port_free(settings: Settings) -> None:
     """Nobody listens on the LMTP port: bind it once without SO_REUSEPORT, then let go."""
     family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -82,20 +71,17 @@ def _lmtp_port_free(settings: Settings) -> bool:
         try:
             probe.bind((settings.bind_host, settings.lmtp_port))
         except OSError as exc:
-            log.error(
-                "cannot listen for LMTP: %s:%d is in use (%s); stop the other process or set "
-                "MAILEXEC_LMTP_PORT", settings.bind_host, settings.lmtp_port, exc.strerror,
-                extra={"port": settings.lmtp_port})
-            return False
-    return True
+            raise StartupError(
+                "LMTP " + cannot_listen(settings.bind_host, settings.lmtp_port,
+                                        "MAILEXEC_LMTP_PORT", exc), EX_OSERR) from exc
 
 
 def _supervise(settings: Settings) -> int:
     from .lmtp import bind_unix_socket
 
-    if settings.lmtp_port and not _lmtp_port_free(settings):
-        return 1
-    http = uvicorn.Config(worker_app, factory=True, **_options(settings)).bind_socket()
+    if settings.lmtp_port:
+        _check_lmtp_port_free(settings)
+    http = listen(settings.bind_host, settings.ingest_port, PORT_SETTING)
     lmtp = None
     if settings.lmtp_socket:
         lmtp = bind_unix_socket(settings.lmtp_socket, settings.lmtp_socket_mode,
@@ -113,14 +99,17 @@ def _supervise(settings: Settings) -> int:
                 os._exit(code)
         children[pid] = time.monotonic()
 
-    def stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_all() -> None:
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_all()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
@@ -128,10 +117,11 @@ def _supervise(settings: Settings) -> int:
         spawn()
     log.info("ingest workers started", extra={"workers": settings.ingest_workers,
                                               "pids": sorted(children)})
-    failed = False
+    status = EX_OK
+    failed_at_start = 0  # workers in a row that died in their first RESPAWN_PAUSE_S
     while children:
         try:
-            pid, status = os.wait()
+            pid, wait_status = os.wait()
         except ChildProcessError:
             break
         except InterruptedError:
@@ -139,19 +129,28 @@ def _supervise(settings: Settings) -> int:
         started = children.pop(pid, None)
         if started is None:
             continue
-        code = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             continue
-        log.error("ingest worker died; starting another", extra={"pid": pid, "exit": code})
-        if time.monotonic() - started < RESPAWN_PAUSE_S:
-            if code == 1 and not children:
-                failed = True  # every worker fails at start-up: configuration, not bad luck
-                break
+        if time.monotonic() - started < RESPAWN_PAUSE_S and code > 0:
+            failed_at_start += 1
+            if failed_at_start >= settings.ingest_workers:
+                # every worker fails at start-up: configuration, not bad luck
+                log.critical("ingest workers fail at start-up; stopping",
+                             extra={"pid": pid, "exit_status": code})
+                status, stopping = code, True
+                stop_all()
+                continue
+            log.error("ingest worker failed at start-up; starting another",
+                      extra={"pid": pid, "exit_status": code})
             time.sleep(RESPAWN_PAUSE_S)
+        else:
+            failed_at_start = 0
+            log.error("ingest worker died; starting another", extra={"pid": pid, "exit": code})
         spawn()
     if lmtp is not None:
         try:
             os.unlink(settings.lmtp_socket)
         except OSError:
             pass
-    return 1 if failed else 0
+    return status

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 from shared.amqp import Broker, redact
 from shared.errors import Unavailable
+from shared.service import StartupError
 from shared.settings import Settings
+from shared.sysexits import EX_OSERR
 
 from .lmtp import LMTPServer
 from .publish_outbox import Outbox, Relay
@@ -52,12 +54,22 @@ class Runtime:
             self.lmtp = LMTPServer(settings, self.outbox, self.accounts, lmtp_socket)
 
     async def start(self) -> None:
-        await self.db.start()
-        self._connector = asyncio.create_task(self._connect_broker(), name="ingest-broker")
-        self.outbox.start()
-        self.relay.start()
-        if self.lmtp is not None:
-            await self.lmtp.start()
+        try:
+            await self.db.start()
+            self._connector = asyncio.create_task(self._connect_broker(), name="ingest-broker")
+            self.outbox.start()
+            self.relay.start()
+            if self.lmtp is not None:
+                try:
+                    await self.lmtp.start()
+                except OSError as exc:  # the port or the socket's path is taken
+                    raise StartupError(
+                        f"cannot listen for LMTP: {exc}; stop the other process or change "
+                        "MAILEXEC_LMTP_PORT / MAILEXEC_LMTP_SOCKET", EX_OSERR) from exc
+        except BaseException:
+            # undo what did start (pool, batcher, relay, broker connector) before the refusal
+            await self.stop()
+            raise
 
     async def _connect_broker(self) -> None:
         warned = False

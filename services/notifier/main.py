@@ -1,41 +1,28 @@
 """`mailexec serve notifier`: the HTTP API, the event consumer and the sender loop in
-one uvicorn (uvloop, httptools) process."""
+one uvicorn (uvloop, httptools) process (``shared.service``: exit statuses).
+
+It refuses to start (78) when ``MAILEXEC_SMTP_URL`` doesn't parse; RabbitMQ or
+PostgreSQL down at start is not a reason to exit (``runtime.py``).
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import uvicorn
-
 from services.notifier.app import create_app
 from services.notifier.smtp import SmtpUrlError, parse_smtp_url
-from shared import logging as mx_logging
-from shared.settings import get_settings
+from shared.service import StartupError, run_service, serve_http
+from shared.settings import Settings
+from shared.sysexits import EX_CONFIG
 
-EX_CONFIG = 78
 
-
-def run() -> int:
-    settings = get_settings()
-    mx_logging.configure(settings.log_level, service="notifier")
+def _serve(settings: Settings) -> int:
     try:
         parse_smtp_url(settings.smtp_url)
     except SmtpUrlError as exc:
-        logging.getLogger("mailexec.notifier").error(str(exc))
-        print(f"notifier: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.bind_host,
-        port=settings.notifier_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=15,
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+        raise StartupError(str(exc), EX_CONFIG) from exc
+    return serve_http("notifier", create_app(settings), host=settings.bind_host,
+                      port=settings.notifier_port, setting="MAILEXEC_NOTIFIER_PORT",
+                      timeout_graceful_shutdown=15)
+
+
+def run() -> int:
+    return run_service("notifier", _serve)

@@ -1,26 +1,21 @@
-"""`mailexec serve policy`: the policy API under uvicorn (uvloop, httptools, JSON logs)."""
+"""`mailexec serve policy`: the policy API under uvicorn (``shared.service``: exit statuses).
+
+PostgreSQL or RabbitMQ down at start is not a reason to exit: policy serves, answers
+``/readyz`` 503 and reconnects when they come back (the broker in the background, the
+database per request).
+"""
 
 from __future__ import annotations
 
-import uvicorn
-
 from services.policy.app import create_policy_app
-from shared.logging import configure
-from shared.settings import get_settings
+from shared.service import run_service, serve_http
+from shared.settings import Settings
+
+
+def _serve(settings: Settings) -> int:
+    return serve_http("policy", create_policy_app(), host=settings.bind_host,
+                      port=settings.policy_port, setting="MAILEXEC_POLICY_PORT")
 
 
 def run() -> int:
-    s = get_settings()
-    configure(s.log_level, service="policy")
-    uvicorn.run(
-        create_policy_app(),
-        host=s.bind_host,
-        port=s.policy_port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        log_level=s.log_level.lower(),
-        lifespan="on",
-    )
-    return 0
+    return run_service("policy", _serve)

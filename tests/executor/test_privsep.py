@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from services.executor.privdrop import (
     privileges_of,
     resolve_service_user,
 )
+from shared.sysexits import EX_OSERR, EX_UNAVAILABLE
+from tests.conftest import free_port
 from tests.executor.helpers import Homes, Pipeline, message
 from tests.helpers import processes_of
 
@@ -242,6 +245,40 @@ def test_service_user_root_refuses_start(pipe: Pipeline) -> None:
         done = run_executor(pipe, MAILEXEC_EXECUTOR_USER=spec)
         assert done.returncode == 78, done.stderr
         assert "service user must be unprivileged" in done.stderr, done.stderr
+
+
+def _refused(pipe: Pipeline, key: str, **env: str) -> tuple[int, str]:
+    """Start one more executor of the pipeline's (its own cgroup root and instance)."""
+    sp = pipe.start("executor", env, wait=False, key=key)
+    assert sp.proc is not None
+    try:
+        code = sp.proc.wait(60)
+    finally:
+        sp.kill()
+    return code, sp.log_path.read_text(errors="replace")
+
+
+def test_a_taken_metrics_port_refuses_start_with_71_after_the_drop(pipe: Pipeline) -> None:
+    """shared.service: the port is bound before anything is consumed; the privileged
+    set-up and the drop before it are unchanged."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        code, log = _refused(pipe, "executor-port-taken",
+                             MAILEXEC_EXECUTOR_METRICS_PORT=str(port))
+    assert code == EX_OSERR, log
+    assert "privileges dropped for good" in log, log  # the drop came first, as before
+    assert f"refusing to start: cannot listen on 127.0.0.1:{port}" in log, log
+    assert "MAILEXEC_EXECUTOR_METRICS_PORT" in log and "Traceback" not in log, log
+
+
+def test_an_unreachable_database_refuses_start_with_69(pipe: Pipeline) -> None:
+    dead = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/mailexec"
+    code, log = _refused(pipe, "executor-no-db", MAILEXEC_DATABASE_URL=dead,
+                         MAILEXEC_EXECUTOR_METRICS_PORT=str(free_port()))
+    assert code == EX_UNAVAILABLE, log
+    assert "refusing to start: cannot reach the database or the broker" in log, log
 
 
 # ---- the drop in isolation (a fresh interpreter each: it can't be undone) ------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,8 @@ async def test_serve_policy_process(
         assert r.content == SAMPLE_SCRIPT
         assert "mailexec_policy_programs 1.0" in (await c.get("/metrics")).text
     policy.stop()
-    # uvicorn shuts down gracefully, then re-raises SIGTERM so the parent sees the signal
-    assert policy.proc.returncode in (0, -signal.SIGTERM), policy.log_tail()
+    # a clean stop is 0 (shared.service; plain uvicorn re-raised SIGTERM after shutting down)
+    assert policy.proc.returncode == 0, policy.log_tail()
     assert '"level":"error"' not in policy.log_path.read_text(), policy.log_tail()
 
 
