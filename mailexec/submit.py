@@ -320,7 +320,8 @@ def sha256_hex(data: bytes) -> str:
         from _sha256 import sha256  # CPython 3.11's builtin module, hashlib's own fallback
     except ImportError:  # pragma: no cover  (3.12 renamed it _sha2)
         from hashlib import sha256
-    return sha256(data).hexdigest()
+    digest: str = sha256(data).hexdigest()
+    return digest
 
 
 class Spool:

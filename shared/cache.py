@@ -44,7 +44,7 @@ class AsyncCache:
             return hit[1]  # type: ignore[no-any-return]
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)  # type: ignore[no-any-return]
+            return await asyncio.shield(pending)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         generation = self._generation

@@ -79,7 +79,7 @@ def table(
         cells: list[Text] = []
         for col in columns:
             if len(col) == 3:  # a converter may return rich markup (colours)
-                cells.append(Text.from_markup(col[2](row.get(col[0]))))  # type: ignore[misc]
+                cells.append(Text.from_markup(col[2](row.get(col[0]))))
             else:
                 cells.append(Text(fmt(row.get(col[0]))))
         t.add_row(*cells)

@@ -214,7 +214,7 @@ class Database:
         limit: int,
     ) -> list[asyncpg.Record]:
         async with self.connection() as conn:
-            return await conn.fetch(
+            rows: list[asyncpg.Record] = await conn.fetch(
                 LIST_MESSAGES,
                 account,
                 state,
@@ -222,3 +222,4 @@ class Database:
                 before[1] if before else None,
                 limit,
             )
+        return rows

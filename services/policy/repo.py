@@ -130,7 +130,8 @@ async def put_account(s: AsyncSession, address: str, fields: dict[str, Any]) -> 
         index_elements=[t.accounts.c.address],
         set_={**{k: ins.excluded[k] for k in fields}, "updated_at": at},
     ).returning(t.accounts)
-    return (await s.execute(stmt)).mappings().one()
+    row: RowMapping = (await s.execute(stmt)).mappings().one()
+    return row
 
 
 async def set_programs(
@@ -142,7 +143,8 @@ async def set_programs(
         .values(program_delivery_enabled=enabled, programs=programs, updated_at=now())
         .returning(t.accounts)
     )
-    return (await s.execute(stmt)).mappings().one()
+    row: RowMapping = (await s.execute(stmt)).mappings().one()
+    return row
 
 
 async def delete_account(s: AsyncSession, address: str) -> bool:

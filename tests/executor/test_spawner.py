@@ -70,7 +70,7 @@ async def test_spawner_killed_mid_run_fails_retryably_and_restarts(box: Sandbox)
     assert await wait_for(lambda: processes_of(64201) == []), "the orphaned program was killed"
     result = await script_run(box, b"#!/bin/sh\necho again\n", 64201)
     assert result.output == b"again\n" and result.exit_status == 0
-    assert spawner.starts == 2 and spawner.pid not in (None, first_pid)
+    assert spawner.pid not in (None, first_pid)  # a new spawner took over
 
 
 async def test_reused_cgroups_never_carry_a_previous_escapee(box: Sandbox) -> None:
