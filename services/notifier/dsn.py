@@ -238,9 +238,14 @@ def _advice(status: str, action: str, postmaster_host: str) -> str:
 # --- DSN ----------------------------------------------------------------------------------
 
 
+# The NOTIFY keyword (RFC 3461) that asks for a DSN of each kind.
+REQUIRED_NOTIFY: Final[dict[str, str]] = {
+    "bounce": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS"}
+
+
 def should_send_dsn(event: Event) -> bool:
     """RFC 3461/SPEC §4: never to ``<>``, never for NOTIFY=NEVER, else per NOTIFY keyword."""
-    wanted = {"bounce": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS"}.get(event.kind)
+    wanted = REQUIRED_NOTIFY.get(event.kind)
     notify = event.envelope.notify
     return bool(wanted) and event.envelope.sender != "" and "NEVER" not in notify and (
         wanted in notify

@@ -11,10 +11,8 @@ from email import policy as email_policy
 from email.message import Message
 from email.parser import BytesParser
 
-from services.notifier.dsn import should_send_dsn
+from services.notifier.dsn import REQUIRED_NOTIFY, should_send_dsn
 from shared.schemas import Event, EventRecipient
-
-REQUIRED_NOTIFY = {"bounce": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS"}
 
 
 def skip_reason(event: Event) -> str | None:
