@@ -9,8 +9,11 @@ What it does
     :meth:`PolicyClient.invalidate`) and after :data:`POLICY_CACHE_TTL_S` anyway.
     Concurrent misses for the same key share one request (no thundering herd); the
     cache itself is :class:`shared.cache.AsyncCache`, so a delivery parses a document
-    only on a cache miss. Used by the executor (every delivery) and, through
-    :class:`NoticeSettingsReader`, by the notifier.
+    only on a cache miss. Used by the executor (every delivery), through
+    :class:`NoticeSettingsReader` by the notifier, and by ingest's RCPT-time account
+    check (``services/ingest/recipients.py``), which caches only the accounts it
+    accepts (``keep_account``) and reads an account policy's grammar refuses as "no
+    such account" (``invalid_address_is_missing``).
 
 What it guarantees
     - An answer fetched before an invalidation is never cached after it (a
@@ -20,7 +23,9 @@ What it guarantees
       our own token being wrong is our problem, not the sender's – invalid JSON, a
       document the contract refuses, a program ``network`` it doesn't know) raises
       :class:`PolicyUnavailable`: the caller defers, it never bounces on it.
-      Only a 404 means "no such account/program".
+      Only a 404 means "no such account/program" (and, for a client made with
+      ``invalid_address_is_missing``, a 400 ``invalid_address`` for an account).
+      :attr:`PolicyUnavailable.reason` says which failure it was in a few words.
     - An address no account can have (outside the account grammar of
       :func:`shared.addresses.normalize_account`) is "no such account", without asking.
     - :class:`NoticeSettingsReader` never raises: the last settings it got, else the
@@ -64,9 +69,21 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class PolicyUnavailable(Unavailable):
-    """The policy service could not answer; the delivery must be deferred, not bounced."""
+    """The policy service could not answer; the delivery must be deferred, not bounced.
+
+    ``reason``: the kind of failure without its particulars (no path, no exception
+    text), short enough for a protocol reply line such as LMTP's ``451 4.3.0``.
+    """
 
     code = "policy_unavailable"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _always(_answer: object) -> bool:
+    return True
 
 
 class PolicyClient:
@@ -79,7 +96,16 @@ class PolicyClient:
         timeout_s: float = 10.0,
         connect_timeout_s: float = 3.0,
         max_connections: int = 32,
+        keep_account: Callable[[Account | None], bool] = _always,
+        invalid_address_is_missing: bool = False,
     ) -> None:
+        """``keep_account``: which answers of :meth:`account` the cache keeps (all of
+        them by default, "no such account" included); the others are asked again on the
+        next call. ``invalid_address_is_missing``: a 400 ``invalid_address`` for an
+        account (a policy of another version whose account grammar refuses the key)
+        reads as "no such account" instead of :class:`PolicyUnavailable`."""
+        self._keep_account = keep_account
+        self._invalid_address_is_missing = invalid_address_is_missing
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
@@ -106,7 +132,15 @@ class PolicyClient:
             key = normalize_account(address)
         except AddressError:
             return None  # no account can have this address
-        return await self._cached(("account", key), lambda: self._fetch_account(key))
+        return await self._cache.get(("account", key), lambda: self._fetch_account(key),
+                                     keep=self._keep_account)
+
+    def cached_account(self, key: str) -> Account | None:
+        """The live cached account of ``key`` (an account key, as
+        :func:`~shared.addresses.normalize_account` returns it), without asking policy;
+        None when there is none (a cached "no such account" included)."""
+        account: Account | None = self._cache.peek(("account", key))
+        return account
 
     async def program(self, name: str) -> ProgramMeta | None:
         return await self._cached(("program", name), lambda: self._fetch_program(name))
@@ -114,7 +148,7 @@ class PolicyClient:
     async def program_content(self, name: str) -> bytes:
         """The registered bytes (not cached here: ProgramStore keeps verified copies)."""
         resp = await self._request(f"/v1/programs/{_quote(name)}/content")
-        if resp.status_code == 404:
+        if resp is None:
             raise PolicyUnavailable(f"program {name!r} disappeared from the registry")
         return resp.content
 
@@ -141,45 +175,56 @@ class PolicyClient:
     async def _cached(self, key: tuple[str, str], fetch: Callable[[], Awaitable[T]]) -> T:
         return await self._cache.get(key, fetch)
 
-    async def _request(self, path: str) -> httpx.Response:
+    async def _request(self, path: str, *, invalid_is_missing: bool = False) -> httpx.Response | None:
+        """The 200 answer to ``GET path``; None on 404 (and on a 400 ``invalid_address``
+        when ``invalid_is_missing``); :class:`PolicyUnavailable` for anything else."""
         try:
             resp = await self._http.get(path)
         except httpx.HTTPError as exc:
-            raise PolicyUnavailable(f"policy service unreachable: {type(exc).__name__}: {exc}") from exc
+            raise PolicyUnavailable(f"policy service unreachable: {type(exc).__name__}: {exc}",
+                                    reason=f"policy service unreachable: {type(exc).__name__}") from exc
         if resp.status_code == 404:
-            return resp
+            return None
+        if invalid_is_missing and resp.status_code == 400 and b"invalid_address" in resp.content:
+            return None
         if resp.status_code != 200:
-            raise PolicyUnavailable(f"policy service answered {resp.status_code} for GET {path}")
+            raise PolicyUnavailable(f"policy service answered {resp.status_code} for GET {path}",
+                                    reason=f"policy service answered {resp.status_code}")
         return resp
 
-    async def _get(self, path: str, model: type[M], what: str) -> M | None:
-        """``model`` parsed from the answer to ``GET path``; None on 404."""
-        resp = await self._request(path)
-        if resp.status_code == 404:
+    async def _get(self, path: str, model: type[M], what: str, kind: str,
+                   *, invalid_is_missing: bool = False) -> M | None:
+        """``model`` parsed from the answer to ``GET path``; None on 404. ``what``: the
+        document asked for, named in the error; ``kind``: the same without particulars."""
+        resp = await self._request(path, invalid_is_missing=invalid_is_missing)
+        if resp is None:
             return None
         try:
             return model.model_validate_json(resp.content)
         except ValidationError as exc:
-            raise PolicyUnavailable(f"unusable {what} from policy: {_first_error(exc)}") from exc
+            raise PolicyUnavailable(f"unusable {what} from policy: {_first_error(exc)}",
+                                    reason=f"policy service sent an unusable {kind}") from exc
 
     async def _fetch_settings(self) -> PolicySettings:
-        settings = await self._get("/v1/settings", PolicySettings, "settings")
+        settings = await self._get("/v1/settings", PolicySettings, "settings", "settings")
         if settings is None:
             raise PolicyUnavailable("policy service has no settings")
         return settings
 
     async def _fetch_status(self) -> Status:
-        status = await self._get("/v1/status", Status, "status")
+        status = await self._get("/v1/status", Status, "status", "status")
         if status is None:
             raise PolicyUnavailable("policy service has no status")
         return status
 
     async def _fetch_account(self, key: str) -> Account | None:
-        return await self._get(f"/v1/accounts/{_quote(key)}", Account, f"account record for {key}")
+        return await self._get(f"/v1/accounts/{_quote(key)}", Account, f"account record for {key}",
+                               "account record",
+                               invalid_is_missing=self._invalid_address_is_missing)
 
     async def _fetch_program(self, name: str) -> ProgramMeta | None:
         return await self._get(f"/v1/programs/{_quote(name)}", ProgramMeta,
-                               f"program record for {name}")
+                               f"program record for {name}", "program record")
 
 
 def _quote(segment: str) -> str:

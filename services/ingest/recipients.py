@@ -17,25 +17,21 @@ program delivery not enabled           ``550 5.3.0``
 unreachable, timeout, 5xx, 401/403     ``451 4.3.0``: the MTA retries; never a 5xx
 =====================================  ==========================================
 
-Positive answers are cached like the executor caches (:class:`shared.cache.AsyncCache`,
-dropped on a ``policy.changed`` event and after ``POLICY_CACHE_TTL_S``); refusals are
-never cached, so an account created a second ago is accepted on the MTA's next try. The
-executor checks the account again before running anything, so a stale positive answer
-costs at most a bounce from mailexec instead of one from the MTA.
+Policy is asked through the one policy client (:class:`shared.policy_client.PolicyClient`,
+the executor's: the contract's models, one cache policy). Positive answers are cached
+like the executor caches (dropped on a ``policy.changed`` event that names the account
+or all of them, and after ``POLICY_CACHE_TTL_S``); refusals are never cached
+(``keep_account``), so an account created a second ago is accepted on the MTA's next
+try. The executor checks the account again before running anything, so a stale
+positive answer costs at most a bounce from mailexec instead of one from the MTA.
 """
 
 from __future__ import annotations
 
 import enum
-from urllib.parse import quote
 
-import httpx
-import orjson
-
-from shared.addresses import AddressError, normalize_account
-from shared.cache import AsyncCache
-
-POLICY_CACHE_TTL_S = 30.0
+from shared.contract import Account
+from shared.policy_client import POLICY_CACHE_TTL_S, PolicyClient, PolicyUnavailable
 
 
 class Answer(enum.Enum):
@@ -45,67 +41,45 @@ class Answer(enum.Enum):
     POLICY_UNAVAILABLE = "policy_unavailable"
 
 
+def _accepted(account: Account | None) -> bool:
+    return account is not None and account.program_delivery.enabled
+
+
 class AccountCheck:
     def __init__(self, policy_url: str, service_token: str, *, ttl_s: float = POLICY_CACHE_TTL_S) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=policy_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {service_token}", "Accept": "application/json"},
-            timeout=httpx.Timeout(5.0, connect=2.0),
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-        )
-        self._cache = AsyncCache(ttl_s)
+        # RCPT waits on this while the MTA holds the SMTP transaction: shorter timeouts
+        # than a delivery's, and a policy of another version refusing the key's grammar
+        # (400 invalid_address) means no account there can have the address.
+        self._policy = PolicyClient(policy_url, service_token, ttl_s=ttl_s, timeout_s=5.0,
+                                    connect_timeout_s=2.0, max_connections=16,
+                                    keep_account=_accepted, invalid_address_is_missing=True)
         self.last_error = ""
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._policy.close()
 
     async def check(self, account: str) -> Answer:
         """The verdict for the account key ``Recipient.account`` ("": no account can have
         the address, so there is nothing to ask)."""
         if not account:
             return Answer.NO_SUCH_ACCOUNT
-        return await self._cache.get(account, lambda: self._ask(account),
-                                     keep=lambda v: v is Answer.ACCEPT)
+        try:
+            found = await self._policy.account(account)
+        except PolicyUnavailable as exc:
+            self.last_error = exc.reason
+            return Answer.POLICY_UNAVAILABLE
+        if found is None:
+            return Answer.NO_SUCH_ACCOUNT
+        return Answer.ACCEPT if found.program_delivery.enabled else Answer.NOT_PROGRAM_DELIVERY
 
     def cached(self, account: str) -> Answer | None:
         """The answer if it is known without asking policy (a cached positive one)."""
         if not account:
             return Answer.NO_SUCH_ACCOUNT
-        answer: Answer | None = self._cache.peek(account)
-        return answer
+        return Answer.ACCEPT if self._policy.cached_account(account) is not None else None
 
     def invalidate(self, body: dict[str, object]) -> None:
         """A ``policy.changed`` broadcast: forget what it names (everything when unsure)."""
         what, key = body.get("what"), body.get("key")
-        if what == "account" and isinstance(key, str):
-            try:
-                gone = normalize_account(key)
-            except AddressError:
-                self._cache.invalidate()
-                return
-            self._cache.invalidate(lambda k: k == gone)
-        elif what not in ("program", "token"):  # settings, or an unknown kind
-            self._cache.invalidate()
-
-    async def _ask(self, account: str) -> Answer:
-        try:
-            resp = await self._http.get(f"/v1/accounts/{quote(account, safe='@+')}")
-        except httpx.HTTPError as exc:
-            self.last_error = f"policy service unreachable: {type(exc).__name__}"
-            return Answer.POLICY_UNAVAILABLE
-        if resp.status_code == 404:
-            return Answer.NO_SUCH_ACCOUNT
-        if resp.status_code == 400 and b"invalid_address" in resp.content:
-            # A policy of another version whose account grammar refuses the key: no
-            # account there can have this address.
-            return Answer.NO_SUCH_ACCOUNT
-        if resp.status_code != 200:
-            self.last_error = f"policy service answered {resp.status_code}"
-            return Answer.POLICY_UNAVAILABLE
-        try:
-            data = orjson.loads(resp.content)
-            enabled = bool(data["program_delivery"]["enabled"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            self.last_error = "policy service sent an unusable account record"
-            return Answer.POLICY_UNAVAILABLE
-        return Answer.ACCEPT if enabled else Answer.NOT_PROGRAM_DELIVERY
+        self._policy.invalidate(what if isinstance(what, str) else None,
+                                key if isinstance(key, str) else None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
+from services.ingest.recipients import AccountCheck, Answer
 from shared import policy_client
 from shared.contract import PolicySettings
 from shared.errors import Unavailable
@@ -224,3 +225,134 @@ async def test_the_notifiers_reading_never_fails(
         assert await reader.get() is got  # the last known values, not the defaults
     finally:
         await reader.close()
+
+
+# --- ingest's reading: what the cache keeps, a 400 invalid_address, short reasons -----------
+
+
+async def test_keep_account_decides_what_the_cache_keeps(policy: FakePolicy) -> None:
+    """A client made with ``keep_account`` asks again for what it didn't keep; by default a
+    404 is cached like any answer."""
+    policy.routes["/v1/accounts/bob@example.org"] = doc(ACCOUNT)
+    off = {**ACCOUNT, "address": "off@example.org",
+           "program_delivery": {"enabled": False, "programs": []}}
+    policy.routes["/v1/accounts/off@example.org"] = doc(off)
+    picky = PolicyClient(policy.url, "svc", connect_timeout_s=1.0,
+                         keep_account=lambda a: a is not None and a.program_delivery.enabled)
+    default = PolicyClient(policy.url, "svc", connect_timeout_s=1.0)
+    try:
+        for _ in range(2):
+            for address in ("bob@example.org", "off@example.org", "nobody@example.org"):
+                await picky.account(address)
+        assert policy.asked == ["/v1/accounts/bob@example.org", "/v1/accounts/off@example.org",
+                                "/v1/accounts/nobody@example.org", "/v1/accounts/off@example.org",
+                                "/v1/accounts/nobody@example.org"]
+        bob = picky.cached_account("bob@example.org")
+        assert bob is not None and bob.uid == 64101
+        assert picky.cached_account("off@example.org") is None
+        assert picky.cached_account("nobody@example.org") is None
+        picky.invalidate("account", "BOB@example.org")
+        assert picky.cached_account("bob@example.org") is None
+
+        policy.asked.clear()
+        assert await default.account("nobody@example.org") is None
+        assert await default.account("nobody@example.org") is None
+        assert policy.asked == ["/v1/accounts/nobody@example.org"]
+        assert default.cached_account("nobody@example.org") is None  # cached, but not an account
+    finally:
+        await picky.close()
+        await default.close()
+
+
+async def test_invalid_address_is_missing_only_when_asked_for(policy: FakePolicy) -> None:
+    """A policy of another version refusing the key's grammar: "no such account" for a
+    client that says so (ingest), unavailable for the others (the executor defers)."""
+    refusal = (400, b'{"error": {"code": "invalid_address", "message": "no"}}')
+    policy.routes["/v1/accounts/odd@example.org"] = refusal
+    policy.routes["/v1/accounts/bad@example.org"] = (400, b'{"error": {"code": "bad_request"}}')
+    lenient = PolicyClient(policy.url, "svc", connect_timeout_s=1.0, invalid_address_is_missing=True)
+    strict = PolicyClient(policy.url, "svc", connect_timeout_s=1.0)
+    try:
+        assert await lenient.account("odd@example.org") is None
+        with pytest.raises(PolicyUnavailable, match="400"):
+            await lenient.account("bad@example.org")
+        with pytest.raises(PolicyUnavailable, match="400"):
+            await strict.account("odd@example.org")
+        policy.routes["/v1/settings"] = refusal  # accounts only
+        with pytest.raises(PolicyUnavailable, match="400"):
+            await lenient.settings()
+    finally:
+        await lenient.close()
+        await strict.close()
+
+
+async def test_unavailable_says_why_in_a_few_words(policy: FakePolicy, client: PolicyClient) -> None:
+    policy.routes["/v1/accounts/bob@example.org"] = (503, b"{}")
+    with pytest.raises(PolicyUnavailable) as down:
+        await client.account("bob@example.org")
+    assert down.value.reason == "policy service answered 503"
+    assert "/v1/accounts/bob@example.org" in str(down.value)
+    policy.routes["/v1/accounts/eve@example.org"] = (200, b"not json")
+    with pytest.raises(PolicyUnavailable) as garbled:
+        await client.account("eve@example.org")
+    assert garbled.value.reason == "policy service sent an unusable account record"
+    gone = PolicyClient(f"http://127.0.0.1:{closed_port()}", "svc", connect_timeout_s=1.0)
+    try:
+        with pytest.raises(PolicyUnavailable) as unreachable:
+            await gone.account("bob@example.org")
+        assert unreachable.value.reason == "policy service unreachable: ConnectError"
+    finally:
+        await gone.close()
+    assert PolicyUnavailable("plain").reason == "plain"
+
+
+async def test_ingest_rcpt_check_answers_and_caches_only_acceptance(policy: FakePolicy) -> None:
+    """services/ingest/recipients.py on this client (SPEC §2 LMTP): the decision table,
+    positive answers cached and dropped on policy.changed, refusals asked again."""
+    policy.routes["/v1/accounts/bob@example.org"] = doc(ACCOUNT)
+    policy.routes["/v1/accounts/off@example.org"] = doc(
+        {**ACCOUNT, "address": "off@example.org", "program_delivery": {"enabled": False, "programs": []}})
+    policy.routes["/v1/accounts/odd@example.org"] = (400, b'{"error": {"code": "invalid_address"}}')
+    policy.routes["/v1/accounts/tok@example.org"] = (401, b"{}")
+    policy.routes["/v1/accounts/junk@example.org"] = (200, b'{"program_delivery": {}}')
+    check = AccountCheck(policy.url, "svc")
+    try:
+        assert check.cached("") is Answer.NO_SUCH_ACCOUNT and await check.check("") is Answer.NO_SUCH_ACCOUNT
+        assert check.cached("bob@example.org") is None
+        assert await check.check("bob@example.org") is Answer.ACCEPT
+        assert check.cached("bob@example.org") is Answer.ACCEPT
+        for key, answer, why in (
+            ("nobody@example.org", Answer.NO_SUCH_ACCOUNT, ""),
+            ("odd@example.org", Answer.NO_SUCH_ACCOUNT, ""),
+            ("off@example.org", Answer.NOT_PROGRAM_DELIVERY, ""),
+            ("tok@example.org", Answer.POLICY_UNAVAILABLE, "policy service answered 401"),
+            ("junk@example.org", Answer.POLICY_UNAVAILABLE,
+             "policy service sent an unusable account record"),
+        ):
+            check.last_error = ""
+            for _ in range(2):
+                assert await check.check(key) is answer
+                assert check.cached(key) is None  # a refusal is never cached
+            assert check.last_error == why
+            assert policy.asked.count(f"/v1/accounts/{key}") == 2
+
+        for body, forgets in (({"what": "program", "key": "mymail"}, False),
+                              ({"what": "token", "key": "1"}, False),
+                              ({"what": "settings"}, False),  # an account record doesn't read them
+                              ({"what": "account", "key": "eve@example.org"}, False),
+                              ({"what": "account", "key": "Bob@Example.ORG"}, True),
+                              ({"what": "account", "key": "bö@example.org"}, True),
+                              ({"what": "account", "key": 5}, True),
+                              ({"what": "something new"}, True),
+                              ({}, True)):
+            await check.check("bob@example.org")
+            check.invalidate(body)
+            assert (check.cached("bob@example.org") is None) is forgets, body
+    finally:
+        await check.close()
+    unreachable = AccountCheck(f"http://127.0.0.1:{closed_port()}", "svc")
+    try:
+        assert await unreachable.check("bob@example.org") is Answer.POLICY_UNAVAILABLE
+        assert unreachable.last_error == "policy service unreachable: ConnectError"
+    finally:
+        await unreachable.close()
