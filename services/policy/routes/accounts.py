@@ -37,7 +37,7 @@ from services.policy.validation import (
     decode_cursor,
     encode_cursor,
 )
-from shared.auth import forget_token
+from shared.auth import Principal, forget_token
 from shared.errors import NotFound
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -65,6 +65,18 @@ def audit_view(row: RowMapping | None) -> dict[str, Any] | None:
 def not_found(address: str) -> NotFound:
     return NotFound(f"no account {address!r}; create it with PUT /v1/accounts/{address}",
                     code="no_such_account")
+
+
+async def read_own_account(address: str, principal: Principal, session: AsyncSession) -> RowMapping:
+    """The row of the account ``address`` names, read for ``principal``: 400 for an address
+    no account can have, 403 for someone else's account, 404 when there is none."""
+    key = account_key(address)
+    ensure_own_account(principal, key)
+    async with transaction(session):
+        row = await repo.get_account(session, key)
+    if row is None:
+        raise not_found(key)
+    return row
 
 
 async def program_warnings(
@@ -132,13 +144,7 @@ async def list_accounts(
 async def get_programs(
     address: str, principal: ProgramsReaderDep, session: SessionDep
 ) -> ProgramDelivery:
-    key = account_key(address)
-    ensure_own_account(principal, key)
-    async with transaction(session):
-        row = await repo.get_account(session, key)
-    if row is None:
-        raise not_found(key)
-    return to_account(row).program_delivery
+    return to_account(await read_own_account(address, principal, session)).program_delivery
 
 
 @router.put("/{address}/programs", response_model=ProgramsWritten)
@@ -167,13 +173,7 @@ async def put_programs(
 
 @router.get("/{address:raw}", response_model=Account)
 async def get_account(address: str, principal: AccountReaderDep, session: SessionDep) -> Account:
-    key = account_key(address)
-    ensure_own_account(principal, key)
-    async with transaction(session):
-        row = await repo.get_account(session, key)
-    if row is None:
-        raise not_found(key)
-    return to_account(row)
+    return to_account(await read_own_account(address, principal, session))
 
 
 @router.put(
