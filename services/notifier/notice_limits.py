@@ -24,6 +24,8 @@ def notice_key(event: Event) -> NoticeKey:
     assert event.notice is not None
     program = next((r.program for r in event.recipients if r.program), None) or ""
     return (
+        # Not always an account key: poison and corrupt notices carry the recipient
+        # address as the sender wrote it (executor/dead.py), so fold its case here.
         (event.notice.account or "").lower(),
         event.notice.reason.value,
         program,
