@@ -8,8 +8,9 @@ What it guarantees
     - Entries live ``ttl_s`` at most, whether or not an invalidation arrives.
     - A fetch that raises stores nothing; every waiter sees the exception.
 
-Used by the policy client (:mod:`shared.policy_client`: every answer) and by ingest's
-RCPT-time account check (positive answers only: a refused recipient is asked about again next time).
+Used by the one policy client (:mod:`shared.policy_client`), which the executor and
+the notifier use as it is and ingest's RCPT-time check with ``keep_account`` (positive
+answers only: a refused recipient is asked about again next time).
 """
 
 from __future__ import annotations
