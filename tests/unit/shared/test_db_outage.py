@@ -2,9 +2,8 @@
 
 asyncpg's exceptions are built as asyncpg builds them (a message; the SQLSTATE is the
 class's), SQLAlchemy's wrappers the way its asyncpg dialect and engine wrap them
-(``_handle_exception_no_connection`` then ``DBAPIError.instance``). No server: the
-``mx_env`` fixture is replaced below, so this module runs without PostgreSQL or
-RabbitMQ.
+(``_handle_exception_no_connection`` then ``DBAPIError.instance``). No server: a unit
+test (``make test-unit``), without PostgreSQL or RabbitMQ.
 
 The rule: outage → ``DatabaseUnavailable`` (503, defer); a constraint violation and
 everything else → unchanged (the caller's 4xx, or a bug: 500), never a 503.
@@ -25,13 +24,6 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 
 from shared.db import asyncpg_dsn, is_outage, translate_db_errors
 from shared.errors import DatabaseUnavailable, Unavailable
-
-
-@pytest.fixture(scope="session", autouse=True)
-def mx_env() -> dict[str, str]:
-    """Nothing to create: no test here reaches a server."""
-    return {}
-
 
 _DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)
 
