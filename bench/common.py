@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,14 +218,26 @@ class Counter(FileTail):
         self._partial = b""
         self.records = []
 
-    def wait_for(self, n: int, timeout: float, keep: bool = False, interval: float = 0.02) -> float | None:
-        """Poll until n lines; returns the monotonic time they were seen, or None on timeout."""
+    def wait_for(self, n: int, timeout: float, keep: bool = False, interval: float = 0.02,
+                 hopeless: Callable[[], str | None] | None = None) -> float | None:
+        """Poll until n lines; returns the monotonic time they were seen, or None on timeout.
+
+        ``hopeless`` (asked about once a second) says why the lines can never come, e.g.
+        every recipient is final and not all were delivered: the wait ends at once, with
+        that reason printed, instead of after ``timeout``."""
         deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + 1.0
         while True:
             if self.poll(keep) >= n:
                 return time.monotonic()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return None
+            if hopeless is not None and now >= next_check:
+                next_check = now + 1.0
+                if (why := hopeless()) is not None:
+                    say(f"giving up waiting for {n} program runs: {why}")
+                    return None
             time.sleep(interval)
 
 

@@ -156,6 +156,7 @@ class Pipeline:
         self.counter_path = wd.counter("runs", uid, gid)
         self.prog = build_program(wd.path, self.counter_path)
         self.counter = Counter(self.counter_path)
+        self._uncounted_since: float | None = None  # see never_counted()
         self.home = wd.path / "home"
         self.home.mkdir()
         os.chown(self.home, uid, gid)
@@ -274,6 +275,32 @@ class Pipeline:
         except Exception:
             return None
 
+    def never_counted(self, expected: int) -> str | None:
+        """Why the program's counter can't reach ``expected`` any more: every recipient is
+        final but fewer were delivered (bounced: see the executor's log), or all were
+        delivered but the program did not count them (its counter out of its reach)."""
+        st = self.states()
+        final = st.get("delivered", 0) + st.get("bounced", 0)
+        if final < expected:
+            return None
+        if st.get("bounced", 0):
+            row = pg("SELECT status, diagnostic FROM mail.recipients WHERE state = 'bounced' "
+                     "LIMIT 1", fetch=True)[0]
+            return (f"{st['bounced']} of {expected} recipients bounced, e.g. {row['status']} "
+                    f"{row['diagnostic']}")
+        # delivered is recorded after the program ran, so its line is written by then; a
+        # few seconds of grace for the last lines to be read before calling it hopeless
+        seen = self.counter.lines
+        if seen >= expected:
+            return None
+        if self._uncounted_since is None:
+            self._uncounted_since = time.monotonic()
+        if time.monotonic() - self._uncounted_since < 5:
+            return None
+        self._uncounted_since = None
+        return (f"all {expected} delivered but the program counted only {seen} "
+                f"({self.counter_path} out of its reach?)")
+
     def states(self) -> dict[str, int]:
         rows = pg("SELECT state, count(*) AS n FROM mail.recipients GROUP BY state", fetch=True)
         return {r["state"]: r["n"] for r in rows}
@@ -312,13 +339,15 @@ class Pipeline:
                  rate: float = 0.0, latency: bool = False) -> dict[str, Any]:
         """POST n messages (rcpts recipients each), wait until all are delivered."""
         self.reset()
+        self._uncounted_since = None
         expected = n * rcpts
         timings = self.wd.path / f"timings-{label}.txt"
         wal0 = self.wal_lsn()
         before = self.cpu_snapshot()
         t0 = time.monotonic()
         gen = self.loadgen(n, size, rcpts, label, conc, rate, timings)
-        t_prog = self.counter.wait_for(expected, self.cfg.timeout_s, keep=latency, interval=0.05)
+        t_prog = self.counter.wait_for(expected, self.cfg.timeout_s, keep=latency, interval=0.05,
+                                       hopeless=lambda: self.never_counted(expected))
         gen_out, _ = gen.communicate(timeout=self.cfg.timeout_s)
         lg = json.loads(gen_out.strip().splitlines()[-1])
         # every recipient delivered in the database (recorded after the program ran)
