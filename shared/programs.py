@@ -23,7 +23,9 @@ INSECURE_FLAG = "INSECURE-PROGRAM-DELIVERIES"  # present → mode insecure
 SUSPEND_FLAG = "SUSPEND-PROGRAM-DELIVERIES"  # present → suspended
 FLAG_NAMES = frozenset({INSECURE_FLAG, SUSPEND_FLAG})
 
-Network = Literal["none", "egress"]  # "none": no network at all; "egress": outside addresses only
+# "none": no network at all; "egress": outside addresses only. The order is the sandbox's
+# (its namespaces are indexed by position, "none" first).
+Network = Literal["none", "egress"]
 NETWORK_NAMES: tuple[str, ...] = get_args(Network)
 
 

@@ -291,7 +291,7 @@ def run_outcome(
         if res.launch.temporary:
             return exec_deferred(job, account, entry, position, res.launch.text, runs, ps)
         if not res.launch.at_exec:
-            return Verdict(kind="retry", diagnostic=f"program {entry}: {res.launch_error}",
+            return Verdict(kind="retry", diagnostic=f"program {entry}: {res.launch.text}",
                            next_program=position, runs=runs, program=entry)
         return unresolved(account, entry, position, res.launch.text, runs)
     return program_failure(job, account, entry, position, res, output, runs, ps)

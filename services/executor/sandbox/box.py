@@ -106,7 +106,6 @@ class Sandbox:
         self.min_uid = min_uid
         self.forbidden_uids = frozenset(forbidden_uids)
         self._closed = False
-        self.networks = ["none", "egress"][: max(len(netns_fds), 1)]
         self.isolation: dict[str, object] = {
             "spawner": str(spawner.path),
             "privilege_drop": True,
@@ -212,7 +211,7 @@ class Sandbox:
         if why:
             raise IdentityRefused(f"refusing to run a program as uid {uid} gid {gid}: {why}")
         if network not in NETWORKS:
-            raise LaunchFailed(f"unknown network {network!r} (known: none, egress)")
+            raise LaunchFailed(f"unknown network {network!r} (known: {', '.join(NETWORKS)})")
         netns = NETWORKS[network]
         if netns and netns >= len(self._netns_fds):
             raise LaunchFailed(f"the program's network is {network!r} but this executor has "

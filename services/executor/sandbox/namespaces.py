@@ -38,12 +38,14 @@ import os
 import threading
 
 from services.executor.errors import SandboxUnavailable
+from shared.programs import NETWORK_NAMES
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# network name -> index of the namespace fd handed to the spawner
-NETWORKS = {"none": 0, "egress": 1}
+# network name -> index of the namespace fd handed to the spawner: the contract's names
+# (shared/programs.py) in their order, "none" (the shared empty namespace) first
+NETWORKS = {name: index for index, name in enumerate(NETWORK_NAMES)}
 
 
 def create_empty_netns() -> int:

@@ -112,8 +112,12 @@ class RunResult:
     output: bytes
     output_bytes_total: int
     duration_s: float
-    launch_error: str | None
     launch: LaunchError | None = None
+
+    @property
+    def launch_error(self) -> str | None:
+        """Why nothing ran (the launch report in words), None when the program ran."""
+        return self.launch.text if self.launch else None
 
     @property
     def ok(self) -> bool:
@@ -256,7 +260,6 @@ class RunIO:
             output=bytes(self.captured),
             output_bytes_total=self.output_total,
             duration_s=duration,
-            launch_error=launch.text if launch else None,
             launch=launch,
         )
 

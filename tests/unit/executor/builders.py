@@ -54,8 +54,7 @@ def claim(*, warned: bool = False) -> Claim:
 def run(*, exit_status: int | None = 0, signal: int | None = None, timed_out: bool = False,
         output: bytes = b"", launch: LaunchError | None = None) -> RunResult:
     return RunResult(exit_status=exit_status, signal=signal, timed_out=timed_out, output=output,
-                     output_bytes_total=len(output), duration_s=0.01,
-                     launch_error=launch.text if launch else None, launch=launch)
+                     output_bytes_total=len(output), duration_s=0.01, launch=launch)
 
 
 def run_row(program: str = "probe", position: int = 0) -> RunRow:
