@@ -47,7 +47,7 @@ def migrate(
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help="ingest | policy | executor | notifier")],
+    service: Annotated[str, typer.Argument(help="ingest | policy | executor | notifier | console")],
     self_check: Annotated[
         bool, typer.Option("--self-check", help="executor: test the sandbox and exit")
     ] = False,

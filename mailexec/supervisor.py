@@ -23,11 +23,17 @@ from collections.abc import Mapping
 
 from shared.sysexits import EX_CONFIG, EX_NOPERM, EX_USAGE, describe
 
-SERVICES = ("policy", "ingest", "executor", "notifier")
+SERVICES = ("policy", "ingest", "executor", "notifier", "console")
 # Secrets a service never uses and so never gets (issue 13). The executor runs account
 # owners' programs: a flaw there must not hand out the admin or mta token; it talks to
 # policy with the service token only. Their ``_FILE`` forms are withheld too.
-WITHHELD = {"executor": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN")}
+# The console acts only with the signed-in person's token and keeps no data: it gets no
+# token, no database and no broker.
+WITHHELD = {
+    "executor": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN"),
+    "console": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN", "MAILEXEC_SERVICE_TOKEN",
+                "MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL", "MAILEXEC_SMTP_URL"),
+}
 # exits a restart can't cure: the operator must change something first
 NOT_RESTARTED = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
 

@@ -27,7 +27,7 @@ from shared.secretfile import SecretFileError, secret_from_env
 # Settings that hold secrets (tokens, URLs that may carry a password): each may be given
 # as MAILEXEC_<NAME>_FILE instead.
 SECRET_FIELDS = ("admin_token", "ingest_token", "service_token", "database_url", "amqp_url",
-                 "smtp_url")
+                 "smtp_url", "console_secret")
 __all__ = ["SECRET_FIELDS", "SecretFileError", "Settings", "get_settings"]
 
 
@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     lmtp_idle_timeout_s: float = 300.0
     notifier_port: int = 8027
     executor_metrics_port: int = 8028
+
+    # Console (services/console): the web pages. It holds no token of its own: every page
+    # is fetched with the signed-in person's token. The secret keys the encryption of
+    # session cookies (any length; `make run` generates one); empty = the console refuses
+    # to start. Idle expiry of a session (kept server-side by policy). Cookies are marked
+    # Secure when the request came over https ("auto"), always ("always") or never
+    # ("never", plain-http development only).
+    console_port: int = 8029
+    console_secret: str = ""
+    console_session_idle_s: int = 1800
+    console_cookie_secure: str = "auto"
 
     # Limits
     max_message_bytes: int = 26214400

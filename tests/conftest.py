@@ -155,6 +155,7 @@ class ServiceProcess:
             "policy": "MAILEXEC_POLICY_PORT",
             "notifier": "MAILEXEC_NOTIFIER_PORT",
             "executor": "MAILEXEC_EXECUTOR_METRICS_PORT",
+            "console": "MAILEXEC_CONSOLE_PORT",
         }[name]
         self.port = int(env[port_var])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -229,9 +230,13 @@ def services(
             "MAILEXEC_POLICY_PORT": str(free_port()),
             "MAILEXEC_NOTIFIER_PORT": str(free_port()),
             "MAILEXEC_EXECUTOR_METRICS_PORT": str(free_port()),
+            "MAILEXEC_CONSOLE_PORT": str(free_port()),
+            "MAILEXEC_CONSOLE_SECRET": "test-console-secret",
+            "MAILEXEC_CONSOLE_COOKIE_SECURE": "never",
         }
     )
-    env["MAILEXEC_POLICY_URL"] = f"http://127.0.0.1:{env['MAILEXEC_POLICY_PORT']}"
+    for svc in ("policy", "ingest", "notifier"):
+        env[f"MAILEXEC_{svc.upper()}_URL"] = f"http://127.0.0.1:{env[f'MAILEXEC_{svc.upper()}_PORT']}"
 
     def start(*names: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> Any:
         if extra_env:
