@@ -120,7 +120,11 @@ TOKEN_VARS = (
     ("MAILEXEC_ADMIN_TOKEN", "mxa"),
     ("MAILEXEC_INGEST_TOKEN", "mxm"),
     ("MAILEXEC_SERVICE_TOKEN", "mxs"),
+    ("MAILEXEC_CONSOLE_SECRET", "mxk"),  # keys the console's session cookies
 )
+# The demo account's own (role user) token, for signing in to the console as that user:
+# kept in tokens.env beside the others, issued again if the saved one no longer works.
+DEMO_USER_TOKEN_VAR = "MAILEXEC_DEMO_USER_TOKEN"
 
 
 def write_private(path: Path, text: str) -> None:
@@ -164,6 +168,11 @@ def read_env_file(path: Path) -> dict[str, str]:
     return found
 
 
+def _save_tokens(values: dict[str, str]) -> None:
+    text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+    write_private(RUN_DIR / "tokens.env", text)
+
+
 def _tokens() -> dict[str, str]:
     """Tokens from the environment, else the ones saved by an earlier `make run`, else new.
 
@@ -176,7 +185,9 @@ def _tokens() -> dict[str, str]:
     for var, prefix in TOKEN_VARS:
         given = secret_from_env(var)  # MAILEXEC_X or MAILEXEC_X_FILE
         out[var] = given or found.get(var) or f"{prefix}_{secrets.token_urlsafe(24)}"
-    write_private(saved, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in out.items()))
+    if found.get(DEMO_USER_TOKEN_VAR):
+        out[DEMO_USER_TOKEN_VAR] = found[DEMO_USER_TOKEN_VAR]
+    _save_tokens(out)
     return out
 
 
@@ -211,6 +222,21 @@ def _wait_ready(urls: dict[str, str], seconds: int = 60) -> None:
         time.sleep(0.3)
     if pending:
         say(f"not ready after {seconds}s: {', '.join(pending)} (see the log lines above)")
+
+
+def _demo_user_token(policy_url: str, admin_token: str, saved: str) -> str:
+    """The demo account's user token: the saved one while policy still accepts it, else a
+    new one (a fresh database, or the token was revoked)."""
+    with httpx.Client(base_url=policy_url, timeout=10) as c:
+        if saved:
+            r = c.get("/v1/accounts/demo@localhost/programs",
+                      headers={"Authorization": f"Bearer {saved}"})
+            if r.status_code == 200:
+                return saved
+        r = c.post("/v1/accounts/demo@localhost/tokens",
+                   headers={"Authorization": f"Bearer {admin_token}"})
+        r.raise_for_status()
+        return str(r.json()["token"])
 
 
 def _load_demo(policy_url: str, admin_token: str) -> None:
@@ -255,6 +281,7 @@ def main() -> int:
 
     env = dict(os.environ)
     env.update(_tokens())
+    saved_user_token = env.pop(DEMO_USER_TOKEN_VAR, "")  # for the console's user, not a service's
     for var, _ in TOKEN_VARS:  # read above; the services get the value, not both forms
         env.pop(f"{var}_FILE", None)
         os.environ.pop(f"{var}_FILE", None)
@@ -277,15 +304,22 @@ def main() -> int:
         "ingest": f"http://127.0.0.1:{s.ingest_port}",
         "notifier": f"http://127.0.0.1:{s.notifier_port}",
         "executor": f"http://127.0.0.1:{s.executor_metrics_port}",
+        "console": f"http://127.0.0.1:{s.console_port}",
     }
     _wait_ready(urls)
+    user_token = "(none: the demo data could not be loaded)"
     try:
         _load_demo(urls["policy"], env["MAILEXEC_ADMIN_TOKEN"])
         say("demo data loaded: trusted program 'savemail', account demo@localhost (uid 64000)")
+        user_token = _demo_user_token(urls["policy"], env["MAILEXEC_ADMIN_TOKEN"],
+                                      saved_user_token)
+        _save_tokens({**{var: env[var] for var, _ in TOKEN_VARS},
+                      DEMO_USER_TOKEN_VAR: user_token})
     except httpx.HTTPError as exc:
         say(f"could not load demo data: {exc}")
     print(
         f"""
+  console   {urls['console']}   (sign in with a token below)
   policy    {urls['policy']}   (API docs {urls['policy']}/docs)
   ingest    {urls['ingest']}   (API docs {urls['ingest']}/docs)
   LMTP      127.0.0.1:{s.lmtp_port}   (for an MTA: Postfix lmtp:inet:127.0.0.1:{s.lmtp_port})
@@ -295,6 +329,8 @@ def main() -> int:
   tokens    saved in {RUN_DIR / 'tokens.env'} (mode 0600; `. .run/tokens.env` sets them)
     admin   {env['MAILEXEC_ADMIN_TOKEN']}
     mta     {env['MAILEXEC_INGEST_TOKEN']}
+    demo@localhost (user: its Delivery Options page)
+            {user_token}
 
 Try it (another terminal):
   printf 'From: alice@example.org\\nSubject: hi\\n\\nhello\\n' | \\

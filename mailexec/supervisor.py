@@ -29,8 +29,12 @@ SERVICES = ("policy", "ingest", "executor", "notifier", "console")
 # policy with the service token only. Their ``_FILE`` forms are withheld too.
 # The console acts only with the signed-in person's token and keeps no data: it gets no
 # token, no database and no broker.
+# Only the console gets the key of its session cookies.
 WITHHELD = {
-    "executor": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN"),
+    "executor": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN", "MAILEXEC_CONSOLE_SECRET"),
+    "policy": ("MAILEXEC_CONSOLE_SECRET",),
+    "ingest": ("MAILEXEC_CONSOLE_SECRET",),
+    "notifier": ("MAILEXEC_CONSOLE_SECRET",),
     "console": ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN", "MAILEXEC_SERVICE_TOKEN",
                 "MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL", "MAILEXEC_SMTP_URL"),
 }

@@ -24,13 +24,24 @@ SECRETS = {
     "MAILEXEC_INGEST_TOKEN_FILE": "/run/secrets/mta",
     "MAILEXEC_SERVICE_TOKEN": "service-secret",
 }
+CONSOLE_SECRET = {"MAILEXEC_CONSOLE_SECRET": "cookie-key",
+                  "MAILEXEC_CONSOLE_SECRET_FILE": "/run/secrets/console"}
+CONNECTIONS = {"MAILEXEC_DATABASE_URL": "postgresql+asyncpg://u:pw@db/mailexec",
+               "MAILEXEC_AMQP_URL": "amqp://u:pw@mq/", "MAILEXEC_SMTP_URL": "smtp://relay"}
 
 
 def test_env_builder_withholds_admin_and_mta_tokens_from_the_executor() -> None:
-    env = service_env("executor", {**SECRETS, "PATH": "/bin"})
+    env = service_env("executor", {**SECRETS, **CONSOLE_SECRET, "PATH": "/bin"})
     assert env == {"MAILEXEC_SERVICE_TOKEN": "service-secret", "PATH": "/bin"}
     for name in ("policy", "ingest", "notifier"):
-        assert service_env(name, SECRETS) == SECRETS
+        assert service_env(name, {**SECRETS, **CONSOLE_SECRET}) == SECRETS
+
+
+def test_the_console_gets_its_cookie_key_and_no_token_database_or_broker() -> None:
+    """It acts only with the signed-in person's token (issue 15)."""
+    env = service_env("console", {**SECRETS, **CONSOLE_SECRET, **CONNECTIONS,
+                                  "MAILEXEC_POLICY_URL": "http://policy:8026"})
+    assert env == {**CONSOLE_SECRET, "MAILEXEC_POLICY_URL": "http://policy:8026"}
 
 
 def _environ(pid: int) -> dict[str, str]:
