@@ -98,7 +98,7 @@ image-check: $(STAMP) image-deps ## build on the local base, run --help and the 
 
 compose-up:     ## the whole pipeline in containers (deploy/compose.yaml), health-gated
 	MAILEXEC_IMAGE=$(IMAGE) $(COMPOSE) -f deploy/compose.yaml up -d --build --wait
-	@echo "ingest :8025  policy :8026  notifier :8027  executor metrics :8028  DSNs (mailpit) :8029  RabbitMQ UI :15672"
+	@echo "console :8029  ingest :8025  policy :8026  notifier :8027  executor metrics :8028  DSNs (mailpit) :8030  RabbitMQ UI :15672"
 
 chart-lint: $(STAMP) ## helm lint (Helm's Go SDK), Kubernetes schema validation, chart docs up to date
 	$(BIN)/python deploy/chart_lint.py
