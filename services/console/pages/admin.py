@@ -1,0 +1,7 @@
+"""The console's admin pages (issue 15): dashboard, settings, programs, accounts, messages, audit, notifications."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/admin")
