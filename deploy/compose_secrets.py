@@ -5,6 +5,7 @@ the `secrets` service from the mailexec image, as root with only CAP_CHOWN) make
 named volume `secrets` holds the release's master secrets, generating what is missing:
 
     postgres_password  rabbitmq_password  admin_token  ingest_token  service_token
+    console_secret
 
 and then writes, for each consumer, only what it needs into that consumer's own volume,
 each file owned by the uid that reads it, mode 0400, replaced atomically:
@@ -17,6 +18,8 @@ each file owned by the uid that reads it, mode 0400, replaced atomically:
     secrets-executor  database_url amqp_url
                       service_token                0:0  (the executor reads them before
                                                     dropping privilege; no admin/ingest token)
+    secrets-console   console_secret               10001:10001  (the console's cookie key; it
+                                                    holds no token, database or broker URL)
 
 Existing master secrets are never replaced, so restarts keep every credential. The master
 volume is root's (directory 0700, files 0400): nothing but this service mounts it.
@@ -54,6 +57,8 @@ GENERATORS = {
     "admin_token": lambda: secrets.token_urlsafe(36),
     "ingest_token": lambda: secrets.token_urlsafe(36),
     "service_token": lambda: secrets.token_urlsafe(36),
+    # The key of the console's encrypted session cookies (any length; 64 characters here).
+    "console_secret": lambda: secrets.token_urlsafe(48),
 }
 # What a stored secret may be: nothing a URL would need to quote (generated ones are 48+).
 VALUE = re.compile(r"[A-Za-z0-9._~-]{1,256}")
@@ -79,6 +84,7 @@ def consumers() -> dict[str, Consumer]:
         "rabbitmq": Consumer("rabbitmq", *ids("RABBITMQ", 999)),
         "mailexec": Consumer("mailexec", *ids("MAILEXEC", 10001)),
         "executor": Consumer("executor", *ids("EXECUTOR", 0)),
+        "console": Consumer("console", *ids("CONSOLE", 10001)),
     }
 
 
@@ -107,6 +113,8 @@ def files_for(master: dict[str, str]) -> dict[str, dict[str, str]]:
             "amqp_url": amqp_url,
             "service_token": master["service_token"],
         },
+        # Signed-in people's own tokens do its work: its cookie key is all it holds.
+        "console": {"console_secret": master["console_secret"]},
     }
 
 

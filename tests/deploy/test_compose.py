@@ -21,9 +21,12 @@ from mailexec import cli, supervisor
 COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
 LMTP_TLS = COMPOSE.with_name("compose.lmtp-tls.yaml")
 EGRESS = COMPOSE.with_name("compose.egress.yaml")
-MAILEXEC_SERVICES = {"ingest", "policy", "notifier", "executor"}
+MAILEXEC_SERVICES = {"ingest", "policy", "notifier", "executor", "console"}
+# The services that keep state: the database, the broker and the migrations are theirs. The
+# console keeps none (SPEC §2): it only talks to the others' APIs.
+BACKENDS = MAILEXEC_SERVICES - {"console"}
 ONE_SHOTS = {"secrets", "migrate"}
-PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
+PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028, "console": 8029}
 EXECUTOR_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN", "SETPCAP"}
 DOCKERFILE = COMPOSE.with_name("Dockerfile")
 # Settings holding a secret (SPEC §2: each may be given as <NAME>_FILE instead).
@@ -85,12 +88,19 @@ def test_mailexec_healthchecks_probe_their_own_port(services: dict) -> None:
         assert "/healthz" in " ".join(service["healthcheck"]["test"])
 
 
+# The console feeds some pages from ingest and the notifier but is ready with policy alone:
+# it must not stay down when one of them is unhealthy (an admin needs it most then).
+MERELY_STARTED = {("console", "ingest"), ("console", "notifier")}
+
+
 def test_start_order_is_gated_on_health_and_migrations(services: dict) -> None:
     for name, service in services.items():
         for dependency, gate in (service.get("depends_on") or {}).items():
             assert dependency in services, (name, dependency)
             expected = (
-                "service_completed_successfully" if dependency in ONE_SHOTS else "service_healthy"
+                "service_completed_successfully" if dependency in ONE_SHOTS
+                else "service_started" if (name, dependency) in MERELY_STARTED
+                else "service_healthy"
             )
             assert gate == {"condition": expected}, (name, dependency)
     assert "depends_on" not in services["secrets"]
@@ -98,9 +108,12 @@ def test_start_order_is_gated_on_health_and_migrations(services: dict) -> None:
     assert set(services["postgres"]["depends_on"]) == {"secrets"}
     assert set(services["rabbitmq"]["depends_on"]) == {"secrets"}
     assert set(services["migrate"]["depends_on"]) == {"postgres", "rabbitmq"}
-    for name in MAILEXEC_SERVICES:
+    for name in BACKENDS:
         assert {"postgres", "rabbitmq", "migrate"} <= set(services[name]["depends_on"]), name
     assert "mailpit" in services["notifier"]["depends_on"]
+    # The console: its cookie key written, policy (its readiness) healthy; never the
+    # database or the broker directly.
+    assert set(services["console"]["depends_on"]) == {"secrets", "policy", "ingest", "notifier"}
     assert "policy" in services["executor"]["depends_on"]
 
 
@@ -193,7 +206,7 @@ def test_executor_service_user_is_named_once_and_owns_the_trusted_dir(
     executor = services["executor"]
     env = executor["environment"]
     assert env["MAILEXEC_EXECUTOR_USER"] == user
-    for name in ("ingest", "policy", "notifier", "migrate"):
+    for name in ("ingest", "policy", "notifier", "migrate", "console"):
         assert services[name]["user"] == user, name
     text = COMPOSE.read_text()
     assert text.count('"10001:10001"') == 1  # the anchor; everything else refers to it
@@ -374,6 +387,7 @@ MASTER = {
     "admin_token": "ad" * 16,
     "ingest_token": "in" * 16,
     "service_token": "se" * 16,
+    "console_secret": "co" * 16,
 }
 # Which secret files each mailexec process gets: the executor and the migrations no
 # admin or mta token (issue 13: the executor received tokens it never uses).
@@ -383,6 +397,7 @@ EXPECTED_FILES = {
     "notifier": {"database_url", "amqp_url", "admin_token", "ingest_token", "service_token"},
     "migrate": {"database_url", "amqp_url"},
     "executor": {"database_url", "amqp_url", "service_token"},
+    "console": {"console_secret"},
 }
 
 
@@ -450,6 +465,7 @@ def test_each_secrets_volume_is_mounted_by_its_consumers_only(services: dict) ->
         "secrets-rabbitmq": {"rabbitmq"},
         "secrets-mailexec": {"ingest", "policy", "notifier", "migrate"},
         "secrets-executor": {"executor"},
+        "secrets-console": {"console"},
     }
     mounted: dict[str, set[str]] = {}
     for name, service in services.items():
@@ -472,6 +488,7 @@ def test_each_secrets_volume_is_mounted_by_its_consumers_only(services: dict) ->
     # Files are owned by the uid that reads them.
     for name in ("ingest", "policy", "notifier", "migrate"):
         assert services[name]["user"] == f"{consumers['mailexec'].uid}:{consumers['mailexec'].gid}"
+    assert services["console"]["user"] == f"{consumers['console'].uid}:{consumers['console'].gid}"
     assert services["executor"]["user"] == f"{consumers['executor'].uid}:{consumers['executor'].gid}"
     # The executor's files are root's 0400: it reads them before its drop to the service
     # user (services/executor/main.py: get_settings() comes first) and never again.
@@ -502,3 +519,92 @@ def test_rabbitmq_user_comes_from_the_generated_config(services: dict) -> None:
     pairs = dict(line.split(" = ", 1) for line in config.splitlines())
     assert pairs["default_user"] == "mailexec"
     assert pairs["default_pass"] == MASTER["rabbitmq_password"]
+
+
+# --- the console (issue 15) ------------------------------------------------------------
+
+
+def secret_volumes(service: dict[str, Any]) -> set[str]:
+    return {source for source, _ in volume_mounts(service).values() if source.startswith("secrets")}
+
+
+def test_console_is_served_on_8029_and_mailpit_moved_off_it(services: dict) -> None:
+    console = services["console"]
+    assert console["command"] == ["serve", "console"]
+    assert console["ports"] == ["127.0.0.1:8029:8029"]
+    assert console["environment"]["HEALTH_PORT"] == "8029"
+    assert console["healthcheck"] == services["policy"]["healthcheck"]
+    from shared.settings import Settings
+
+    assert Settings.model_fields["console_port"].default == 8029
+    assert services["mailpit"]["ports"] == ["127.0.0.1:8030:8025"]
+    # No two services publish the same host port.
+    published = [port.rsplit(":", 1)[0] for s in services.values() for port in s.get("ports", [])]
+    assert len(published) == len(set(published)), published
+    # The header lists the console first: it is what people open.
+    urls = [line for line in COMPOSE.read_text().splitlines() if re.match(r"#   \w+ +(http|lmtp)", line)]
+    assert urls[0].split()[1:3] == ["console", "http://127.0.0.1:8029"]
+    assert any("http://127.0.0.1:8030" in line and "mailpit" in line for line in urls)
+    assert not any(":8029" in line for line in urls[1:])
+
+
+def test_console_reaches_the_apis_it_builds_pages_from(services: dict) -> None:
+    env = services["console"]["environment"]
+    for setting, target in (
+        ("MAILEXEC_POLICY_URL", "policy"),
+        ("MAILEXEC_INGEST_URL", "ingest"),
+        ("MAILEXEC_NOTIFIER_URL", "notifier"),
+    ):
+        url = urlsplit(env[setting])
+        assert (url.scheme, url.hostname, url.port) == ("http", target, PORTS[target]), setting
+        assert "default" in networks_of(services[target])
+    assert "default" in networks_of(services["console"])
+    assert "mta" not in networks_of(services["console"])
+
+
+def test_console_holds_no_token_database_or_broker_url(services: dict) -> None:
+    """Only its cookie key, from a volume of its own: never secrets-mailexec (the tokens and
+    the database URL). The supervisor's WITHHELD is the list of what it must not get."""
+    console = services["console"]
+    env = console["environment"]
+    withheld = set(supervisor.WITHHELD["console"])
+    assert {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL", "MAILEXEC_SERVICE_TOKEN"} <= withheld
+    for name in withheld:
+        assert name not in env and f"{name}_FILE" not in env, name
+    assert not [key for key in env if re.search(r"TOKEN|DATABASE|AMQP|SMTP", key)], sorted(env)
+    assert {key for key in env if key.endswith("_FILE")} == {"MAILEXEC_CONSOLE_SECRET_FILE"}
+    assert secret_volumes(console) == {"secrets-console"}
+    assert volume_mounts(console) == {"/run/secrets/mailexec": ("secrets-console", True)}
+    written = compose_secrets().files_for(MASTER)["console"]
+    assert written == {"console_secret": MASTER["console_secret"]}
+    for name, value in MASTER.items():
+        if name != "console_secret":
+            assert value not in "\n".join(written.values()), name
+
+
+def test_console_is_hardened_like_the_other_unprivileged_services(compose: dict, services: dict) -> None:
+    console = services["console"]
+    policy = services["policy"]
+    for key in ("image", "user", "read_only", "tmpfs", "cap_drop", "security_opt", "restart"):
+        assert console[key] == policy[key], key
+    assert console["user"] == compose["x-service-user"]
+    assert [entry.split(":")[0] for entry in console["tmpfs"]] == ["/tmp"]
+    for key in ("cap_add", "privileged", "network_mode", "pid", "sysctls", "devices"):
+        assert key not in console, key
+
+
+def test_compose_withholds_what_the_supervisor_withholds(services: dict) -> None:
+    """`mailexec up` and compose agree: no service is handed a secret the supervisor keeps
+    from it, neither as a variable nor as a file of its volumes."""
+    written = compose_secrets().files_for(MASTER)
+    for name, withheld in supervisor.WITHHELD.items():
+        service = services[name]
+        env = service["environment"]
+        files = {f for volume in secret_volumes(service) for f in written[volume.removeprefix("secrets-")]}
+        for setting in withheld:
+            assert setting not in env and f"{setting}_FILE" not in env, (name, setting)
+            assert setting.removeprefix("MAILEXEC_").lower() not in files, (name, setting)
+    # Only the notifier sends mail: the relay's URL (which may carry a password) is its alone.
+    assert [n for n, s in services.items() if "MAILEXEC_SMTP_URL" in (s.get("environment") or {})] == [
+        "notifier"
+    ]

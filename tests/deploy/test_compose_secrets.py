@@ -54,7 +54,8 @@ def test_first_run_writes_each_consumer_its_own_files_0400_owned_by_its_reader(v
     done = run_script(volumes)
     assert done.returncode == 0, done.stderr
     files = snapshot(volumes)
-    owners = {"postgres": 999, "rabbitmq": 999, "mailexec": 10001, "executor": 0, "master": 0}
+    owners = {"postgres": 999, "rabbitmq": 999, "mailexec": 10001, "executor": 0, "console": 10001,
+              "master": 0}
     for name, (_, mode, uid, gid) in files.items():
         directory = name.split("/")[0]
         assert mode == 0o400, name
@@ -71,7 +72,7 @@ def test_first_run_writes_each_consumer_its_own_files_0400_owned_by_its_reader(v
         for name, (content, *_) in files.items()
         if name.startswith("master/")
     }
-    assert len(set(master.values())) == 5 and all(len(v) >= 48 for v in master.values())
+    assert len(set(master.values())) == 6 and all(len(v) >= 48 for v in master.values())
     for consumer in ("mailexec", "executor"):
         database = urlsplit(files[f"{consumer}/database_url"][0])
         assert database.password == master["postgres_password"]
@@ -81,6 +82,38 @@ def test_first_run_writes_each_consumer_its_own_files_0400_owned_by_its_reader(v
     assert files["postgres/password"][0] == master["postgres_password"]
     assert f"default_pass = {master['rabbitmq_password']}\n" in files["rabbitmq/rabbitmq.conf"][0]
     assert "generated postgres_password" in done.stdout
+    # The console: its cookie key and nothing else (no token, no database or broker URL).
+    assert {name for name in files if name.startswith("console/")} == {"console/console_secret"}
+    assert files["console/console_secret"][0] == master["console_secret"]
+    assert "generated console_secret" in done.stdout
+    for name, content in master.items():
+        if name != "console_secret":
+            assert content not in files["console/console_secret"][0], name
+    assert master["console_secret"] not in "".join(
+        content for name, (content, *_) in files.items() if not name.endswith("console_secret")
+    )
+
+
+def test_an_install_from_before_the_console_gets_its_key_and_keeps_everything_else(volumes: Path) -> None:
+    """Upgrading a compose install: the next start generates console_secret once, writes the
+    new consumer's volume and changes no other secret."""
+    assert run_script(volumes).returncode == 0
+    (volumes / "master" / "console_secret").unlink()
+    for stale in (volumes / "console").iterdir():
+        stale.unlink()
+    (volumes / "console").rmdir()
+    before = {k: v for k, v in snapshot(volumes).items() if "console_secret" not in k}
+    done = run_script(volumes)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("generated ") == 1 and "generated console_secret" in done.stdout
+    after = snapshot(volumes)
+    assert {k: v for k, v in after.items() if "console_secret" not in k} == before
+    key, mode, uid, gid = after["console/console_secret"]
+    assert key == after["master/console_secret"][0] and len(key) >= 48
+    assert (mode, uid, gid) == (0o400, 10001, 10001)
+    # ...and keeps it from then on.
+    assert run_script(volumes).returncode == 0
+    assert snapshot(volumes) == after
 
 
 def test_a_second_run_keeps_every_secret(volumes: Path) -> None:
@@ -98,6 +131,7 @@ def test_consumer_files_are_rewritten_from_the_master_copy(volumes: Path) -> Non
     first = snapshot(volumes)
     (volumes / "executor" / "service_token").chmod(0o644)
     (volumes / "executor" / "admin_token").write_text("left over")
+    (volumes / "console" / "service_token").write_text("left over")
     assert run_script(volumes).returncode == 0
     assert snapshot(volumes) == first
 
