@@ -1,0 +1,99 @@
+"""Keyboard only: signing in and saving the Delivery Options form with Tab, Space, typing
+and Enter, and the focused control visibly marked."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from playwright.sync_api import Locator, Page, expect
+
+from tests.console.browser.harness import Account, ConsoleStack, goto, is_focused, tab_to
+
+FILTER = "Filter all incoming messages through one or more programs"
+FOCUS_STYLE = ("e => { const s = getComputedStyle(e); return {outline: `${s.outlineStyle} "
+               "${s.outlineWidth} ${s.outlineColor}`, shadow: s.boxShadow, "
+               "border: s.borderColor, background: s.backgroundColor}; }")
+
+
+def _marked(style: dict[str, str]) -> bool:
+    outline = style["outline"]
+    return (not outline.startswith("none") and not re.match(r"\S+ 0px", outline)) or \
+        style["shadow"] not in ("", "none")
+
+
+def _press_enter_and_wait(page: Page) -> None:
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
+def test_sign_in_and_delivery_options_with_the_keyboard_alone(
+    page: Page, stack: ConsoleStack, account: Account
+) -> None:
+    base = stack.console_url
+    goto(page, base + "/")
+    token = page.get_by_label("Token")
+    tab_to(page, token)
+    page.keyboard.type(account.token)
+    tab_to(page, page.get_by_role("button", name="Sign in"))
+    _press_enter_and_wait(page)
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+    goto(page, f"{base}/account/{account.address}")
+    box = page.get_by_label(FILTER)
+    tab_to(page, box)
+    page.keyboard.press("Space")
+    expect(box).to_be_checked()
+
+    select = page.get_by_label("Trusted program")
+    tab_to(page, select)
+    page.keyboard.type("bravo")  # a closed <select> takes the option typed
+    expect(select).to_have_value("bravo")
+    tab_to(page, page.get_by_role("button", name="Add program"))
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    expect(page.get_by_role("button", name="Remove")).to_have_count(1)
+
+    save = page.get_by_role("button", name="Save")
+    tab_to(page, save)
+    page.keyboard.press("Space")  # Space activates a button like Enter does
+    page.wait_for_load_state()
+    deadline_poll(lambda: stack.account_programs(account.address)
+                  == {"enabled": True, "programs": ["bravo"]})
+
+
+def deadline_poll(ok: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < end, "the keyboard-saved settings never reached policy"
+        time.sleep(0.2)
+
+
+def _focus_styles(page: Page, button: Locator) -> tuple[dict[str, str], dict[str, str]]:
+    """The button's computed style unfocused, then focused from the keyboard."""
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.mouse.move(0, 0)
+    before: dict[str, str] = button.evaluate(FOCUS_STYLE)
+    tab_to(page, button)
+    assert is_focused(button)
+    after: dict[str, str] = button.evaluate(FOCUS_STYLE)
+    return before, after
+
+
+def test_the_focused_control_is_visibly_marked(
+    page: Page, stack: ConsoleStack, account: Account
+) -> None:
+    base = stack.console_url
+    goto(page, base + "/")
+    before, after = _focus_styles(page, page.get_by_role("button", name="Sign in"))
+    assert after != before and _marked(after), (
+        f"Sign in button: focused {after} looks like unfocused {before}")
+
+    page.get_by_label("Token").fill(account.token)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+    goto(page, f"{base}/account/{account.address}")
+    before, after = _focus_styles(page, page.get_by_role("button", name="Save"))
+    assert after != before and _marked(after), (
+        f"Save button: focused {after} looks like unfocused {before}")

@@ -1,0 +1,69 @@
+"""A user sets up program delivery on the Delivery Options page; mail then runs their
+programs in the order they chose, and the page shows the delivery."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from tests.console.browser.harness import (
+    Account,
+    ConsoleStack,
+    listed_programs,
+    program_row,
+    reload_until,
+    shoot,
+    sign_in,
+)
+
+FILTER = "Filter all incoming messages through one or more programs"
+
+
+def test_user_chooses_two_programs_in_order_and_mail_runs_them_in_that_order(
+    page: Page, stack: ConsoleStack, account: Account
+) -> None:
+    base = stack.console_url
+    sign_in(page, base, account.token)
+    page.goto(f"{base}/account/{account.address}")
+    expect(page.get_by_role("heading", name=re.compile("Delivery Options", re.I)).first
+           ).to_be_visible()
+
+    page.get_by_label(FILTER).check()
+    select = page.get_by_label("Trusted program")
+    select.select_option("alpha")
+    page.get_by_role("button", name="Add program").click()
+    expect(program_row(page, "alpha")).to_have_count(1)
+    page.get_by_label("Trusted program").select_option("bravo")
+    page.get_by_role("button", name="Add program").click()
+    expect(program_row(page, "bravo")).to_have_count(1)
+    assert listed_programs(page) == ["alpha", "bravo"]
+
+    program_row(page, "bravo").get_by_role("button", name="Move up").click()
+    expect(program_row(page, "bravo")).to_have_count(1)
+    assert listed_programs(page) == ["bravo", "alpha"]
+    expect(page.get_by_label(FILTER)).to_be_checked()
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_load_state()
+
+    # What the page shows after saving, and what policy will hand the executor.
+    page.goto(f"{base}/account/{account.address}")
+    expect(page.get_by_label(FILTER)).to_be_checked()
+    assert listed_programs(page) == ["bravo", "alpha"]
+    assert stack.account_programs(account.address) == {"enabled": True,
+                                                       "programs": ["bravo", "alpha"]}
+
+    sender = f"order-{account.uid}@example.net"
+    mid = stack.submit(account.address, sender=sender, subject="two programs")
+    stack.wait_state(mid, ("delivered", "bounced"))
+    assert account.order_log() == "bravo\nalpha\n"  # both ran, in the chosen order
+
+    def delivered_shown() -> bool:
+        body = page.inner_text("body")
+        return any(sender in line and re.search(r"\bdelivered\b", line, re.I)
+                   for line in body.splitlines()) or (
+            mid in body and re.search(r"\bdelivered\b", body, re.I) is not None)
+
+    page.goto(f"{base}/account/{account.address}")
+    reload_until(page, delivered_shown, f"message from {sender} shown as delivered")
+    shoot(page, "delivery-options")
