@@ -8,12 +8,15 @@ Playwright cannot download a browser here: the tests use ``/usr/bin/chromium`` (
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -75,14 +78,22 @@ def chromium() -> str:
     return str(CHROMIUM)
 
 
+def in_thread(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end in a thread of its own: Playwright's sync API marks this
+    thread's asyncio loop as running between its calls, so no fixture of this package may
+    be async (pytest-asyncio could not run it) and asyncio.run can't be used here."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
 @pytest.fixture(scope="package")
-async def stack(mx_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-                ) -> AsyncIterator[ConsoleStack]:
+def stack(mx_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[ConsoleStack]:
     """The five services, started once for every browser test, with clean tables."""
     if os.geteuid() != 0:
         pytest.skip("the browser tests run the executor, which runs programs as account "
                     "uids: they need root")
-    await _truncate()
+    in_thread(_truncate())
     program = build_tprog(tmp_path_factory.mktemp("console-tprog"))
     s = ConsoleStack(mx_env, tmp_path_factory.mktemp("console-browser-logs"))
     try:
@@ -90,7 +101,7 @@ async def stack(mx_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         yield s
     finally:
         s.stop()
-        await purge_queues(mx_env["MAILEXEC_AMQP_URL"])
+        in_thread(purge_queues(mx_env["MAILEXEC_AMQP_URL"]))
 
 
 @pytest.fixture(scope="package")
