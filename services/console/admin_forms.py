@@ -18,7 +18,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -264,7 +264,21 @@ def _parse_setting(f: SettingField, form: Mapping[str, str], errors: Errors) -> 
 
 
 def _mentioned_fields(message: str) -> list[str]:
-    return [f.name for f in SETTING_FIELDS if re.search(rf"\b{re.escape(f.name)}\b", message)]
+    """The settings ``message`` names, in the order it names them."""
+    found = []
+    for f in SETTING_FIELDS:
+        match = re.search(rf"\b{re.escape(f.name)}\b", message)
+        if match:
+            found.append((match.start(), f.name))
+    return [name for _, name in sorted(found)]
+
+
+def _place(message: str, changed: Collection[str] = ()) -> str:
+    """The input a form-wide rule's message belongs at: the setting it names that was
+    changed (the one the person just typed), else the first it names."""
+    named = _mentioned_fields(message)
+    chosen = next((n for n in named if n in changed), named[0] if named else None)
+    return _input_for(chosen) if chosen else FORM_ERROR
 
 
 def _input_for(name: str) -> str:
@@ -276,8 +290,9 @@ def _input_for(name: str) -> str:
     return FORM_ERROR
 
 
-def attach_setting_errors(message: str) -> Errors:
-    """An API error message about settings (policy's ``loc: msg; loc: msg``) per input."""
+def attach_setting_errors(message: str, changed: Collection[str] = ()) -> Errors:
+    """An API error message about settings (policy's ``loc: msg; loc: msg``) per input;
+    ``changed``: the settings the refused PATCH changed."""
     errors: Errors = {}
     for part in (p.strip() for p in message.split(";")):
         if not part:
@@ -285,9 +300,8 @@ def attach_setting_errors(message: str) -> Errors:
         loc, sep, msg = part.partition(": ")
         if sep and _input_for(loc) != FORM_ERROR:
             _add(errors, _input_for(loc), msg)
-            continue
-        named = _mentioned_fields(part)
-        _add(errors, _input_for(named[-1]) if named else FORM_ERROR, part)
+        else:
+            _add(errors, _place(part, changed), part)
     return errors
 
 
@@ -316,8 +330,8 @@ def parse_settings_form(
             if loc:
                 _add(errors, _input_for(error_field(loc)), msg)
             else:
-                named = [n for n in _mentioned_fields(msg) if n in submitted]
-                _add(errors, _input_for(named[-1]) if named else FORM_ERROR, msg)
+                changed = [k for k in submitted if submitted[k] != current.get(k)]
+                _add(errors, _place(msg, changed), msg)
         return {}, errors
     after = validated.model_dump(mode="json")
     changes = {k: after[k] for k in submitted if after.get(k) != current.get(k)}

@@ -120,7 +120,7 @@ async def settings_save(request: Request, person: AdminDep) -> Response:
         except ApiError as exc:
             if exc.status not in (400, 422):
                 raise
-            errors = attach_setting_errors(exc.message) or {FORM_ERROR: exc.message}
+            errors = attach_setting_errors(exc.message, changes) or {FORM_ERROR: exc.message}
     if errors:
         return _settings_page(request, person, submitted, errors, 400)
     if not changes:

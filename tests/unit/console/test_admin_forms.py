@@ -1,0 +1,269 @@
+"""The admin pages' form rules (services/console/admin_forms.py): no service needed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
+
+from services.console import admin_forms as forms
+from shared.contract import PolicySettings
+
+TEMPLATES = Path(__file__).resolve().parents[3] / "services" / "console" / "templates"
+DEFAULTS: dict[str, Any] = PolicySettings().model_dump(mode="json")
+
+
+def submit(**changes: str) -> dict[str, str]:
+    """The settings form as shown for the defaults, with ``changes`` typed in (dots in
+    input names spelt ``__``); a value None unticks a checkbox."""
+    values = forms.settings_form_values(DEFAULTS)
+    for name, value in changes.items():
+        values[name.replace("__", ".")] = value
+    return {k: v for k, v in values.items() if not (v == "" and _is_checkbox(k))}
+
+
+def _is_checkbox(name: str) -> bool:
+    return any(f.name == name and f.kind == "checkbox" for f in forms.SETTING_FIELDS)
+
+
+# --- the settings form follows the contract ---------------------------------------------
+
+
+def test_every_setting_of_the_contract_is_on_the_form_with_words() -> None:
+    names = [f.name for f in forms.SETTING_FIELDS]
+    assert names == list(PolicySettings.model_fields)
+    missing = [n for n in names if n not in forms.SETTING_TEXT]
+    assert not missing, f"give these settings a label and hint in SETTING_TEXT: {missing}"
+    assert all(f.kind != "json" for f in forms.SETTING_FIELDS), (
+        "a setting is edited as raw JSON: give its type a proper control in _field_for")
+
+
+def render_settings(values: dict[str, str], errors: dict[str, str]) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
+    env.globals["static_url"] = lambda path: f"/static/{path}"
+    env.globals["csrf_input"] = lambda: Markup('<input type="hidden" name="csrf" value="x">')
+    return env.get_template("admin/settings.html").render(
+        fields=forms.SETTING_FIELDS, values=values, errors=errors,
+        error_summary=list(errors.items()), person=None, nav=[], flashes=[])
+
+
+def test_the_rendered_form_has_a_labelled_control_for_every_setting() -> None:
+    html = render_settings(forms.settings_form_values(DEFAULTS), {})
+    for f in forms.SETTING_FIELDS:
+        for name in f.inputs:
+            control = re.search(rf'<(input|select|textarea)[^>]*\bname="{re.escape(name)}"[^>]*>',
+                                html)
+            assert control, f"no control for {name}"
+            cid = re.search(r'\bid="([^"]+)"', control.group(0))
+            assert cid and f'<label for="{cid.group(1)}"' in html, f"no label for {name}"
+
+
+def test_an_error_is_shown_next_to_its_field_and_tied_to_it() -> None:
+    changes, errors = forms.parse_settings_form(submit(program_timeout_s="-1"), DEFAULTS)
+    assert not changes and set(errors) == {"program_timeout_s"}
+    html = render_settings(submit(program_timeout_s="-1"), errors)
+    control = re.search(r'<input[^>]*name="program_timeout_s"[^>]*>', html)
+    assert control
+    assert 'aria-invalid="true"' in control.group(0)
+    assert 'aria-describedby="f-program-timeout-s-hint f-program-timeout-s-error"' in control.group(0)
+    assert re.search(r'id="f-program-timeout-s-error"[^>]*>[^<]*greater than or equal to 1', html)
+    assert 'href="#f-program-timeout-s"' in html  # the summary links to the field
+
+
+# --- parsing and validation -------------------------------------------------------------
+
+
+def test_the_unchanged_form_changes_nothing() -> None:
+    assert forms.parse_settings_form(submit(), DEFAULTS) == ({}, {})
+
+
+def test_only_the_changed_settings_are_patched() -> None:
+    form = submit(mode="insecure", program_timeout_s=" 90 ", tempfail_exit_codes="75, 71 , 99",
+                  valid_shells="/bin/sh\r\n\r\n/bin/bash\n", postmaster="PostMaster@Example.ORG",
+                  safe_user__uid="64000", safe_user__gid="64001", dsn_include_output="")
+    changes, errors = forms.parse_settings_form(form, DEFAULTS)
+    assert errors == {}
+    assert changes == {
+        "mode": "insecure", "program_timeout_s": 90, "tempfail_exit_codes": [75, 71, 99],
+        "valid_shells": ["/bin/sh", "/bin/bash"], "postmaster": "postmaster@example.org",
+        "safe_user": {"uid": 64000, "gid": 64001}, "dsn_include_output": False,
+    }
+
+
+def test_a_ticked_box_and_emptied_optional_fields() -> None:
+    current = {**DEFAULTS, "safe_user": {"uid": 5, "gid": 6}, "postmaster": "pm@example.org"}
+    form = forms.settings_form_values(current)
+    form.update({"suspended": "on", "safe_user.uid": "", "safe_user.gid": "", "postmaster": " "})
+    changes, errors = forms.parse_settings_form(form, current)
+    assert errors == {}
+    assert changes == {"suspended": True, "safe_user": None, "postmaster": None}
+
+
+@pytest.mark.parametrize(("changes", "field", "words"), [
+    ({"program_timeout_s": "-1"}, "program_timeout_s", "greater than or equal to 1"),
+    ({"program_timeout_s": "ten"}, "program_timeout_s", "whole number"),
+    ({"max_output_bytes": "0"}, "max_output_bytes", "greater than or equal to 1"),
+    ({"tempfail_exit_codes": "71, x"}, "tempfail_exit_codes", "'x' is not a whole number"),
+    ({"tempfail_exit_codes": "71, 300"}, "tempfail_exit_codes", "less than or equal to 255"),
+    ({"tempfail_exit_codes": "71, 71"}, "tempfail_exit_codes", "each exit code once"),
+    ({"valid_shells": "/bin/sh\nbin/bash"}, "valid_shells", "absolute path"),
+    ({"mode": "lax"}, "mode", "secure, insecure"),
+    ({"safe_user__uid": "5"}, "safe_user.gid", "fill in every part"),
+    ({"safe_user__uid": "0", "safe_user__gid": "5"}, "safe_user.uid", "greater than 0"),
+    ({"postmaster": "not an address"}, "postmaster", ""),
+    ({"max_queue_lifetime_s": "100"}, "max_queue_lifetime_s", "must be greater than"),
+    ({"delay_warning_after_s": "999999"}, "delay_warning_after_s", "must be greater than"),
+])
+def test_each_error_is_at_its_field(changes: dict[str, str], field: str, words: str) -> None:
+    patch, errors = forms.parse_settings_form(submit(**changes), DEFAULTS)
+    assert patch == {}
+    assert field in errors, errors
+    assert words in errors[field]
+
+
+def test_policys_own_error_message_is_placed_at_the_fields_it_names() -> None:
+    message = ("program_timeout_s: Input should be less than or equal to 86400; "
+               "safe_user.uid: Input should be greater than 0; something else went wrong")
+    assert forms.attach_setting_errors(message) == {
+        "program_timeout_s": "Input should be less than or equal to 86400",
+        "safe_user.uid": "Input should be greater than 0",
+        forms.FORM_ERROR: "something else went wrong",
+    }
+    lifetime = ("max_queue_lifetime_s (10) must be greater than delay_warning_after_s (14400)")
+    assert set(forms.attach_setting_errors(lifetime)) == {"max_queue_lifetime_s"}
+    assert set(forms.attach_setting_errors(lifetime, ["delay_warning_after_s"])) == {
+        "delay_warning_after_s"}
+
+
+# --- programs ---------------------------------------------------------------------------
+
+
+def test_program_upload_form() -> None:
+    upload, errors = forms.parse_program_upload(
+        {"name": "", "allow_interpreter": "on", "description": " Sorts mail\r\n", "network": ""},
+        "dir/mymail", 10)
+    assert errors == {}
+    assert upload.name == "mymail" and upload.allow_interpreter
+    assert upload.meta == {"description": "Sorts mail"}  # network unchanged when not chosen
+
+    upload, errors = forms.parse_program_upload({"name": "x", "network": "egress"}, "x", 3)
+    assert errors == {} and upload.meta == {"network": "egress"} and not upload.allow_interpreter
+
+
+@pytest.mark.parametrize(("form", "filename", "size", "field"), [
+    ({"name": "bad name"}, "f", 3, "name"),
+    ({"name": "SUSPEND-PROGRAM-DELIVERIES"}, "f", 3, "name"),
+    ({"name": ".hidden"}, "f", 3, "name"),
+    ({"name": "ok"}, None, None, "file"),
+    ({"name": "ok"}, "ok", 0, "file"),
+    ({"name": "ok", "network": "internet"}, "ok", 3, "network"),
+    ({"name": "ok", "description": "x" * 2001}, "ok", 3, "description"),
+    ({"name": "ok", "description": "bell\x07"}, "ok", 3, "description"),
+])
+def test_program_upload_errors(form: dict[str, str], filename: str | None, size: int | None,
+                               field: str) -> None:
+    _, errors = forms.parse_program_upload(form, filename, size)
+    assert field in errors, errors
+
+
+def test_program_meta_form() -> None:
+    assert forms.parse_program_meta({"description": "", "network": "none"}) == (
+        {"description": None, "network": "none"}, {})
+    _, errors = forms.parse_program_meta({"network": "all"})
+    assert "network" in errors
+
+
+def test_too_large_message_names_the_limit() -> None:
+    assert "67108864 bytes (64.0 MiB" in forms.too_large_message(64 * 1024 * 1024)
+
+
+# --- accounts ---------------------------------------------------------------------------
+
+ACCOUNT_FORM = {"address": "Bob@Example.org", "owner_name": "bob", "uid": "64101",
+                "gid": "64102", "home": "/home/bob", "shell": "/bin/sh",
+                "program_delivery": "on", "programs": "mymail\r\n\n /usr/local/bin/x \n",
+                "mailbox_delivery": ""}
+
+
+def test_account_form_to_the_put_body() -> None:
+    key, body, errors = forms.parse_account_form(ACCOUNT_FORM)
+    assert errors == {}
+    assert key == "bob@example.org"
+    assert body == {
+        "owner": {"name": "bob", "uid": 64101, "gid": 64102, "home": "/home/bob",
+                  "shell": "/bin/sh"},
+        "program_delivery": {"enabled": True, "programs": ["mymail", "/usr/local/bin/x"]},
+        "mailbox_delivery": False,
+    }
+
+
+def test_account_round_trip() -> None:
+    key, body, _ = forms.parse_account_form(ACCOUNT_FORM)
+    shown = forms.account_form_values({"address": key, **body})
+    assert forms.parse_account_form(shown)[1] == body
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"address": ""}, "address"),
+    ({"address": "no-at-sign"}, "address"),
+    ({"address": "a/b@example.org"}, "address"),
+    ({"owner_name": ""}, "owner_name"),
+    ({"owner_name": "a:b"}, "owner_name"),
+    ({"uid": ""}, "uid"),
+    ({"uid": "-1"}, "uid"),
+    ({"gid": "1.5"}, "gid"),
+    ({"gid": str(2**32)}, "gid"),
+    ({"home": "home/bob"}, "home"),
+    ({"shell": ""}, "shell"),
+    ({"programs": "my mail"}, "programs"),
+    ({"programs": "/usr/bin/"}, "programs"),
+    ({"programs": "\n".join(f"p{i}" for i in range(65))}, "programs"),
+])
+def test_account_errors(changes: dict[str, str], field: str) -> None:
+    _, _, errors = forms.parse_account_form({**ACCOUNT_FORM, **changes})
+    assert field in errors, errors
+
+
+def test_token_label() -> None:
+    assert forms.parse_token_label({"label": " laptop "}) == ("laptop", {})
+    assert forms.parse_token_label({}) == (None, {})
+    assert "label" in forms.parse_token_label({"label": "x" * 201})[1]
+    assert "label" in forms.parse_token_label({"label": "a\nb"})[1]
+
+
+# --- tracking filters -------------------------------------------------------------------
+
+
+def test_message_query() -> None:
+    q, errors = forms.parse_message_query(
+        {"id": "", "sender": "<Alice@Example.net>", "recipient": "Bob@Example.ORG",
+         "state": "bounced"})
+    assert errors == {}
+    assert q.params() == {"sender": "Alice@example.net", "recipient": "bob@example.org",
+                          "state": "bounced"}
+    q, errors = forms.parse_message_query({"id": " 0B6C5B1E-9F7A-4C1E-8A55-2D0F3B6C9E11 "})
+    assert errors == {} and q.message_id == "0b6c5b1e-9f7a-4c1e-8a55-2d0f3b6c9e11"
+    q, errors = forms.parse_message_query({"sender": "<>"})
+    assert errors == {} and q.params() == {"sender": ""}
+    _, errors = forms.parse_message_query({"id": "nope", "recipient": "x", "state": "lost"})
+    assert set(errors) == {"id", "recipient", "state"}
+
+
+def test_audit_and_notification_queries() -> None:
+    assert forms.parse_audit_query({"kind": "program", "target": " mymail "}) == (
+        {"kind": "program", "target": "mymail"}, {})
+    assert set(forms.parse_audit_query({"kind": "everything"})[1]) == {"kind"}
+    assert forms.parse_notification_query({"state": "sent", "message_id": ""}) == (
+        {"state": "sent"}, {})
+    assert set(forms.parse_notification_query({"message_id": "12"})[1]) == {"message_id"}
+
+
+def test_cursor_is_passed_only_when_it_looks_like_one() -> None:
+    assert forms.cursor_param({"cursor": "eyJhZnRlciI6ICJ4In0"}) == "eyJhZnRlciI6ICJ4In0"
+    assert forms.cursor_param({"cursor": "a&b=c"}) is None
+    assert forms.cursor_param({"cursor": "x" * 600}) is None
+    assert forms.cursor_param({}) is None
