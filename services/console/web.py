@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -140,6 +141,29 @@ def _csrf_input(ctx: Any) -> Markup:
 
 
 templates.env.globals["csrf_input"] = _csrf_input
+
+
+def when(value: Any) -> str:
+    """An ISO time from an API as people read it: ``2026-12-06 02:03:16 UTC``."""
+    if not value:
+        return "—"
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC)
+    return parsed.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if parsed.tzinfo else "")
+
+
+def duration(ms: Any) -> str:
+    if not isinstance(ms, int | float):
+        return "—"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+templates.env.filters["when"] = when
+templates.env.filters["duration"] = duration
 
 
 @dataclass(frozen=True)
