@@ -19,7 +19,9 @@ VALUES = {
     "secrets": {
         "databaseUrl": "postgresql+asyncpg://mailexec:pw@postgres:5432/mailexec",
         "amqpUrl": "amqp://mailexec:pw@rabbitmq:5672/",
-    }
+    },
+    # The console's cookie key is never generated: an install names a Secret holding it.
+    "console": {"existingSecret": "mailexec-console-key"},
 }
 KUBE_VERSION = "1.30.0"
 

@@ -24,12 +24,16 @@ RELEASE = "mx"
 NAMESPACE = "mail"
 KUBE_VERSION = "1.30.0"
 
-# What every install must give: external PostgreSQL and RabbitMQ by URL.
+# The console's cookie key, given as a value (console.secret); the chart never generates it.
+CONSOLE_KEY = "k" * 24 + "E" * 24 + "y" * 16
+# What every install must give: external PostgreSQL and RabbitMQ by URL, and the console's
+# cookie key (or console.enabled=false).
 REQUIRED: dict[str, Any] = {
     "secrets": {
         "databaseUrl": "postgresql+asyncpg://mailexec:pw@pg.db.svc:5432/mailexec",
         "amqpUrl": "amqp://mailexec:pw@mq.mq.svc:5672/",
-    }
+    },
+    "console": {"secret": CONSOLE_KEY},
 }
 
 
@@ -48,7 +52,25 @@ EGRESS_BLOCKED = ["10.244.0.0/16", "10.96.0.0/12", "192.168.10.0/24", "fd00:10:9
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": REQUIRED,
     "keda": _merge(REQUIRED, {"keda": {"enabled": True}}),
-    "existing-secret": {"secrets": {"existingSecret": "mailexec-external"}},
+    "existing-secret": {
+        "secrets": {"existingSecret": "mailexec-external"},
+        "console": {"existingSecret": "mx-console-key"},
+    },
+    # The console exposed as it usually is: an Ingress with TLS (cookies always Secure).
+    "console-ingress": _merge(
+        REQUIRED,
+        {
+            "console": {
+                "ingress": {
+                    "enabled": True,
+                    "hostname": "console.example.org",
+                    "tls": True,
+                    "ingressClassName": "nginx",
+                },
+                "sessionIdleSeconds": 900,
+            }
+        },
+    ),
     "ingress": _merge(
         REQUIRED,
         {

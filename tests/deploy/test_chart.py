@@ -23,8 +23,8 @@ CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "mailexec"
 NAMESPACE = "mail"
 KUBE_VERSION = "1.30.0"
 
-SERVICES = ("ingest", "policy", "notifier", "executor")
-PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028}
+SERVICES = ("ingest", "policy", "notifier", "executor", "console")
+PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028, "console": 8029}
 # Issue 13: the sandbox's namespaces and mounts need SYS_ADMIN everywhere; NET_ADMIN only
 # when an egress program exists.
 # SETPCAP: the executor's Python process empties its bounding set (PR_CAPBSET_DROP) when it
@@ -39,8 +39,13 @@ SECRET_KEYS = {
     "MAILEXEC_INGEST_TOKEN",
     "MAILEXEC_SERVICE_TOKEN",
 }
-# Which secrets each pod mounts: the executor and the migrations no admin or mta token.
+# The console's cookie key: in a Secret of the console's own, never the release Secret.
+CONSOLE_KEY = "MAILEXEC_CONSOLE_SECRET"
+# Which secrets each pod mounts: the executor and the migrations no admin or mta token, the
+# console its cookie key alone (no token, database or broker URL: it acts with the signed-in
+# person's token).
 SECRETS_OF = {
+    "console": {CONSOLE_KEY},
     "ingest": SECRET_KEYS - {"MAILEXEC_SMTP_URL"},
     "policy": SECRET_KEYS - {"MAILEXEC_SMTP_URL"},
     "notifier": SECRET_KEYS,
@@ -275,7 +280,7 @@ def test_default_set_renders_the_expected_objects(rendered: dict) -> None:
 
 def test_unprivileged_pods_are_locked_down(value_set: str, rendered: dict) -> None:
     pods = [(c, p) for c, p in pod_templates(rendered[value_set]) if c != "executor"]
-    assert {c for c, _ in pods} == {"ingest", "policy", "notifier", "migrations"}
+    assert {c for c, _ in pods} == {"ingest", "policy", "notifier", "console", "migrations"}
     for component, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True, component
         assert pod["securityContext"]["runAsUser"] != 0, component
@@ -489,13 +494,14 @@ def test_configmap_binds_pod_addresses_and_names_the_ports(rendered: dict) -> No
     assert data["MAILEXEC_POLICY_PORT"] == "8026"
     assert data["MAILEXEC_NOTIFIER_PORT"] == "8027"
     assert data["MAILEXEC_EXECUTOR_METRICS_PORT"] == "8028"
+    assert data["MAILEXEC_CONSOLE_PORT"] == "8029"
     assert data["MAILEXEC_POLICY_URL"] == "http://mx-mailexec-policy.mail.svc:8026"
 
 
 def test_every_mailexec_variable_is_a_real_setting(value_set: str, rendered: dict) -> None:
     """A misspelt MAILEXEC_* name would be silently ignored by pydantic-settings."""
     fields = {f"MAILEXEC_{name.upper()}" for name in Settings.model_fields}
-    fields |= {f"{name}_FILE" for name in SECRET_KEYS}
+    fields |= {f"{name}_FILE" for name in SECRET_KEYS | {CONSOLE_KEY}}
     seen: set[str] = set()
     for obj in rendered[value_set]:
         if obj["kind"] in ("ConfigMap", "Secret"):
@@ -534,9 +540,13 @@ def test_secrets_reach_every_pod_as_files_only(value_set: str, rendered: dict) -
     """SPEC §2 <NAME>_FILE: no secret in an environment variable, each pod only its keys."""
     objects = rendered[value_set]
     expected_secret = (
-        {}
+        {"console": "mx-console-key"}
         if value_set == "existing-secret"
-        else {"executor": "mx-mailexec-executor", "migrations": "mx-mailexec-migrations"}
+        else {
+            "executor": "mx-mailexec-executor",
+            "migrations": "mx-mailexec-migrations",
+            "console": "mx-mailexec-console",
+        }
     )
     seen = set()
     for component, pod in pod_templates(objects):
@@ -544,7 +554,7 @@ def test_secrets_reach_every_pod_as_files_only(value_set: str, rendered: dict) -
             assert not [r for r in container.get("envFrom", []) if "secretRef" in r], component
             env = container.get("env", [])
             assert not [e for e in env if "valueFrom" in e], component
-            assert not {e["name"] for e in env} & SECRET_KEYS, component
+            assert not {e["name"] for e in env} & (SECRET_KEYS | {CONSOLE_KEY}), component
             if container["name"] == "prepare-dirs":
                 assert not [e for e in env if e["name"].endswith("_FILE")]
                 continue
@@ -560,7 +570,7 @@ def test_secrets_reach_every_pod_as_files_only(value_set: str, rendered: dict) -
                 assert path == f"{SECRET_DIR}/{items[key]}", (component, key)
             # Readable by the pod's fsGroup only; the executor's by root only.
             assert secret["defaultMode"] == (0o400 if component == "executor" else 0o440), component
-    assert seen == {"ingest", "policy", "notifier", "executor", "migrations"}
+    assert seen == {"ingest", "policy", "notifier", "executor", "migrations", "console"}
 
 
 def test_executor_may_have_a_secret_of_its_own_next_to_an_existing_one(
@@ -580,7 +590,9 @@ def test_existing_secret_replaces_the_release_secret(rendered: dict) -> None:
     for service in SERVICES:
         pod = deployment(objects, service)["spec"]["template"]["spec"]
         secret, _ = secret_volume(pod, pod["containers"][0])
-        assert secret["secretName"] == "mailexec-external"
+        # The console reads its own (console.existingSecret), never the release's.
+        expected = "mx-console-key" if service == "console" else "mailexec-external"
+        assert secret["secretName"] == expected, service
 
 
 # --- autoscaling ---------------------------------------------------------------------
@@ -659,7 +671,7 @@ def test_only_policy_is_reachable_from_admins(rendered: dict) -> None:
     objects = rendered["default"]
     (rule,) = policy_of(objects, "policy")["ingress"]
     assert {"mailexec.io/client": "admin"} in [p["podSelector"]["matchLabels"] for p in rule["from"]]
-    assert peer_components(rule["from"]) == {"executor", "notifier", "ingest"}
+    assert peer_components(rule["from"]) == {"executor", "notifier", "ingest", "console"}
     assert [p["port"] for p in rule["ports"]] == [8026]
 
 
@@ -732,7 +744,7 @@ def test_lmtp_listens_on_its_own_port_of_ingest_only(rendered: dict) -> None:
     # The probes stay on HTTP.
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
-    for service in ("policy", "notifier", "executor"):
+    for service in ("policy", "notifier", "executor", "console"):
         (other,) = deployment(objects, service)["spec"]["template"]["spec"]["containers"]
         assert "lmtp" not in {p["name"] for p in other["ports"]}, service
         assert not any(name.startswith("MAILEXEC_LMTP_") for name in env_of(other)), service
@@ -938,3 +950,266 @@ def test_notes_tell_where_things_are(notes: Any, required: dict) -> None:
     assert "MAILEXEC_ADMIN_TOKEN" in text
     assert "own mount and PID namespaces" in text
     assert "executor.sandbox.egress.enabled" in text
+
+
+# --- the console (issue 15: SPEC §2 "console") ----------------------------------------
+
+
+def console_pod(objects: list[dict]) -> tuple[dict, dict]:
+    pod = deployment(objects, "console")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def secret_names_of(pod: dict) -> set[str]:
+    """Every Secret a pod spec refers to, wherever (volumes, projections, env, envFrom)."""
+    names: set[str] = set()
+
+    def walk(node: Any, parent: str = "") -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "secretName" or (key == "name" and parent in ("secretRef", "secretKeyRef")):
+                    names.add(value)
+                walk(value, key)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, parent)
+
+    walk(pod)
+    return names
+
+
+@pytest.mark.parametrize("console_set", ["default", "console-ingress", "existing-secret"])
+def test_console_runs_unprivileged_with_probes_on_8029(console_set: str, rendered: dict) -> None:
+    objects = rendered[console_set]
+    pod, container = console_pod(objects)
+    assert container["args"] == ["serve", "console"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8029}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    # Hardened exactly as the other unprivileged services.
+    (policy,) = deployment(objects, "policy")["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"] == policy["securityContext"]
+    policy_pod = deployment(objects, "policy")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == policy_pod["securityContext"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert "hostUsers" not in pod and "initContainers" not in pod
+    # The Service: port 8029 onto the container's http port.
+    ports = service_ports(objects, "mx-mailexec-console")
+    assert list(ports) == ["http"]
+    assert (ports["http"]["port"], ports["http"]["targetPort"]) == (8029, "http")
+    service = named(objects, "Service", "mx-mailexec-console")["spec"]
+    assert service["type"] == "ClusterIP"
+    assert service["selector"] == deployment(objects, "console")["spec"]["selector"]["matchLabels"]
+    assert named(objects, "PodDisruptionBudget", "mx-mailexec-console")
+
+
+@pytest.mark.parametrize("console_set", ["default", "console-ingress", "existing-secret"])
+def test_console_gets_its_cookie_key_and_no_token_database_or_broker_url(
+    console_set: str, rendered: dict
+) -> None:
+    """SPEC §2: the console holds no data and no token; mailexec/supervisor.py's WITHHELD
+    is the list of what it must not get, as a variable or as a file."""
+    from mailexec.supervisor import WITHHELD
+
+    objects = rendered[console_set]
+    pod, container = console_pod(objects)
+    env = env_of(container)
+    refs = {kind: ref[kind]["name"] for ref in container["envFrom"] for kind in ref}
+    assert set(refs) == {"configMapRef"}  # never a secretRef
+    config = named(objects, "ConfigMap", refs["configMapRef"])["data"]
+    visible = {**config, **env}
+    for name in WITHHELD["console"]:
+        assert name not in visible and f"{name}_FILE" not in visible, name
+    assert not [k for k in visible if re.search(r"TOKEN|DATABASE|AMQP|SMTP", k)], sorted(visible)
+    assert {k for k in visible if k.endswith("_FILE")} == {f"{CONSOLE_KEY}_FILE"}
+    # Its one Secret is its own: the cookie key alone, mounted as a file.
+    secret, _ = secret_volume(pod, container)
+    own = "mx-console-key" if console_set == "existing-secret" else "mx-mailexec-console"
+    assert secret_names_of(pod) == {own} == {secret["secretName"]}
+    assert secret["items"] == [{"key": CONSOLE_KEY, "path": "console_secret"}]
+    assert secret["defaultMode"] == 0o440
+    assert env[f"{CONSOLE_KEY}_FILE"] == f"{SECRET_DIR}/console_secret"
+    if console_set != "existing-secret":
+        from tests.deploy.conftest import CONSOLE_KEY as KEY_VALUE
+
+        data = named(objects, "Secret", own)
+        assert data["stringData"] == {CONSOLE_KEY: KEY_VALUE}
+        assert component_of(data) == "console"
+        # ...and the release Secret, which every other service reads, holds no cookie key.
+        assert CONSOLE_KEY not in named(objects, "Secret", "mx-mailexec")["stringData"]
+    # No other pod gets the cookie key (supervisor.WITHHELD: policy, ingest, notifier, executor).
+    for component, other in pod_templates(objects):
+        if component != "console":
+            assert own not in secret_names_of(other), component
+            for c in all_containers(other):
+                assert f"{CONSOLE_KEY}_FILE" not in env_of(c), component
+
+
+def test_console_finds_the_apis_and_its_settings_are_what_the_program_accepts(rendered: dict) -> None:
+    for value_set, secure, idle in (("default", "auto", 1800), ("console-ingress", "always", 900)):
+        objects = rendered[value_set]
+        _, container = console_pod(objects)
+        env = {**named(objects, "ConfigMap", "mx-mailexec")["data"], **env_of(container)}
+        assert env["MAILEXEC_POLICY_URL"] == "http://mx-mailexec-policy.mail.svc:8026"
+        assert env["MAILEXEC_INGEST_URL"] == "http://mx-mailexec-ingest.mail.svc:8025"
+        assert env["MAILEXEC_NOTIFIER_URL"] == "http://mx-mailexec-notifier.mail.svc:8027"
+        fields = {
+            k.removeprefix("MAILEXEC_").lower(): v
+            for k, v in env.items()
+            if k.startswith("MAILEXEC_") and not k.endswith("_FILE")
+        }
+        settings = Settings(**fields)
+        assert settings.console_port == 8029 and settings.bind_host == "0.0.0.0"
+        assert settings.console_cookie_secure == secure, value_set
+        assert settings.console_session_idle_s == idle, value_set
+
+
+def test_cookie_secure_can_be_set_and_never_is_refused_behind_tls(
+    render: Any, chart: Any, value_sets: dict, merge_values: Any
+) -> None:
+    objects = render(merge_values(value_sets["default"], {"console": {"cookieSecure": "always"}}))
+    assert env_of(console_pod(objects)[1])["MAILEXEC_CONSOLE_COOKIE_SECURE"] == "always"
+    refused = re.escape("console.cookieSecure=never with console.ingress.tls")
+    with pytest.raises(helm.HelmError, match=refused):
+        chart.render(
+            merge_values(value_sets["console-ingress"], {"console": {"cookieSecure": "never"}}),
+            name="mx",
+            namespace=NAMESPACE,
+        )
+
+
+def test_console_ingress_serves_tls_and_its_controller_may_reach_the_console(rendered: dict) -> None:
+    assert not [i for i in of_kind(rendered["default"], "Ingress") if component_of(i) == "console"]
+    objects = rendered["console-ingress"]
+    ingress = named(objects, "Ingress", "mx-mailexec-console")["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    (rule,) = ingress["rules"]
+    assert rule["host"] == "console.example.org"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "mx-mailexec-console", "port": {"name": "http"}}
+    assert ingress["tls"] == [{"hosts": ["console.example.org"], "secretName": "console.example.org-tls"}]
+    (from_rule,) = policy_of(objects, "console")["ingress"]
+    assert [p["port"] for p in from_rule["ports"]] == [8029]
+    labels = [p["podSelector"]["matchLabels"] for p in from_rule["from"]]
+    assert {"app.kubernetes.io/name": "ingress-nginx"} in labels
+    # Only the console's Ingress was asked for: ingest and policy stay closed to it.
+    for component in ("ingest", "policy"):
+        for r in policy_of(objects, component)["ingress"]:
+            assert {"app.kubernetes.io/name": "ingress-nginx"} not in [
+                p.get("podSelector", {}).get("matchLabels") for p in r["from"]
+            ], component
+
+
+def test_console_reaches_policy_ingest_and_the_notifier_only(value_set: str, rendered: dict) -> None:
+    objects = rendered[value_set]
+    spec = policy_of(objects, "console")
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert egress_ports(spec) == {53, 8025, 8026, 8027}
+    targets = {r["ports"][0]["port"]: peer_components(r["to"]) for r in spec["egress"] if "to" in r}
+    assert targets == {8025: {"ingest"}, 8026: {"policy"}, 8027: {"notifier"}}
+    # Nothing reaches the console by default but its Ingress controller (when on); an
+    # ingress rule without peers would admit everyone.
+    if value_set != "console-ingress":
+        assert spec["ingress"] == []
+    # ...and those three admit it: ingest on HTTP only, never LMTP.
+    assert "console" in peer_components(policy_of(objects, "policy")["ingress"][0]["from"])
+    ingest = rules_by_port(policy_of(objects, "ingest"))
+    assert "console" in peer_components(ingest[8025]["from"])
+    if LMTP_PORT in ingest:
+        assert "console" not in peer_components(ingest[LMTP_PORT]["from"])
+    (notifier,) = policy_of(objects, "notifier")["ingress"]
+    assert "console" in peer_components(notifier["from"])
+    # No one else lists the console as a peer.
+    for component in ("executor",):
+        rules = policy_of(objects, component)
+        assert "console" not in peer_components([p for r in rules["ingress"] for p in r["from"]])
+
+
+def test_console_peers_and_scrapers_are_admitted(render: Any, required: dict, merge_values: Any) -> None:
+    lb = {"ipBlock": {"cidr": "203.0.113.0/24"}}
+    prometheus = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
+    extra = {"console": {"networkPolicy": {"from": [lb]}}, "networkPolicy": {"metricsPeers": [prometheus]}}
+    objects = render(merge_values(required, extra))
+    (rule,) = policy_of(objects, "console")["ingress"]
+    assert rule["from"] == [lb, prometheus]
+    assert [p["port"] for p in rule["ports"]] == [8029]
+
+
+def test_console_off_renders_nothing_of_it_and_needs_no_key(render: Any, merge_values: Any) -> None:
+    from tests.deploy.conftest import REQUIRED
+
+    values = {k: v for k, v in REQUIRED.items() if k != "console"}
+    objects = render(merge_values(values, {"console": {"enabled": False}}))
+    assert not [o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
+    assert not [o for o in objects if "console" in o["metadata"]["name"]]
+    for component in ("policy", "ingest", "notifier"):
+        rules = policy_of(objects, component)["ingress"]
+        assert "console" not in peer_components([p for r in rules for p in r["from"]]), component
+
+
+def test_console_without_a_key_fails_early_saying_how_to_make_one(chart: Any, merge_values: Any) -> None:
+    """Never generated with `lookup`: such a key changes on every GitOps render (issue 16),
+    and a new key signs everyone out."""
+    from tests.deploy.conftest import REQUIRED
+
+    values = {k: v for k, v in REQUIRED.items() if k != "console"}
+    with pytest.raises(helm.HelmError) as caught:
+        chart.render(values, name="mx", namespace=NAMESPACE)
+    message = str(caught.value)
+    assert "kubectl -n mail create secret generic mx-mailexec-console-key" in message
+    assert "--from-literal=MAILEXEC_CONSOLE_SECRET=" in message
+    assert "console.existingSecret=mx-mailexec-console-key" in message
+    assert "console.enabled=false" in message
+    with pytest.raises(helm.HelmError, match="console.secret is shorter than 32 characters"):
+        chart.render(merge_values(values, {"console": {"secret": "short"}}), name="mx", namespace=NAMESPACE)
+    template = str(CHART_DIR / "templates" / "console")
+    assert "lookup" not in "".join(p.read_text() for p in Path(template).glob("*.yaml"))
+
+
+def test_console_renders_the_same_every_time(render: Any, value_sets: dict) -> None:
+    """GitOps (Argo CD, Flux) renders on every sync: the console's objects must not change,
+    or its pods would roll and everyone be signed out."""
+    for name in ("default", "existing-secret"):
+        first, second = render(value_sets[name]), render(value_sets[name])
+        for kind in ("Deployment", "Secret"):
+            mine = [o for o in of_kind(first, kind) if "console" in o["metadata"]["name"]]
+            again = [o for o in of_kind(second, kind) if "console" in o["metadata"]["name"]]
+            assert mine == again, (name, kind)
+            # existingSecret: the chart renders no Secret for the console.
+            assert bool(mine) != ((name, kind) == ("existing-secret", "Secret")), (name, kind)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"console": {"cookieSecure": "sometimes"}},
+        {"console": {"sessionIdleSeconds": 0}},
+        {"console": {"enabled": "yes"}},
+        {"console": {"containerPort": 70000}},
+        {"console": {"ingress": {"tls": "on"}}},
+        {"console": {"networkPolicy": {"from": "10.0.0.0/8"}}},
+        {"console": {"token": "abc"}},
+    ],
+)
+def test_schema_refuses_bad_console_values(chart: Any, bad: dict, required: dict, merge_values: Any) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(merge_values(required, bad), name="mx", namespace=NAMESPACE)
+
+
+def test_notes_say_how_to_reach_the_console(notes: Any, required: dict, value_sets: dict) -> None:
+    text = notes(required)
+    assert "http://mx-mailexec-console.mail.svc:8029/" in text
+    assert "kubectl -n mail port-forward svc/mx-mailexec-console 8029" in text
+    assert "Sign in with the admin token" in text
+    assert "console.networkPolicy.from" in text
+    text = notes(value_sets["console-ingress"])
+    assert "open https://console.example.org/" in text
+    assert "Secure: always" in text
+    assert "WARNING" not in text.split("Console", 1)[1].split("Tokens")[0]
+    plain_http = {"ingress": {"enabled": True, "hostname": "c.example.org"}}
+    plain = notes({**required, "console": {**required["console"], **plain_http}})
+    assert "WARNING: the console's Ingress serves plain http" in plain

@@ -100,15 +100,66 @@ annotations:
 {{- end -}}
 
 {{/*
+The console's Secret: its cookie key (MAILEXEC_CONSOLE_SECRET) and nothing else. Never
+generated (a `lookup`-generated key changes on every GitOps render, and a new key signs
+everyone out): console.existingSecret, or console.secret rendered into <fullname>-console.
+*/}}
+{{- define "mailexec.console.secretName" -}}
+{{- if .Values.console.existingSecret -}}
+{{- .Values.console.existingSecret -}}
+{{- else -}}
+{{- printf "%s-console" (include "mailexec.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The key holding the cookie key in the console's Secret. */}}
+{{- define "mailexec.console.secretKey" -}}
+{{- if .Values.console.existingSecret -}}
+{{- .Values.console.existingSecretKey -}}
+{{- else -}}
+MAILEXEC_CONSOLE_SECRET
+{{- end -}}
+{{- end -}}
+
+{{/* MAILEXEC_CONSOLE_COOKIE_SECURE: as set, else Secure always behind a TLS Ingress. */}}
+{{- define "mailexec.console.cookieSecure" -}}
+{{- if .Values.console.cookieSecure -}}
+{{- .Values.console.cookieSecure -}}
+{{- else if and .Values.console.ingress.enabled .Values.console.ingress.tls -}}
+always
+{{- else -}}
+auto
+{{- end -}}
+{{- end -}}
+
+{{/*
+The console's own environment: where the APIs its pages come from are (it holds no token
+to call them with: the signed-in person's is used), its session settings.
+*/}}
+{{- define "mailexec.console.env" -}}
+- name: MAILEXEC_INGEST_URL
+  value: {{ printf "http://%s.%s.svc:%v" (include "mailexec.componentName" (dict "root" . "component" "ingest")) .Release.Namespace .Values.ingest.service.port | quote }}
+- name: MAILEXEC_NOTIFIER_URL
+  value: {{ printf "http://%s.%s.svc:%v" (include "mailexec.componentName" (dict "root" . "component" "notifier")) .Release.Namespace .Values.notifier.service.port | quote }}
+- name: MAILEXEC_CONSOLE_SESSION_IDLE_S
+  value: {{ .Values.console.sessionIdleSeconds | quote }}
+- name: MAILEXEC_CONSOLE_COOKIE_SECURE
+  value: {{ include "mailexec.console.cookieSecure" . | quote }}
+{{- end -}}
+
+{{/*
 Secrets as files (SPEC §2: MAILEXEC_<NAME>_FILE). Which keys a component reads: the
-executor and the migrations no admin or mta token, only the notifier the SMTP URL.
+executor and the migrations no admin or mta token, only the notifier the SMTP URL, the
+console its cookie key alone.
 (dict "root" $ "component" NAME)
 */}}
 {{- define "mailexec.secretDir" -}}/run/secrets/mailexec{{- end -}}
 
 {{- define "mailexec.secretKeys" -}}
 {{- $keys := list "MAILEXEC_DATABASE_URL" "MAILEXEC_AMQP_URL" -}}
-{{- if eq .component "executor" -}}
+{{- if eq .component "console" -}}
+{{- $keys = list "MAILEXEC_CONSOLE_SECRET" -}}
+{{- else if eq .component "executor" -}}
 {{- $keys = append $keys "MAILEXEC_SERVICE_TOKEN" -}}
 {{- else if ne .component "migrations" -}}
 {{- $keys = concat $keys (list "MAILEXEC_ADMIN_TOKEN" "MAILEXEC_INGEST_TOKEN" "MAILEXEC_SERVICE_TOKEN") -}}
@@ -136,16 +187,23 @@ executor and the migrations no admin or mta token, only the notifier the SMTP UR
 {{/*
 The Secret volume: only the component's keys. Unprivileged pods read through their fsGroup
 (root:fsGroup 0440); the executor's files are root's (0400), read before its drop. "secret"
-names the Secret (the migrations Job's hook Secret).
+names the Secret (the migrations Job's hook Secret). The executor and the console have
+Secrets of their own.
 */}}
 {{- define "mailexec.secretFiles.volume" -}}
+{{- $name := include "mailexec.secretName" .root -}}
+{{- if eq .component "executor" -}}
+{{- $name = include "mailexec.executorSecretName" .root -}}
+{{- else if eq .component "console" -}}
+{{- $name = include "mailexec.console.secretName" .root -}}
+{{- end -}}
 - name: secrets
   secret:
-    secretName: {{ .secret | default (ternary (include "mailexec.executorSecretName" .root) (include "mailexec.secretName" .root) (eq .component "executor")) }}
+    secretName: {{ .secret | default $name }}
     defaultMode: {{ ternary 0400 0440 (eq .component "executor") }}
     items:
       {{- range (include "mailexec.secretKeys" . | fromJsonArray) }}
-      - key: {{ . }}
+      - key: {{ ternary (include "mailexec.console.secretKey" $.root) . (eq . "MAILEXEC_CONSOLE_SECRET") }}
         path: {{ . | trimPrefix "MAILEXEC_" | lower }}
       {{- end }}
 {{- end -}}
@@ -344,6 +402,22 @@ take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to l
 {{- end -}}
 {{- else if $lmtp.externalService.enabled -}}
 {{- $messages = append $messages "mailexec: ingest.lmtp.externalService.enabled needs ingest.lmtp.enabled" -}}
+{{- end -}}
+{{- $console := .Values.console -}}
+{{- if $console.enabled -}}
+{{- if and (not $console.existingSecret) (not $console.secret) -}}
+{{- $name := printf "%s-console-key" (include "mailexec.fullname" .) -}}
+{{- $messages = append $messages (printf "mailexec: the console needs the key of its session cookies, kept by you so that every render (helm upgrade, Argo CD, Flux) gives the same one (a new key signs everyone out). Create it once:\n    kubectl -n %s create secret generic %s --from-literal=MAILEXEC_CONSOLE_SECRET=\"$(head -c 48 /dev/urandom | base64)\"\n  and set console.existingSecret=%s (or give the key itself in console.secret, or set console.enabled=false)" .Release.Namespace $name $name) -}}
+{{- end -}}
+{{- if and $console.secret (not $console.existingSecret) (lt (len $console.secret) 32) -}}
+{{- $messages = append $messages "mailexec: console.secret is shorter than 32 characters; use e.g. $(head -c 48 /dev/urandom | base64)" -}}
+{{- end -}}
+{{- if and $console.existingSecret (not $console.existingSecretKey) -}}
+{{- $messages = append $messages "mailexec: console.existingSecretKey must name the key of console.existingSecret holding the cookie key" -}}
+{{- end -}}
+{{- if and $console.ingress.enabled $console.ingress.tls (eq $console.cookieSecure "never") -}}
+{{- $messages = append $messages "mailexec: console.cookieSecure=never with console.ingress.tls would send the session cookie without Secure; leave it empty (always) or auto" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.keda.enabled (lt (int .Values.keda.maxReplicaCount) (int .Values.keda.minReplicaCount)) -}}
 {{- $messages = append $messages "mailexec: keda.maxReplicaCount must be >= keda.minReplicaCount" -}}

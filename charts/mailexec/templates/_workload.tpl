@@ -3,9 +3,11 @@ Shared pieces of the service workloads. Each takes (dict "root" $ "component" NA
 */}}
 
 {{/*
-The Deployment of an unprivileged HTTP service (ingest, policy, notifier). Optional keys of
-the dict, each a rendered YAML list (or empty): "env", "ports", "volumeMounts", "volumes" —
-what one component adds (ingest's LMTP listener).
+The Deployment of an unprivileged HTTP service (ingest, policy, notifier, console). Optional
+keys of the dict, each a rendered YAML list (or empty): "env", "ports", "volumeMounts",
+"volumes" — what one component adds (ingest's LMTP listener, the console's settings);
+"secretTemplate", the template of the Secret it mounts (default /secret.yaml), whose
+checksum rolls the pods when it changes.
 */}}
 {{- define "mailexec.serviceDeployment" -}}
 {{- $root := .root -}}
@@ -36,7 +38,7 @@ spec:
         {{- end }}
       annotations:
         checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
-        checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+        checksum/secret: {{ include (print $root.Template.BasePath (default "/secret.yaml" .secretTemplate)) $root | sha256sum }}
         {{- with $values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -201,7 +203,7 @@ spec:
     {{- end }}
 {{- end -}}
 
-{{/* Ingress of ingest or policy. */}}
+{{/* Ingress of ingest, policy or the console. */}}
 {{- define "mailexec.ingress" -}}
 {{- $root := .root -}}
 {{- $values := index $root.Values .component -}}
@@ -280,6 +282,26 @@ spec:
     - podSelector:
         matchLabels:
           {{- include "mailexec.componentSelectorLabels" (dict "root" . "component" "policy") | nindent 10 }}
+{{- end -}}
+
+{{/* The HTTP port of another component of the release: (dict "root" $ "component" "ingest"). */}}
+{{- define "mailexec.egress.component" -}}
+- ports:
+    - port: {{ (index .root.Values .component).containerPort }}
+      protocol: TCP
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "mailexec.componentSelectorLabels" . | nindent 10 }}
+{{- end -}}
+
+{{/* A NetworkPolicy peer: the console's pods, when it is deployed (its pages call the API). */}}
+{{- define "mailexec.peer.console" -}}
+{{- if .Values.console.enabled -}}
+- podSelector:
+    matchLabels:
+      {{- include "mailexec.componentSelectorLabels" (dict "root" . "component" "console") | nindent 6 }}
+{{- end -}}
 {{- end -}}
 
 {{/* The NetworkPolicy header of a component. */}}
