@@ -52,7 +52,8 @@ async def _listing(api: Api, service: Any, path: str, params: dict[str, Any],
     except ApiError as exc:
         if exc.status not in (400, 422):
             raise
-        errors[field] = exc.message
+        named = [k for k in params if k != "limit" and exc.message.startswith(k)]
+        errors[named[0] if named else field] = exc.message
         return None
 
 

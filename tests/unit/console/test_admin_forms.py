@@ -267,3 +267,70 @@ def test_cursor_is_passed_only_when_it_looks_like_one() -> None:
     assert forms.cursor_param({"cursor": "a&b=c"}) is None
     assert forms.cursor_param({"cursor": "x" * 600}) is None
     assert forms.cursor_param({}) is None
+
+
+# --- pages that show what programs printed ----------------------------------------------
+
+
+def render(template: str, **context: Any) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
+    env.globals["static_url"] = lambda path: f"/static/{path}"
+    env.globals["csrf_input"] = lambda: Markup('<input type="hidden" name="csrf" value="x">')
+    base = {"person": None, "nav": [], "flashes": [], "errors": {}, "error_summary": []}
+    return env.get_template(template).render(**{**base, **context})
+
+
+HOSTILE = "<script>alert(1)</script> & done"
+RUN = {"program": "sorter", "position": 0, "attempt": 1, "exit_status": 75, "signal": None,
+       "timed_out": False, "output_excerpt": HOSTILE, "duration_ms": 12,
+       "started_at": "2026-01-01T00:00:00+00:00"}
+
+
+def test_dashboard_shows_counts_and_failures_with_escaped_output() -> None:
+    ingest = {
+        "recipients": {"queued": 3, "running": 1, "suspended": 0, "deferred": 2, "on_hold": 0},
+        "last_hour": {"received": 40, "delivered": 35, "bounced": 4},
+        "oldest_waiting_s": 5400, "queues": {"deliveries": 3, "deliveries.held": 0},
+        "queues_error": None,
+        "latest_failures": [{"message_id": "m1", "recipient": "bob@example.org",
+                             "state": "deferred", "at": "2026-01-01T00:00:00+00:00",
+                             "status": "4.3.0", "programs": [RUN]}],
+    }
+    status = {"program_delivery": "suspended", "mode": "secure", "suspended": True,
+              "programs": 2, "accounts": 7}
+    html = render("admin/dashboard.html", status=status, ingest=ingest, ingest_error=None)
+    assert "<title>Dashboard · mailexec console</title>" in html
+    assert html.count("<h1") == 1
+    assert "Resume program delivery" in html and 'action="/admin/resume"' in html
+    assert '<pre class="output">&lt;script&gt;alert(1)&lt;/script&gt; &amp; done</pre>' in html
+    assert "<script>alert" not in html
+    assert "exit status 75" in html and "90 min" in html
+    for figure in ("<td>40</td>", "<td>35</td>", "<td>4</td>", "deliveries.held"):
+        assert figure in html
+
+
+def test_dashboard_without_ingest_status_still_shows_policys() -> None:
+    status = {"program_delivery": "disabled", "mode": "insecure", "suspended": False,
+              "programs": 0, "accounts": 0}
+    html = render("admin/dashboard.html", status=status, ingest=None,
+                  ingest_error="ingest is not answering")
+    assert "disabled" in html and "insecure" in html and "Suspend program delivery" in html
+    assert "ingest is not answering" in html
+
+
+def test_message_page_shows_each_run_escaped() -> None:
+    message = {"id": "m1", "envelope": {"from": "", "to": ["bob@example.org"], "envid": None,
+                                        "ret": None, "notify": ["FAILURE"]},
+               "size": 10, "received_at": "2026-01-01T00:00:00+00:00", "body_held": True,
+               "recipients": [{"address": "bob@example.org", "account": "bob@example.org",
+                               "state": "deferred", "attempts": 1, "status": "4.3.0",
+                               "diagnostic": HOSTILE, "final_at": None,
+                               "updated_at": "2026-01-01T00:00:00+00:00", "programs": [RUN]}]}
+    notes = [{"id": "n1", "kind": "delayed", "rcpt": "x@example.net", "state": "sent",
+              "created_at": "2026-01-01T00:00:00+00:00", "sent_at": None}]
+    html = render("admin/message.html", message=message, notifications=notes,
+                  notifications_error=None)
+    assert "&lt;&gt; (null sender)" in html
+    assert "<script>" not in html
+    assert '<pre class="output">&lt;script&gt;' in html
+    assert 'href="/admin/notifications/n1"' in html
