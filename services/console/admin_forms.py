@@ -305,24 +305,50 @@ def attach_setting_errors(message: str, changed: Collection[str] = ()) -> Errors
     return errors
 
 
-def parse_settings_form(
-    form: Mapping[str, str], current: Mapping[str, Any]
-) -> tuple[dict[str, Any], Errors]:
-    """The PATCH body (only the settings that change) and the errors, per input.
+SHOWN_FIELD = "shown"  # hidden input: the settings as the form showed them
 
-    ``current`` is the API's settings document. Everything submitted is validated with
-    PolicySettings, the model policy validates with, before anything is sent."""
+
+def shown_value(settings: Mapping[str, Any]) -> str:
+    """The hidden ``shown`` input's value: the settings document the form displays."""
+    return json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
+
+
+def _shown(form: Mapping[str, str], current: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        shown = json.loads(form.get(SHOWN_FIELD, ""))
+    except ValueError:
+        return current
+    return shown if isinstance(shown, dict) else current
+
+
+def _parsed(form: Mapping[str, str]) -> tuple[dict[str, Any], Errors]:
     errors: Errors = {}
-    submitted: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for f in SETTING_FIELDS:
         before = dict(errors)
         value = _parse_setting(f, form, errors)
         if errors == before:
-            submitted[f.name] = value
+            values[f.name] = value
+    return values, errors
+
+
+def parse_settings_form(
+    form: Mapping[str, str], current: Mapping[str, Any]
+) -> tuple[dict[str, Any], Errors]:
+    """The PATCH body and the errors, per input.
+
+    Only what the person edited is sent: a setting whose input still holds what the form
+    showed (the hidden ``shown`` document) is left alone, so a form opened before someone
+    else suspended delivery does not resume it. ``current`` is the API's settings now; the
+    edits are validated on top of it with PolicySettings, the model policy validates
+    with, before anything is sent."""
+    submitted, errors = _parsed(form)
     if errors:
         return {}, errors
+    as_shown, _ = _parsed(settings_form_values(_shown(form, current)))
+    edited = {k: v for k, v in submitted.items() if k not in as_shown or as_shown[k] != v}
     try:
-        validated = PolicySettings.model_validate({**current, **submitted})
+        validated = PolicySettings.model_validate({**current, **edited})
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err.get("loc", ()))
@@ -330,11 +356,10 @@ def parse_settings_form(
             if loc:
                 _add(errors, _input_for(error_field(loc)), msg)
             else:
-                changed = [k for k in submitted if submitted[k] != current.get(k)]
-                _add(errors, _place(msg, changed), msg)
+                _add(errors, _place(msg, edited), msg)
         return {}, errors
     after = validated.model_dump(mode="json")
-    changes = {k: after[k] for k in submitted if after.get(k) != current.get(k)}
+    changes = {k: after[k] for k in edited if after.get(k) != current.get(k)}
     return changes, {}
 
 

@@ -20,9 +20,11 @@ from fastapi.responses import Response
 from services.console.admin_forms import (
     FORM_ERROR,
     SETTING_FIELDS,
+    SHOWN_FIELD,
     attach_setting_errors,
     parse_settings_form,
     settings_form_values,
+    shown_value,
 )
 from services.console.api import Api
 from services.console.errors import ApiError
@@ -97,15 +99,16 @@ async def resume(request: Request, person: AdminDep) -> Response:
 
 
 def _settings_page(request: Request, person: AdminDep, values: dict[str, str],
-                   errors: dict[str, str], status_code: int = 200) -> Response:
+                   errors: dict[str, str], shown: str, status_code: int = 200) -> Response:
     return page(request, person, "admin/settings.html", status_code, fields=SETTING_FIELDS,
-                values=values, errors=errors)
+                values=values, errors=errors, shown=shown, shown_field=SHOWN_FIELD)
 
 
 @router.get("/settings")
 async def settings_form(request: Request, person: AdminDep) -> Response:
     current = await Api(request, person).get("policy", "/v1/settings")
-    return _settings_page(request, person, settings_form_values(current), {})
+    return _settings_page(request, person, settings_form_values(current), {},
+                          shown_value(current))
 
 
 @router.post("/settings")
@@ -122,9 +125,10 @@ async def settings_save(request: Request, person: AdminDep) -> Response:
                 raise
             errors = attach_setting_errors(exc.message, changes) or {FORM_ERROR: exc.message}
     if errors:
-        return _settings_page(request, person, submitted, errors, 400)
+        return _settings_page(request, person, submitted, errors,
+                              submitted.get(SHOWN_FIELD) or shown_value(current), 400)
     if not changes:
-        return redirect("/admin/settings", notice="Nothing changed: the settings are as submitted.")
+        return redirect("/admin/settings", notice="Nothing to save: no setting was changed.")
     labels = {f.name: f.label for f in SETTING_FIELDS}
     return redirect("/admin/settings",
                     notice="Settings saved: " + ", ".join(labels.get(k, k) for k in changes) + ".")

@@ -94,6 +94,20 @@ def test_only_the_changed_settings_are_patched() -> None:
     }
 
 
+def test_a_form_opened_before_another_change_does_not_undo_it() -> None:
+    form = submit(program_timeout_s="90")  # shown: the defaults, not suspended
+    form[forms.SHOWN_FIELD] = forms.shown_value(DEFAULTS)
+    meanwhile = {**DEFAULTS, "suspended": True, "max_output_bytes": 1000}
+    changes, errors = forms.parse_settings_form(form, meanwhile)
+    assert errors == {}
+    assert changes == {"program_timeout_s": 90}
+    # the edit is checked against the settings as they are now
+    form = submit(delay_warning_after_s="2000")
+    form[forms.SHOWN_FIELD] = forms.shown_value(DEFAULTS)
+    _, errors = forms.parse_settings_form(form, {**DEFAULTS, "max_queue_lifetime_s": 1000})
+    assert set(errors) == {"delay_warning_after_s"}
+
+
 def test_a_ticked_box_and_emptied_optional_fields() -> None:
     current = {**DEFAULTS, "safe_user": {"uid": 5, "gid": 6}, "postmaster": "pm@example.org"}
     form = forms.settings_form_values(current)
