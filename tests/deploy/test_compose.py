@@ -608,3 +608,68 @@ def test_compose_withholds_what_the_supervisor_withholds(services: dict) -> None
     assert [n for n, s in services.items() if "MAILEXEC_SMTP_URL" in (s.get("environment") or {})] == [
         "notifier"
     ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_console_starts_from_the_compose_environment_and_refuses_without_its_key(
+    services: dict, tmp_path: Path
+) -> None:
+    """`mailexec serve console` with exactly compose's variables (addresses moved to this
+    machine, the key file where the secrets service writes it into its volume): it serves
+    /healthz, and /readyz says 503 while policy is unreachable. Without the file: exit 78."""
+    import os
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    env = {k: unset(str(v)) for k, v in services["console"]["environment"].items()}
+    port = _free_port()
+    key = tmp_path / "console_secret"
+    key.write_text(compose_secrets().files_for(MASTER)["console"]["console_secret"])
+    env.update(
+        MAILEXEC_BIND_HOST="127.0.0.1",
+        MAILEXEC_CONSOLE_PORT=str(port),
+        MAILEXEC_POLICY_URL=f"http://127.0.0.1:{_free_port()}",
+        MAILEXEC_INGEST_URL=f"http://127.0.0.1:{_free_port()}",
+        MAILEXEC_NOTIFIER_URL=f"http://127.0.0.1:{_free_port()}",
+        MAILEXEC_CONSOLE_SECRET_FILE=str(key),
+        PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+        HOME=str(tmp_path),
+    )
+    command = [sys.executable, "-m", "mailexec", *services["console"]["command"]]
+    missing = {**env, "MAILEXEC_CONSOLE_SECRET_FILE": str(tmp_path / "absent")}
+    refused = subprocess.run(command, env=missing, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert refused.returncode == 78, refused.stderr[-2000:]
+    log = tmp_path / "console.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    assert answer.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "console did not answer /healthz"
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert caught.value.code == 503
+        caught.value.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

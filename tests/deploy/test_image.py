@@ -11,6 +11,7 @@ import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -146,3 +147,41 @@ def test_image_check_runs_the_executor_with_the_compose_capabilities() -> None:
     assert f"{image.SERVICE_UID}:{image.SERVICE_UID}" == compose["x-service-user"]
     source = (REPO / "tools" / "image.py").read_text()
     assert "MAILEXEC_SANDBOX_NETWORK" not in source  # isolation stays on, as shipped
+
+
+def test_every_service_port_is_exposed_and_health_checked() -> None:
+    """The image serves all five services (the console on 8029 included): each port is
+    EXPOSEd and the HEALTHCHECK finds /healthz on whichever runs."""
+    import yaml
+
+    from shared.settings import Settings
+
+    runtime = stages()["runtime"]
+    (exposed,) = re.findall(r"^EXPOSE (.+)$", runtime, flags=re.M)
+    ports = {
+        name: Settings.model_fields[f"{name}_port"].default
+        for name in ("ingest", "policy", "notifier", "executor_metrics", "console", "lmtp")
+    }
+    assert {int(p) for p in exposed.split()} == set(ports.values())
+    (check,) = re.findall(r"^HEALTHCHECK .*\n\s+CMD (.+)$", runtime, flags=re.M)
+    (probed,) = re.findall(r"for port in \(([0-9, ]+)\)", check)
+    assert {int(p) for p in probed.split(",")} == set(ports.values()) - {ports["lmtp"]}
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    assert compose["services"]["console"]["command"] == ["serve", "console"]
+
+
+def test_the_console_pages_ship_in_the_installed_package() -> None:
+    """The image installs the project (`pip install /src`): the console's templates and
+    static files reach it only through [tool.setuptools.package-data]."""
+    directory = REPO / "services" / "console"
+    shipped = [p for sub in ("templates", "static") for p in (directory / sub).rglob("*") if p.is_file()]
+    if not shipped:
+        pytest.skip("services/console has no templates or static files yet")
+    import glob
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = [*globs.get("services.console", []), *globs.get("*", [])]
+    # setuptools expands each pattern with glob(recursive=True) in the package's directory.
+    included = {Path(f) for g in patterns for f in glob.glob(str(directory / g), recursive=True)}
+    missing = sorted(str(p.relative_to(directory)) for p in shipped if p not in included)
+    assert not missing, f"not in package-data of services.console: {missing[:10]}"
