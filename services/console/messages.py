@@ -118,10 +118,12 @@ async def one_message(api: Api, account: str, message_id: str,
         try:
             view.notifications = await notifications_for(api, message_id)
         except ApiError as exc:
+            if exc.status == 401:
+                raise
             if exc.status >= 500:
                 view.problem = f"{exc.service} is not answering: the DSNs can't be shown now"
-            elif exc.status != 404:
-                raise
+            elif exc.status == 403:
+                view.problem = f"The DSNs can't be shown: {exc.service} refused ({exc.message})"
     return view
 
 
@@ -148,6 +150,9 @@ async def recent(api: Api, account: str, cursor: str | None = None,
         if exc.status == 400:
             return MessagePage([], None, "That page of messages does not exist any more; "
                                "start again from the newest")
+        if exc.status in (403, 404):
+            return MessagePage([], None, f"Your messages can't be shown: {exc.service} "
+                               f"refused ({exc.message})")
         raise
     items = listing.get("messages") or listing.get("items") or []
     ids = [str(m.get("id")) for m in items if isinstance(m, dict) and m.get("id")]
