@@ -166,16 +166,33 @@ async def authenticate(request: Request) -> Principal:
     if isinstance(known, Principal):
         return known
     client = request.client.host if request.client else "?"
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = _bearer(request)
+    if token is None:
         _check_rate(client)
         raise Unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>'", code="missing_token"
         )
-    principal = await authenticate_token(token.strip(), client)
+    principal = await authenticate_token(token, client)
     request.scope[PRINCIPAL_SCOPE_KEY] = principal
     return principal
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def presented_token_hash(request: Request) -> str:
+    """SHA-256 hex of the bearer token this (already authenticated) request presented:
+    what binds a console session to the token that created it. 401 without one."""
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized(
+            "missing bearer token: send 'Authorization: Bearer <token>'", code="missing_token"
+        )
+    return hash_token(token)
 
 
 async def authenticate_token(token: str, client: str) -> Principal:

@@ -124,7 +124,7 @@ class Status(Contract):
     mode: Literal["secure", "insecure"]
     suspended: bool
     programs: int
-    accounts: int
+    accounts: int | None = None  # None in the answer to a user token (not its business)
 
 
 # --- trusted programs: GET /v1/programs/{name} ------------------------------------------

@@ -58,6 +58,14 @@ def mailexec_error_response(exc: MailexecError) -> JSONResponse:
     return resp
 
 
+# Path segments that are secrets (a console session id) and never reach a log line.
+_SECRET_SEGMENTS = re.compile(r"^(/v1/sessions/)[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    return _SECRET_SEGMENTS.sub(r"\1…", path)
+
+
 def internal_error_response() -> JSONResponse:
     return error_response(500, "internal_error", "internal error; see the service log")
 
@@ -234,7 +242,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"path": request.url.path})
+        log.exception("unhandled error", extra={"path": loggable_path(request.url.path)})
         return internal_error_response()
 
     @app.get("/healthz", tags=["ops"])

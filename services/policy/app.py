@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from services.policy import interpreters, repo
 from services.policy import tables as t
 from services.policy.metrics import PROGRAMS
-from services.policy.routes import accounts, audit, programs, settings, tokens
+from services.policy.routes import accounts, audit, programs, sessions, settings, tokens
 from shared.amqp import Broker, redact
 from shared.db import dispose_engine, ping, session_scope
 from shared.errors import Unavailable
@@ -69,7 +69,8 @@ def create_policy_app() -> FastAPI:
 
     app = create_app(
         title="mailexec policy",
-        routers=[programs.router, settings.router, tokens.router, accounts.router, audit.router],
+        routers=[programs.router, settings.router, tokens.router, accounts.router, audit.router,
+                 sessions.router],
         ready_check=ready,
         lifespan=lifespan,
         # a program's bytes: streamed and limited by MAILEXEC_MAX_PROGRAM_BYTES

@@ -46,6 +46,8 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 AdminDep = Annotated[Principal, Depends(require("admin"))]
 ReaderDep = Annotated[Principal, Depends(require("admin", "service"))]
+# GET /v1/status: a user's console chooses between a name picker and absolute paths by it
+StatusReaderDep = Annotated[Principal, Depends(require("admin", "service", "user"))]
 AccountReaderDep = Annotated[Principal, Depends(require("admin", "service", "mta", "user"))]
 ProgramsReaderDep = Annotated[Principal, Depends(require("admin", "service", "user"))]
 ProgramsWriterDep = Annotated[Principal, Depends(require("admin", "user"))]

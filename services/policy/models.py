@@ -30,7 +30,7 @@ __all__ = [
     "Account", "AccountIn", "AccountPage", "AccountWritten", "AuditEntry", "AuditPage",
     "Network", "Owner", "OwnerIn", "PolicySettings", "ProgramDelivery", "ProgramDeliveryIn",
     "ProgramList", "ProgramMeta", "ProgramPatch", "ProgramsWritten", "SafeUser", "SafeUserIn",
-    "SettingsPatch", "Status", "TokenIn", "TokenIssued", "TokenList", "TokenMeta",
+    "SessionIn", "SessionOut", "SettingsPatch", "Status", "TokenIn", "TokenIssued", "TokenList", "TokenMeta",
 ]
 
 
@@ -147,6 +147,30 @@ class TokenIssued(TokenMeta):
 
 class TokenList(BaseModel):
     items: list[TokenMeta]
+
+
+# --- console sessions ------------------------------------------------------------------
+
+MIN_IDLE_TIMEOUT_S = 60
+MAX_IDLE_TIMEOUT_S = 86400
+DEFAULT_IDLE_TIMEOUT_S = 1800
+
+
+class SessionIn(Strict):
+    """``POST /v1/sessions``: how long the session lives without being used."""
+
+    idle_timeout_s: Annotated[
+        int, Field(ge=MIN_IDLE_TIMEOUT_S, le=MAX_IDLE_TIMEOUT_S)
+    ] = DEFAULT_IDLE_TIMEOUT_S
+
+
+class SessionOut(BaseModel):
+    session: str = Field(description="the session id (only POST answers with a new one)")
+    role: Literal["admin", "user"]
+    name: str
+    account: str | None
+    expires_at: datetime = Field(description="when the session ends unless used before")
+    idle_timeout_s: int
 
 
 # --- audit -----------------------------------------------------------------------------

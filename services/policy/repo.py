@@ -198,6 +198,74 @@ async def revoke_tokens(s: AsyncSession, *, token_id: uuid.UUID | None = None,
     return [(row[0], row[1]) for row in res.all()]
 
 
+# --- console sessions ------------------------------------------------------------------
+
+# A session is live while not ended and seen within its idle timeout.
+_SESSION_LIVE = (
+    t.console_sessions.c.ended_at.is_(None)
+    & (t.console_sessions.c.last_seen_at
+       + func.make_interval(0, 0, 0, 0, 0, 0, t.console_sessions.c.idle_timeout_s) > func.now())
+)
+SESSION_PURGE_AFTER_S = 86400
+SESSION_PURGE_BATCH = 500
+
+
+async def insert_session(
+    s: AsyncSession, *, id_hash: str, token_hash: str, principal: str, idle_timeout_s: int
+) -> RowMapping:
+    # the database's clock, the one the expiry checks read
+    stmt = insert(t.console_sessions).values(
+        id_hash=id_hash, token_hash=token_hash, principal=principal, created_at=func.now(),
+        last_seen_at=func.now(), idle_timeout_s=idle_timeout_s,
+    ).returning(t.console_sessions)
+    row: RowMapping = (await s.execute(stmt)).mappings().one()
+    return row
+
+
+async def touch_session(s: AsyncSession, *, id_hash: str, token_hash: str) -> RowMapping | None:
+    """Slide the idle expiry of the live session ``id_hash`` created with ``token_hash``;
+    None when there is none (unknown, another token's, ended or idle-expired alike)."""
+    c = t.console_sessions.c
+    stmt = (
+        update(t.console_sessions)
+        .where((c.id_hash == id_hash) & (c.token_hash == token_hash) & _SESSION_LIVE)
+        .values(last_seen_at=func.now())
+        .returning(t.console_sessions)
+    )
+    row: RowMapping | None = (await s.execute(stmt)).mappings().first()
+    return row
+
+
+async def end_session(s: AsyncSession, *, id_hash: str, token_hash: str) -> bool:
+    c = t.console_sessions.c
+    stmt = (
+        update(t.console_sessions)
+        .where((c.id_hash == id_hash) & (c.token_hash == token_hash) & _SESSION_LIVE)
+        .values(ended_at=func.now())
+        .returning(c.id_hash)
+    )
+    return (await s.execute(stmt)).first() is not None
+
+
+async def purge_sessions(s: AsyncSession) -> int:
+    """Delete up to ``SESSION_PURGE_BATCH`` sessions ended or idle-expired more than
+    ``SESSION_PURGE_AFTER_S`` ago. Such a row was last seen before that too (the idle
+    timeout is at most a day; an ended session is not seen again), so the index on
+    ``last_seen_at`` finds the candidates."""
+    c = t.console_sessions.c
+    horizon = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, SESSION_PURGE_AFTER_S)
+    gone = (
+        (c.ended_at < horizon)
+        | (c.last_seen_at + func.make_interval(0, 0, 0, 0, 0, 0, c.idle_timeout_s) < horizon)
+    )
+    candidates = (
+        select(c.id_hash).where((c.last_seen_at < horizon) & gone)
+        .limit(SESSION_PURGE_BATCH).scalar_subquery()
+    )
+    res = await s.execute(delete(t.console_sessions).where(c.id_hash.in_(candidates)))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
 # --- audit -----------------------------------------------------------------------------
 
 

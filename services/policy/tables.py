@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables of schema ``policy`` (created by migration 0001; never here)."""
+"""SQLAlchemy Core tables of schema ``policy`` (created by the migrations; never here)."""
 
 from __future__ import annotations
 
@@ -83,4 +83,17 @@ audit = Table(
     Column("target", Text, nullable=False),
     Column("old", JSONB),
     Column("new", JSONB),
+)
+
+# migration 0004: console sign-ins (routes/sessions.py); only hashes, never a clear secret
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", Text, primary_key=True),
+    Column("token_hash", Text, nullable=False),
+    Column("principal", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("idle_timeout_s", Integer, nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
 )

@@ -93,8 +93,9 @@ async def test_service_reads_but_mta_and_user_do_not(
         if path == f"/v1/accounts/{A}":
             continue  # the MTA asks about mailbox delivery; alice reads her own account
         assert_error(await client.get(path, headers=mta_headers), 403)
-        if path in ("/v1/programs", "/v1/programs/mymail"):
-            continue  # a user chooses among programs by their metadata (never their bytes)
+        if path in ("/v1/programs", "/v1/programs/mymail", "/v1/status"):
+            continue  # a user chooses among programs by their metadata (never their bytes),
+            # by name or by path as the status's mode says
         assert_error(await client.get(path, headers=world["alice"]), 403)
     assert (await client.get(f"/v1/accounts/{A}", headers=mta_headers)).status_code == 200
     r = await client.put(f"/v1/accounts/{A}/programs", json={"enabled": False, "programs": []},
@@ -179,3 +180,30 @@ async def test_deleting_an_account_revokes_its_tokens(
     assert (await client.delete(f"/v1/accounts/{A}", headers=admin_headers)).status_code == 204
     await make_account(client, admin_headers, A)
     assert_error(await client.get(f"/v1/accounts/{A}", headers=user), 401)
+
+
+async def test_a_user_reads_the_status_without_the_account_count(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], world: dict[str, dict[str, str]]
+) -> None:
+    r = await client.get("/v1/status", headers=world["alice"])
+    assert r.status_code == 200, r.text
+    assert r.json() == {"program_delivery": "enabled", "mode": "secure", "suspended": False,
+                        "programs": 1, "accounts": None}
+    assert (await client.get("/v1/status", headers=admin_headers)).json()["accounts"] == 2
+
+
+async def test_a_user_reads_its_own_account_and_nothing_else(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], world: dict[str, dict[str, str]]
+) -> None:
+    r = await client.get(f"/v1/accounts/{A}", headers=world["alice"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["owner"]["name"] == "Bob" and body["mailbox_delivery"] is True
+    assert body["program_delivery"] == {"enabled": True, "programs": ["mymail"]}
+    assert r.json() == (await client.get(f"/v1/accounts/{A}", headers=admin_headers)).json()
+    assert_error(await client.get(f"/v1/accounts/{B}", headers=world["alice"]), 403,
+                 "wrong_account")
+    for method, path, body in (("PUT", f"/v1/accounts/{A}", account_body()),
+                               ("DELETE", f"/v1/accounts/{A}", None),
+                               ("GET", "/v1/accounts", None)):
+        assert_error(await send(client, method, path, body, world["alice"]), 403, "wrong_role")

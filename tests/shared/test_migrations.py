@@ -88,3 +88,7 @@ async def test_least_privilege_roles_exist_with_narrow_grants(scratch_db: str) -
     assert not any(g == "mailexec_ingest" and t == "policy.programs" for g, t, _ in grants)
     assert not any(g == "mailexec_notifier" and p in ("INSERT", "UPDATE", "DELETE")
                    and t.startswith("mail.") for g, t, p in grants)
+    # console sessions (0004): policy alone, and only the four DML rights
+    assert {p for g, t, p in grants if t == "policy.console_sessions"
+            and g == "mailexec_policy"} == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    assert {g for g, t, _ in grants if t == "policy.console_sessions"} == {"mailexec_policy"}

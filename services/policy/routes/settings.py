@@ -9,7 +9,14 @@ from pydantic import ValidationError
 
 from services.policy import repo
 from services.policy import tables as t
-from services.policy.deps import AdminDep, BrokerDep, ReaderDep, SessionDep, transaction
+from services.policy.deps import (
+    AdminDep,
+    BrokerDep,
+    ReaderDep,
+    SessionDep,
+    StatusReaderDep,
+    transaction,
+)
 from services.policy.errors import Unprocessable
 from services.policy.events import announce
 from services.policy.models import PolicySettings, SettingsPatch, Status
@@ -62,7 +69,8 @@ async def patch_settings(
 
 
 @router.get("/status", response_model=Status)
-async def get_status(principal: ReaderDep, session: SessionDep) -> Status:
+async def get_status(principal: StatusReaderDep, session: SessionDep) -> Status:
+    """Admin, service and user; a user is not told how many accounts there are."""
     async with transaction(session):
         current = await repo.load_settings(session)
         programs = await repo.count(session, t.programs)
@@ -75,4 +83,4 @@ async def get_status(principal: ReaderDep, session: SessionDep) -> Status:
     else:
         state = "disabled"
     return Status(program_delivery=state, mode=current.mode, suspended=current.suspended,
-                  programs=programs, accounts=accounts)
+                  programs=programs, accounts=None if principal.role == "user" else accounts)
