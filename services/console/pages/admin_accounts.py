@@ -6,8 +6,7 @@ no later page can show it again (policy stores only its hash).
 
 Search: policy's ``GET /v1/accounts`` has no filter yet, so a search is an exact-address
 lookup (``GET /v1/accounts/{address}``); searching page by page here would read every
-account of a large install. ``ACCOUNT_PREFIX_PARAM`` is the parameter asked of policy
-(/work/notes/console-B2-requests.md).
+account of a large install. A prefix search waits for policy to offer one.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from services.console.web import AdminDep, redirect
 from shared.addresses import normalize_account
 
 router = APIRouter()
-ACCOUNT_PREFIX_PARAM = "prefix"
 MAX_NOTICE_CHARS = 1500  # the flash cookie's room for policy's warnings
 NEW_ACCOUNT = {"owner": {"shell": "/bin/sh"}, "program_delivery": {"enabled": True},
                "mailbox_delivery": True}
@@ -86,7 +84,7 @@ async def accounts(request: Request, person: AdminDep) -> Response:
         next_url = next_page_url("/admin/accounts", {}, listing.get("next_cursor"))
     return page(request, person, "admin/accounts.html", 404 if q and found is None else 200,
                 q=q, found=found, accounts=items, next_url=next_url,
-                first_page=bool(page_cursor(request)), errors=errors)
+                later_page=bool(page_cursor(request)), errors=errors)
 
 
 def _account_page(request: Request, person: AdminDep, *, values: dict[str, str],

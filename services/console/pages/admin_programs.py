@@ -95,7 +95,7 @@ async def upload_program(request: Request, person: AdminDep) -> Response:
         if exc.code == "interpreter_refused":
             errors["allow_interpreter"] = f"{exc.message} {INTERPRETER_HINT}"
         elif exc.status == 413:
-            errors["file"] = too_large_message(limit)
+            errors["file"] = f"The file is too large for a trusted program: {exc.message}"
         elif exc.status in (400, 415, 422):
             errors["name" if exc.code == "invalid_name" else FORM_ERROR] = exc.message
         else:

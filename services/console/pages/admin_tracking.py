@@ -74,7 +74,7 @@ async def messages(request: Request, person: AdminDep) -> Response:
             next_url = next_page_url("/admin/messages", q.params(), listing.get("next_cursor"))
     return page(request, person, "admin/messages.html", 400 if errors else 200,
                 values=query, messages=items, next_url=next_url, states=MESSAGE_STATES,
-                first_page=bool(page_cursor(request)), errors=errors,
+                later_page=bool(page_cursor(request)), errors=errors,
                 filtered=bool(q.params()))
 
 
@@ -109,7 +109,7 @@ async def audit(request: Request, person: AdminDep) -> Response:
             next_url = next_page_url("/admin/audit", params, listing.get("next_cursor"))
     return page(request, person, "admin/audit.html", 400 if errors else 200, values=query,
                 entries=entries, kinds=AUDIT_KINDS, next_url=next_url,
-                first_page=bool(page_cursor(request)), errors=errors)
+                later_page=bool(page_cursor(request)), errors=errors)
 
 
 @router.get("/notifications")
@@ -126,7 +126,7 @@ async def notifications(request: Request, person: AdminDep) -> Response:
             next_url = next_page_url("/admin/notifications", params, listing.get("next_cursor"))
     return page(request, person, "admin/notifications.html", 400 if errors else 200,
                 values=query, notifications=items, states=NOTIFICATION_STATES,
-                next_url=next_url, first_page=bool(page_cursor(request)), errors=errors)
+                next_url=next_url, later_page=bool(page_cursor(request)), errors=errors)
 
 
 @router.get("/notifications/{notification_id}")

@@ -316,7 +316,7 @@ def test_dashboard_shows_counts_and_failures_with_escaped_output() -> None:
     assert "<title>Dashboard · mailexec console</title>" in html
     assert html.count("<h1") == 1
     assert "Resume program delivery" in html and 'action="/admin/resume"' in html
-    assert '<pre class="output">&lt;script&gt;alert(1)&lt;/script&gt; &amp; done</pre>' in html
+    assert '<pre class="output" tabindex="0">&lt;script&gt;alert(1)&lt;/script&gt; &amp; done</pre>' in html
     assert "<script>alert" not in html
     assert "exit status 75" in html and "90 min" in html
     for figure in ("<td>40</td>", "<td>35</td>", "<td>4</td>", "deliveries.held"):
@@ -346,5 +346,5 @@ def test_message_page_shows_each_run_escaped() -> None:
                   notifications_error=None)
     assert "&lt;&gt; (null sender)" in html
     assert "<script>" not in html
-    assert '<pre class="output">&lt;script&gt;' in html
+    assert '<pre class="output" tabindex="0">&lt;script&gt;' in html
     assert 'href="/admin/notifications/n1"' in html
