@@ -67,7 +67,8 @@ async def accounts(request: Request, person: AdminDep) -> Response:
     if q:
         problem = address_problem(q)
         if problem:
-            errors["q"] = f"Enter a whole account address: {problem}"
+            errors["q"] = ("Enter the account's whole address (finding accounts by part of "
+                           f"it needs policy to offer a search): {problem}")
         else:
             try:
                 found = await api.get("policy", f"/v1/accounts/{seg(normalize_account(q))}")
