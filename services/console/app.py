@@ -9,7 +9,6 @@ route gets the CSRF check (``csrf.csrf_guard``, an app-wide dependency).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -44,7 +43,6 @@ from services.console.web import (
     redirect,
     render,
     signin_url,
-    templates,
 )
 from shared.httpapp import RejectNulBytes
 from shared.settings import Settings, get_settings
@@ -71,15 +69,6 @@ class CachedStatic(StaticFiles):
         response = super().file_response(*args, **kwargs)
         response.headers["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE_S}, immutable"
         return response
-
-
-def _static_versions() -> dict[str, str]:
-    versions = {}
-    for path in STATIC_DIR.rglob("*"):
-        if path.is_file():
-            rel = path.relative_to(STATIC_DIR).as_posix()
-            versions[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return versions
 
 
 def _cookie_header(name: str, value: str, max_age: int, secure: bool) -> bytes:
@@ -297,12 +286,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.boxes = boxes
     app.state.service_urls = {name: getattr(settings, f"{name}_url") for name in SERVICES}
-    versions = _static_versions()
-
-    def static_url(name: str) -> str:
-        return f"/static/{name}?v={versions.get(name, '0')}"
-
-    templates.env.globals["static_url"] = static_url
     _install_handlers(app)
     app.add_middleware(ConsoleMiddleware, boxes=boxes, settings=settings)
     app.add_middleware(RejectNulBytes)

@@ -16,10 +16,12 @@ pages/admin.py): who is signed in, rendering, notices across redirects, the APIs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -141,6 +143,24 @@ def _csrf_input(ctx: Any) -> Markup:
 
 
 templates.env.globals["csrf_input"] = _csrf_input
+
+
+@lru_cache(maxsize=1)
+def _static_versions() -> dict[str, str]:
+    versions = {}
+    for path in STATIC_DIR.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(STATIC_DIR).as_posix()
+            versions[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return versions
+
+
+def static_url(name: str) -> str:
+    """``/static/<name>?v=<digest>``: served with a year's cache, so a new file gets a new URL."""
+    return f"/static/{name}?v={_static_versions().get(name, '0')}"
+
+
+templates.env.globals["static_url"] = static_url
 
 
 def when(value: Any) -> str:
