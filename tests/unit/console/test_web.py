@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from services.console.main import check
@@ -75,3 +78,27 @@ def test_start_up_check_wants_a_secret() -> None:
     with pytest.raises(StartupError):
         check(Settings(console_secret="x", console_cookie_secure="sometimes"))
     check(Settings(console_secret="x"))
+
+
+def _request(scheme: str, mode: str) -> Any:
+    from starlette.requests import Request
+
+    app = SimpleNamespace(state=SimpleNamespace(settings=Settings(console_secret="x",
+                                                                  console_cookie_secure=mode)))
+    return Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/",
+                    "headers": [], "query_string": b"", "server": ("h", 80), "app": app})
+
+
+@pytest.mark.parametrize(("scheme", "mode", "secure"), [
+    ("https", "auto", True), ("http", "auto", False), ("http", "always", True),
+    ("https", "never", False),
+])
+def test_cookies_are_secure_per_setting_and_scheme(scheme: str, mode: str, secure: bool) -> None:
+    """"auto" follows the scheme uvicorn gives the request: https directly, or
+    X-Forwarded-Proto from a proxy uvicorn trusts (--forwarded-allow-ips)."""
+    from services.console.app import _secure
+    from services.console.pages.signin import cookie_secure
+
+    assert cookie_secure(_request(scheme, mode)) is secure
+    assert _secure(Settings(console_secret="x", console_cookie_secure=mode),
+                   {"scheme": scheme}) is secure
