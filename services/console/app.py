@@ -205,9 +205,11 @@ def error_page(request: Request, status: int, heading: str, message: str) -> Res
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotSignedIn)
     async def _not_signed_in(request: Request, exc: NotSignedIn) -> Response:
-        if request.method == "GET":
-            return RedirectResponse(signin_url(request.url.path), status_code=303)
-        return RedirectResponse(signin_url(), status_code=303)
+        target = signin_url(request.url.path) if request.method == "GET" else signin_url()
+        response = RedirectResponse(target, status_code=303)
+        if SESSION_COOKIE in request.cookies:  # tampered, foreign or sealed with an old key
+            signin.clear_cookie(request, response, SESSION_COOKIE)
+        return response
 
     @app.exception_handler(SessionEnded)
     async def _session_ended(request: Request, exc: SessionEnded) -> Response:

@@ -110,6 +110,7 @@ def test_tampered_cookie_is_signed_out(stack: Stack, browser: Browser) -> None:
         browser.http.cookies.set("mailexec_session", bad)
         r = browser.get(f"/account/{address}")
         assert r.status_code == 303 and r.headers["location"].startswith("/signin"), bad
+        assert "max-age=0" in _session_set_cookie(r).lower()  # and it is cleared
 
 
 def test_cookie_replayed_after_sign_out_is_refused(stack: Stack, browser: Browser) -> None:
