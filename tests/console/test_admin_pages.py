@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,9 +102,16 @@ def field_error(page: httpx.Response, name: str) -> str:
     return html.unescape(shown.group(1)).strip()
 
 
+def run_in_thread(coro: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run where a Playwright sync API of an earlier module may have left this
+    thread's event loop marked as running."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
 @pytest.fixture(scope="module")
 def stack(mx_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    asyncio.run(_truncate())
+    run_in_thread(_truncate())  # no program, account or setting of another module's
     logs = tmp_path_factory.mktemp("console-admin")
     env = dict(os.environ)
     env.update(mx_env)
@@ -121,6 +130,7 @@ def stack(mx_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         for proc in reversed(list(procs.values())):
             proc.stop()
+        run_in_thread(_truncate())  # and none of ours for the next module
 
 
 @pytest.fixture(scope="module")
