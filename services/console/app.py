@@ -5,6 +5,18 @@ Every request passes ``ConsoleMiddleware`` (below): security headers, the body c
 without a session cookie sent to sign-in before its body is read, notices sealed into
 the flash cookie, the session cookie's Max-Age renewed, and the request counted. Every
 route gets the CSRF check (``csrf.csrf_guard``, an app-wide dependency).
+
+Trust: request bytes come from anyone who can reach the port. Before any page runs, this
+module defends against
+- an anonymous client making the console read a body: a POST whose session cookie does
+  not open is redirected to sign-in unread, the sign-in form excepted
+  (tests/console/test_session.py::test_cookie_replayed_after_sign_out_is_refused);
+- a signed-in client sending a huge form: ``FORM_BODY_LIMIT`` (1 MiB; multipart uploads
+  the program size limit plus that) by Content-Length, and while a body streams in
+  (tests/console/test_session.py::test_huge_forms_are_refused);
+- framing the pages (clickjacking) and inline script: the CSP and X-Frame-Options headers;
+- NUL bytes in the query string (shared.httpapp.RejectNulBytes).
+Cookie values are opened by session.py, form fields checked by csrf.py and the pages.
 """
 
 from __future__ import annotations

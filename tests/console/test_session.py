@@ -163,6 +163,27 @@ def test_post_without_or_with_wrong_csrf_is_refused(stack: Stack, browser: Brows
     assert browser.get(f"/account/{address}").status_code == 200  # still signed in
 
 
+def test_huge_forms_are_refused(stack: Stack, browser: Browser) -> None:
+    address, token = stack.account()
+    browser.sign_in(token)
+    csrf = browser.csrf(f"/account/{address}")
+    body = "csrf=" + csrf + "&other=" + "x" * (2 * 1024 * 1024)
+    r = browser.http.post(f"/account/{address}", content=body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: capped while it streams
+        yield ("csrf=" + csrf + "&other=").encode()
+        for _ in range(40):
+            yield b"x" * 65536
+
+    r = browser.http.post(f"/account/{address}", content=chunks(),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code in (400, 413), r.status_code
+    assert "Traceback" not in r.text
+    assert browser.get(f"/account/{address}").status_code == 200
+
+
 def test_error_pages_are_html_without_internals(stack: Stack, browser: Browser) -> None:
     address, token = stack.account()
     browser.sign_in(token)
