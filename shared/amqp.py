@@ -11,11 +11,12 @@ be "accepted" and gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -26,7 +27,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, DeliveryError, PublishError
 
 from shared import topology
 from shared.errors import Unavailable
@@ -34,6 +35,7 @@ from shared.errors import Unavailable
 log = logging.getLogger("mailexec.amqp")
 
 PUBLISH_TIMEOUT_S = 10.0
+QUEUE_COUNT_TIMEOUT_S = 3.0
 
 
 class Broker:
@@ -151,6 +153,49 @@ class Broker:
                     await result
 
         await queue.consume(consume)
+
+    async def message_counts(
+        self, names: Sequence[str], *, timeout: float = QUEUE_COUNT_TIMEOUT_S
+    ) -> dict[str, int | None]:
+        """Messages ready in each queue (a passive declare: nothing is created or changed).
+
+        A queue that does not exist counts None. Raises :class:`Unavailable` when the
+        broker can't be asked (not connected, or no answer within ``timeout``). Uses a
+        channel of its own: a passive declare of a missing queue closes its channel, which
+        must never be the publishing one.
+        """
+        if not self.ready or self.connection is None:
+            raise Unavailable("not connected to RabbitMQ", code="broker_unavailable")
+        connection = self.connection
+
+        async def ask() -> dict[str, int | None]:
+            counts: dict[str, int | None] = {}
+            channel: AbstractChannel | None = None
+            try:
+                for name in names:
+                    if channel is None or channel.is_closed:
+                        channel = await connection.channel(publisher_confirms=False)
+                    try:
+                        queue = await channel.declare_queue(name, passive=True)
+                    except ChannelNotFoundEntity:
+                        counts[name] = None
+                        continue
+                    result = queue.declaration_result
+                    counts[name] = int(result.message_count or 0) if result else None
+            finally:
+                if channel is not None and not channel.is_closed:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+            return counts
+
+        try:
+            return await asyncio.wait_for(ask(), timeout)
+        except TimeoutError as exc:
+            raise Unavailable(f"RabbitMQ did not answer within {timeout:g} s",
+                              code="broker_unavailable") from exc
+        except (AMQPError, OSError, RuntimeError) as exc:
+            raise Unavailable(f"RabbitMQ could not be asked ({type(exc).__name__}: {exc})",
+                              code="broker_unavailable") from exc
 
     async def close(self) -> None:
         if self.connection is not None:

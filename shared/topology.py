@@ -42,6 +42,17 @@ NOTIFIER_DEAD = "notifier.dead"
 
 POLICY_EXCHANGE = "policy.changed"
 
+# The queues an operator watches (ingest's GET /v1/status): jobs waiting, retrying, held
+# while suspended, dead; events waiting for the notifier, dead events.
+MONITORED_QUEUES: tuple[str, ...] = (
+    DELIVERIES_QUEUE,
+    *(name for name, _ in RETRY_LADDER),
+    HELD_QUEUE,
+    DELIVERIES_DEAD,
+    NOTIFIER_QUEUE,
+    NOTIFIER_DEAD,
+)
+
 # Quorum queues dead-letter at-most-once by default: a poison job could vanish on the way
 # to its dead-letter queue. At-least-once dead-lettering (RabbitMQ >= 3.10) needs the
 # reject-publish overflow mode.

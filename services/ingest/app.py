@@ -14,7 +14,7 @@ from shared.httpapp import create_app
 from shared.settings import Settings, get_settings
 
 from . import fastpath
-from .routes import messages
+from .routes import messages, status
 from .runtime import Runtime
 
 
@@ -33,7 +33,7 @@ def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | Non
 
     app = create_app(
         title="mailexec ingest",
-        routers=[messages.router],
+        routers=[messages.router, status.router],
         ready_check=runtime.ready,
         lifespan=lifespan,
         inner_middleware=[(fastpath.SubmitFastPath, {"runtime": runtime})],

@@ -19,3 +19,5 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ReaderDep = Annotated[Principal, Depends(require("mta", "admin", "user"))]
 AdminDep = Annotated[Principal, Depends(require("admin"))]
+# the listing: admin, and a user for its own account (routes/messages.py narrows it)
+ListerDep = Annotated[Principal, Depends(require("admin", "user"))]

@@ -114,15 +114,73 @@ FROM mail.program_runs WHERE recipient_id = ANY($1::uuid[])
 ORDER BY attempt, position, id
 """
 
+# Newest first through messages_received (migration 0005), each message checked for a
+# recipient of the account/state asked for; sender= through messages_sender. The filters
+# of one recipient apply together (alice's recipient in state bounced, not alice's
+# delivered one beside bob's bounced one).
 LIST_MESSAGES = """
-SELECT DISTINCT m.id, m.sender, m.size, m.received_at
-FROM mail.messages m JOIN mail.recipients r ON r.message_id = m.id
-WHERE ($1::text IS NULL OR r.account = $1)
-  AND ($2::text IS NULL OR r.state = $2)
+SELECT m.id, m.sender, m.size, m.received_at
+FROM mail.messages m
+WHERE ($6::text IS NULL OR m.sender = $6)
   AND ($3::timestamptz IS NULL OR (m.received_at, m.id) < ($3, $4::uuid))
+  AND (($1::text IS NULL AND $2::text IS NULL) OR EXISTS (
+        SELECT 1 FROM mail.recipients r
+        WHERE r.message_id = m.id
+          AND ($1::text IS NULL OR r.account = $1)
+          AND ($2::text IS NULL OR r.state = $2)))
 ORDER BY m.received_at DESC, m.id DESC
 LIMIT $5
 """
+
+LIST_RECIPIENTS = """
+SELECT message_id, address, account, state, attempts, status, created_at, updated_at, final_at
+FROM mail.recipients
+WHERE message_id = ANY($1::uuid[]) AND ($2::text IS NULL OR account = $2)
+ORDER BY message_id, address, id
+"""
+
+# --- the dashboard (GET /v1/status); every query reads one index of migration 0005 ---
+
+FINAL_STATES = ("delivered", "bounced")
+_NOT_FINAL = "state NOT IN ('delivered', 'bounced')"  # literally recipients_waiting's predicate
+
+WAITING = f"""
+SELECT state, count(*) AS n, extract(epoch FROM now() - min(created_at)) AS oldest_s
+FROM mail.recipients WHERE {_NOT_FINAL} GROUP BY state
+"""
+
+RECEIVED_SINCE = "SELECT count(*) FROM mail.messages WHERE received_at > now() - make_interval(secs => $1)"
+
+FINAL_SINCE = """
+SELECT count(*) FILTER (WHERE state = 'delivered') AS delivered,
+       count(*) FILTER (WHERE state = 'bounced') AS bounced
+FROM mail.recipients WHERE final_at IS NOT NULL AND final_at > now() - make_interval(secs => $1)
+"""
+
+LATEST_FAILURES = """
+(SELECT id, message_id, address, account, state, status, diagnostic, attempts,
+        final_at AS at
+ FROM mail.recipients WHERE state = 'bounced' AND final_at IS NOT NULL
+ ORDER BY final_at DESC LIMIT $1)
+UNION ALL
+(SELECT id, message_id, address, account, state, status, diagnostic, attempts,
+        updated_at AS at
+ FROM mail.recipients WHERE state = 'deferred' ORDER BY updated_at DESC LIMIT $1)
+ORDER BY at DESC NULLS LAST, id
+LIMIT $1
+"""
+
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    waiting: dict[str, int]  # recipients not final, by state
+    oldest_waiting_s: float | None
+    received: int  # messages, in the window
+    delivered: int  # recipients final in the window
+    bounced: int
+    failures: list[asyncpg.Record]  # LATEST_FAILURES
+    runs: list[asyncpg.Record]  # GET_RUNS of those recipients
 
 
 class Database:
@@ -212,7 +270,11 @@ class Database:
         state: str | None,
         before: tuple[datetime, uuid.UUID] | None,
         limit: int,
-    ) -> list[asyncpg.Record]:
+        sender: str | None = None,
+        recipients_of: str | None = None,
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """A page of messages (newest first) and their recipients; with ``recipients_of``
+        only that account's recipients (a user's listing)."""
         async with self.connection() as conn:
             rows: list[asyncpg.Record] = await conn.fetch(
                 LIST_MESSAGES,
@@ -221,5 +283,29 @@ class Database:
                 before[0] if before else None,
                 before[1] if before else None,
                 limit,
+                sender,
             )
-        return rows
+            rcpts: list[asyncpg.Record] = (
+                await conn.fetch(LIST_RECIPIENTS, [r["id"] for r in rows], recipients_of)
+                if rows else []
+            )
+        return rows, rcpts
+
+    async def dashboard(self, *, window_s: float, failures: int) -> Dashboard:
+        """The numbers of ``GET /v1/status`` in one connection (one snapshot each)."""
+        async with self.connection() as conn:
+            waiting = await conn.fetch(WAITING)
+            received = int(await conn.fetchval(RECEIVED_SINCE, window_s))
+            final = await conn.fetchrow(FINAL_SINCE, window_s)
+            latest = await conn.fetch(LATEST_FAILURES, failures)
+            runs = (await conn.fetch(GET_RUNS, [r["id"] for r in latest])) if latest else []
+        oldest = [float(r["oldest_s"]) for r in waiting if r["oldest_s"] is not None]
+        return Dashboard(
+            waiting={r["state"]: int(r["n"]) for r in waiting},
+            oldest_waiting_s=max(oldest) if oldest else None,
+            received=received,
+            delivered=int(final["delivered"]) if final else 0,
+            bounced=int(final["bounced"]) if final else 0,
+            failures=list(latest),
+            runs=list(runs),
+        )

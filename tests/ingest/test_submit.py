@@ -341,7 +341,11 @@ async def test_get_message_for_mta_admin_and_user(
         assert r.status_code == 404
         r = await c.get("/v1/messages", params={"recipient": "bob@example.org"}, headers=admin_headers)
         assert r.status_code == 200 and [m["id"] for m in r.json()["messages"]] == [mid]
+        # a user lists its own account's messages (tests/ingest/test_console_reads.py)
         r = await c.get("/v1/messages", headers={"Authorization": "Bearer tok-bob"})
+        assert r.status_code == 200 and [m["id"] for m in r.json()["messages"]] == [mid]
+        r = await c.get("/v1/messages", params={"recipient": "carol@example.org"},
+                        headers={"Authorization": "Bearer tok-bob"})
         assert r.status_code == 403
 
 
