@@ -268,7 +268,7 @@ def test_program_upload_interpreter_refused_then_binary_accepted(
                           files={"file": ("true", TRUE, "application/octet-stream")})
     assert accepted.status_code == 200, accepted.text[:3000]
     digest = hashlib.sha256(TRUE).hexdigest()
-    assert digest in accepted.text
+    assert digest in accepted.text.replace("<wbr>", "")  # broken into groups for phones
     assert "Sorts &lt;mail&gt;" in accepted.text  # escaped, never markup
     with stack.api("policy") as c:
         meta = c.get("/v1/programs/sorter").json()
