@@ -62,10 +62,11 @@ def test_a_forged_delivery_options_post_without_the_csrf_token_is_refused(
 
     # The form's own fields, as the page would send them, minus the CSRF token: what
     # another site could make the victim's browser post with the victim's cookie.
-    fields = page.get_by_role("button", name="Save").evaluate(
-        "b => [...new FormData(b.form)].filter(([k]) => !/csrf/i.test(k))"
+    found = page.get_by_role("button", name="Save").evaluate(
+        "b => [...new FormData(b.form, b)].filter(([k]) => !/csrf/i.test(k))"
         ".map(([k, v]) => [k, String(v)])")
-    fields = [*fields, ["enabled", "on"], ["programs", "alpha"]]
+    fields = [(str(k), str(v)) for k, v in found]
+    fields += [("enabled", "on"), ("programs", "alpha")]
     r = page.request.post(action, data=urlencode(fields), max_redirects=0,
                           headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status in (400, 403), f"forged POST to {action}: HTTP {r.status}\n{r.text()[:500]}"

@@ -5,6 +5,7 @@ also audited 375 px wide, as on a phone."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,6 +54,8 @@ def seen(stack: ConsoleStack) -> Seen:
     return Seen(user, mid)
 
 
+# How a page says a service did not give it what it shows.
+DEGRADED = re.compile(r"can't be shown|not available|refused|no such endpoint", re.I)
 # name (the screenshot's file), who signs in (None: nobody), the path
 PAGES = [
     ("sign-in", None, "/"),
@@ -87,6 +90,18 @@ def test_main_page_has_no_serious_accessibility_violation(
     _open(page, stack, seen, who, path)
     shoot(page, name)
     assert_accessible(page, name)
+
+
+@pytest.mark.parametrize(("name", "who", "path"), PAGES[1:], ids=[p[0] for p in PAGES[1:]])
+def test_main_page_shows_its_data(
+    page: Page, stack: ConsoleStack, seen: Seen, name: str, who: str | None, path: str
+) -> None:
+    """No part of the page stands in for data it could not fetch (what the screenshots
+    would otherwise show the README's readers)."""
+    _open(page, stack, seen, who, path)
+    text = page.inner_text("main")
+    degraded = [line.strip() for line in text.splitlines() if DEGRADED.search(line)]
+    assert not degraded, f"{name} ({page.url}) could not show everything:\n" + "\n".join(degraded)
 
 
 def test_forbidden_page_has_no_serious_accessibility_violation(
