@@ -547,7 +547,8 @@ def parse_token_label(form: Mapping[str, str]) -> tuple[str | None, Errors]:
 
 # --- message tracking, audit, notifications ---------------------------------------------
 
-MESSAGE_STATES = ("queued", "running", "suspended", "deferred", "on_hold", "delivered", "bounced")
+# What ingest's GET /v1/messages?state= accepts (SPEC's on_hold joins when ingest has it).
+MESSAGE_STATES = ("queued", "running", "suspended", "deferred", "delivered", "bounced")
 AUDIT_KINDS = ("program", "settings", "account", "token")
 NOTIFICATION_STATES = ("pending", "sent", "failed")
 

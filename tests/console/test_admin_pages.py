@@ -399,6 +399,16 @@ def test_message_tracking_by_sender_and_by_id(stack: Stack, admin: Browser) -> N
 
     by_recipient = admin.get("/admin/messages", recipient="Erin@Example.org")
     assert mid in by_recipient.text and other in by_recipient.text
+    assert "erin@example.org: queued" in text_of(by_recipient)  # each recipient's state
+
+    dashboard = admin.get("/admin")  # ingest's numbers: these two wait, one hour received
+    assert "not available" not in dashboard.text
+    waiting = re.search(r"<caption>Recipients waiting, by state</caption>.*?<tbody><tr>"
+                        r"<td>(\d+)</td>", dashboard.text, re.S)
+    assert waiting and int(waiting.group(1)) >= 2, dashboard.text[:4000]
+    received = re.search(r"<caption>The last hour</caption>.*?<td>(\d+)</td>",
+                         dashboard.text, re.S)
+    assert received and int(received.group(1)) >= 2
 
     by_id = admin.get("/admin/messages", id=mid.upper())
     assert by_id.status_code == 200 and str(by_id.url).endswith(f"/admin/messages/{mid}")

@@ -71,7 +71,8 @@ async def messages(request: Request, person: AdminDep) -> Response:
                                  "sender" if q.sender is not None else "recipient")
         if listing is not None:
             items = listing.get("messages", listing.get("items", []))
-            next_url = next_page_url("/admin/messages", q.params(), listing.get("next_cursor"))
+            filters = {k: query.get(k) for k in ("sender", "recipient", "state")}
+            next_url = next_page_url("/admin/messages", filters, listing.get("next_cursor"))
     return page(request, person, "admin/messages.html", 400 if errors else 200,
                 values=query, messages=items, next_url=next_url, states=MESSAGE_STATES,
                 later_page=bool(page_cursor(request)), errors=errors,
