@@ -59,6 +59,7 @@ class MessageView:
     recipients: list[RecipientView] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None  # this message's details could not be loaded
+    dsn_problem: str | None = None  # its DSNs could not be loaded
 
 
 def outcome_of(run: dict[str, Any]) -> str:
@@ -121,9 +122,10 @@ async def one_message(api: Api, account: str, message_id: str,
             if exc.status == 401:
                 raise
             if exc.status >= 500:
-                view.problem = f"{exc.service} is not answering: the DSNs can't be shown now"
+                view.dsn_problem = f"{exc.service} is not answering: the DSNs can't be shown now"
             elif exc.status == 403:
-                view.problem = f"The DSNs can't be shown: {exc.service} refused ({exc.message})"
+                view.dsn_problem = (f"The DSNs can't be shown: {exc.service} refused "
+                                    f"({exc.message})")
     return view
 
 
