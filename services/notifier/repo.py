@@ -290,20 +290,27 @@ async def list_notifications(
     state: str | None,
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
+    kinds: Collection[str] | None = None,
+    with_content: bool = False,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
+    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page.
+    ``kinds`` keeps only those kinds; ``with_content`` adds each row's ``content``."""
     where: list[str] = []
     params: dict[str, Any] = {"limit": limit}
     if message_id is not None:
         where.append("message_id = :mid")
         params["mid"] = message_id
+    if kinds is not None:
+        where.append("kind = ANY(CAST(:kinds AS text[]))")
+        params["kinds"] = sorted(kinds)
     if state is not None:
         where.append("state = :state")
         params["state"] = state
     if after is not None:
         where.append("(created_at, id) < (:after_at, :after_id)")
         params["after_at"], params["after_id"] = after
-    sql = f"SELECT {_SUMMARY_COLUMNS} FROM notifier.notifications"
+    columns = _SUMMARY_COLUMNS + (", content" if with_content else "")
+    sql = f"SELECT {columns} FROM notifier.notifications"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY created_at DESC, id DESC LIMIT :limit"

@@ -1,5 +1,10 @@
-"""``GET /v1/notifications`` and ``GET /v1/notifications/{id}`` (admin only): what the
-notifier generated and where sending it stands."""
+"""``GET /v1/notifications`` and ``GET /v1/notifications/{id}``: what the notifier
+generated and where sending it stands.
+
+The admin reads everything. A ``user`` reads the DSNs about its own account's recipients
+only (``services.notifier.visibility``): the listing needs ``message_id`` and leaves the
+rest out; any other notification's id is 404 for it, exactly as an unknown id, so ids
+don't leak."""
 
 from __future__ import annotations
 
@@ -13,13 +18,16 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from services.notifier import repo
+from services.notifier.visibility import user_may_read
 from shared.auth import Principal, require
 from shared.db import session_scope
 from shared.errors import BadRequest, NotFound
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
-AdminDep = Annotated[Principal, Depends(require("admin"))]
+ReaderDep = Annotated[Principal, Depends(require("admin", "user"))]
+# A user's listing is one message's DSNs: never more than this many rows are read for it.
+USER_SCAN_LIMIT = 1000
 State = Literal["pending", "sent", "failed"]
 
 
@@ -65,18 +73,35 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 @router.get("", response_model=NotificationPage)
 async def list_notifications(
-    _: AdminDep,
+    principal: ReaderDep,
     message_id: uuid.UUID | None = None,
     state: State | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
 ) -> NotificationPage:
-    """Newest first; content is left out (``GET /v1/notifications/{id}`` has it)."""
+    """Newest first; content is left out (``GET /v1/notifications/{id}`` has it). A user
+    must name the message (``message_id``) and gets only the DSNs about its account."""
     after = _decode_cursor(cursor) if cursor else None
-    async with session_scope() as session:
-        rows = await repo.list_notifications(
-            session, message_id=message_id, state=state, limit=limit + 1, after=after
+    user = principal.role == "user"
+    if user and message_id is None:
+        raise BadRequest(
+            "message_id is required: a user token lists the DSNs of one message to its "
+            "account (GET /v1/notifications?message_id=<id>)",
+            code="message_id_required",
         )
+    async with session_scope() as session:
+        if user:
+            scanned = await repo.list_notifications(
+                session, message_id=message_id, state=state, limit=USER_SCAN_LIMIT,
+                after=after, kinds=repo.DSN_KINDS, with_content=True,
+            )
+            rows = [r for r in scanned
+                    if user_may_read(r["kind"], bytes(r.pop("content")), principal.account)]
+            rows = rows[: limit + 1]
+        else:
+            rows = await repo.list_notifications(
+                session, message_id=message_id, state=state, limit=limit + 1, after=after
+            )
     more = len(rows) > limit
     rows = rows[:limit]
     return NotificationPage(
@@ -86,10 +111,11 @@ async def list_notifications(
 
 
 @router.get("/{notification_id}", response_model=NotificationDetail)
-async def get_notification(_: AdminDep, notification_id: uuid.UUID) -> NotificationDetail:
+async def get_notification(principal: ReaderDep, notification_id: uuid.UUID) -> NotificationDetail:
     async with session_scope() as session:
         row = await repo.get_notification(session, notification_id)
-    if row is None:
+    if row is None or (principal.role == "user" and not user_may_read(
+            row["kind"], bytes(row["content"]), principal.account)):
         raise NotFound(f"no notification {notification_id}", code="notification_not_found")
     content = bytes(row.pop("content")).decode("utf-8", "replace")
     return NotificationDetail(**row, content=content)
