@@ -152,10 +152,21 @@ async def delete_account(s: AsyncSession, address: str) -> bool:
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
-async def list_accounts(s: AsyncSession, after: str | None, limit: int) -> Sequence[RowMapping]:
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_accounts(
+    s: AsyncSession, after: str | None, limit: int, contains: str | None = None
+) -> Sequence[RowMapping]:
+    """A page of accounts in address order; ``contains``: only addresses with that text in
+    them, any case (an admin's search; a scan, which a page of an admin's screen can afford)."""
     stmt = select(t.accounts).order_by(t.accounts.c.address).limit(limit)
     if after is not None:
         stmt = stmt.where(t.accounts.c.address > after)
+    if contains:
+        stmt = stmt.where(
+            t.accounts.c.address.ilike(f"%{_like_escape(contains)}%", escape="\\"))
     return (await s.execute(stmt)).mappings().all()
 
 

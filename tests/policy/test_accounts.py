@@ -103,6 +103,28 @@ async def test_pagination(client: httpx.AsyncClient, admin_headers: dict[str, st
     assert len(r.json()["items"]) == 7 and r.json()["next_cursor"] is None
 
 
+async def test_search_by_part_of_the_address(client: httpx.AsyncClient,
+                                             admin_headers: dict[str, str]) -> None:
+    """The console's account search: any part, any case, LIKE's wildcards taken literally."""
+    for a in ("sales@example.org", "presales@example.org", "bob@sales.example.net",
+              "s_a%les@example.org", "carol@example.org"):
+        await make_account(client, admin_headers, a)
+
+    async def search(q: str, **extra: object) -> list[str]:
+        r = await client.get("/v1/accounts", params={"q": q, **extra}, headers=admin_headers)
+        assert r.status_code == 200, r.text
+        return [a["address"] for a in r.json()["items"]]
+
+    assert await search("SALES") == ["bob@sales.example.net", "presales@example.org",
+                                     "sales@example.org"]
+    assert await search("_a%") == ["s_a%les@example.org"]
+    assert await search("nobody") == []
+    r = await client.get("/v1/accounts", params={"q": "sales", "limit": 2}, headers=admin_headers)
+    page = r.json()
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    assert await search("sales", cursor=page["next_cursor"]) == ["sales@example.org"]
+
+
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"limit": "ten"},
                                     {"cursor": "garbage!"}, {"cursor": "eyJhZnRlciI6IDF9"},
                                     {"cursor": "bm90IGpzb24"}])

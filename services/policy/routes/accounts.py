@@ -131,10 +131,12 @@ async def list_accounts(
     session: SessionDep,
     limit: int = Query(100, ge=1, le=500),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    q: str | None = Query(None, max_length=320,
+                          description="only addresses containing this text (any case)"),
 ) -> AccountPage:
     after = decode_cursor(cursor, "after", str) if cursor else None
     async with transaction(session):
-        rows = await repo.list_accounts(session, after, limit)
+        rows = await repo.list_accounts(session, after, limit, q)
     items = [to_account(r) for r in rows]
     next_cursor = encode_cursor({"after": items[-1].address}) if len(items) == limit else None
     return AccountPage(items=items, next_cursor=next_cursor)
