@@ -169,14 +169,25 @@ class ConsoleStack:
             assert r.status_code == 200, r.text
             return r.json()["program_delivery"]  # type: ignore[no-any-return]
 
-    def submit(self, to: str, sender: str | None = None, subject: str = "browser test") -> str:
+    def submit(self, to: str, sender: str | None = None, subject: str = "browser test",
+               notify: str | None = None) -> str:
         """POST /v1/messages as the MTA; the message's id."""
         sender = sender or f"sender-{secrets.token_hex(3)}@example.net"
+        params: list[tuple[str, str | int | float | bool | None]] = [("from", sender), ("to", to)]
+        if notify:
+            params.append(("notify", notify))
         with httpx.Client(base_url=self.ingest_url, headers=MTA, timeout=10) as c:
-            r = c.post("/v1/messages", params=[("from", sender), ("to", to)],
+            r = c.post("/v1/messages", params=params,
                        content=message(subject), headers={"Content-Type": "message/rfc822"})
             assert r.status_code == 202, r.text
             return str(r.json()["id"])
+
+    def wait_mail_to(self, address: str, timeout: float = 20.0) -> None:
+        """Until the notifier has sent something (a DSN) to ``address`` through our sink."""
+        deadline = time.monotonic() + timeout
+        while not any(address in (e.rcpt_tos or []) for e in self.sink.received):
+            assert time.monotonic() < deadline, f"no mail to {address} within {timeout}s"
+            time.sleep(0.2)
 
     def recipient_state(self, mid: str) -> str:
         with httpx.Client(base_url=self.ingest_url, headers=MTA, timeout=10) as c:

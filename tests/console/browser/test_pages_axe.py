@@ -40,7 +40,8 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 @dataclass(frozen=True)
 class Seen:
-    """What the pages need to show something: a user with a delivered message."""
+    """What the pages need to show something: a user with a delivered message and the
+    DSN that reported it."""
 
     user: Account
     message_id: str
@@ -49,8 +50,11 @@ class Seen:
 @pytest.fixture(scope="module")
 def seen(stack: ConsoleStack) -> Seen:
     user = stack.account("seen", ["alpha", "bravo"], enabled=True)
-    mid = stack.submit(user.address, subject="for the pages")
+    sender = f"writer-{user.uid}@example.net"
+    mid = stack.submit(user.address, sender=sender, subject="for the pages",
+                       notify="SUCCESS,FAILURE")  # a success DSN, for the pages to list
     stack.wait_state(mid, ("delivered",))
+    stack.wait_mail_to(sender)
     return Seen(user, mid)
 
 
