@@ -98,6 +98,10 @@ def test_a_cookie_saved_before_sign_out_no_longer_works(
     expect(page.get_by_label(FILTER)).to_be_visible()
     saved = page.context.cookies()
     assert saved, "signing in set no cookie"
+    # Nothing of the session is readable by the page's scripts, nor the token in the page.
+    assert page.evaluate("() => document.cookie") == ""
+    assert account.token not in page.content() and account.token not in page.url
+    assert all(c["httpOnly"] and c["sameSite"] == "Strict" for c in saved), saved
     sign_out(page)
     assert on_sign_in_page(page) or page.get_by_role("button", name="Sign out").count() == 0
 
@@ -112,6 +116,20 @@ def test_a_cookie_saved_before_sign_out_no_longer_works(
         expect(stolen.get_by_label(FILTER)).to_have_count(0)
     finally:
         thief.close()
+
+
+def test_a_forged_suspend_without_the_csrf_token_is_refused(admin_page: Page,
+                                                            stack: ConsoleStack) -> None:
+    """Another site making a signed-in admin's browser POST "suspend" changes nothing."""
+    page, base = admin_page, stack.console_url
+    try:
+        for path in ("/admin/suspend", "/admin/resume"):
+            r = page.request.post(base + path, form={"confirm": "yes"}, max_redirects=0)
+            assert r.status in (400, 403), f"forged POST {path}: HTTP {r.status}"
+            assert "Traceback" not in r.text()
+            assert stack.status()["program_delivery"] == "enabled"
+    finally:
+        stack.settings(suspended=False)
 
 
 @pytest.mark.parametrize("path", ["/account/{a}", "/admin"])

@@ -57,10 +57,14 @@ def test_user_chooses_two_programs_in_order_and_mail_runs_them_in_that_order(
     stack.wait_state(mid, ("delivered", "bounced"))
     assert account.order_log() == "bravo\nalpha\n"  # both ran, in the chosen order
 
+    row = page.get_by_role("row").filter(has_text=sender)
+
     def delivered_shown() -> bool:
-        rows = page.get_by_role("row").filter(has_text=sender)
-        return rows.count() == 1 and re.search(r"\bdelivered\b", rows.inner_text()) is not None
+        return row.count() == 1 and re.search(r"\bdelivered\b", row.inner_text()) is not None
 
     page.goto(f"{base}/account/{account.address}")
     reload_until(page, delivered_shown, f"message from {sender} shown as delivered")
+    shown = row.inner_text()
+    assert 0 <= shown.find("bravo") < shown.find("alpha"), (
+        f"the message's row should show bravo's run, then alpha's: {shown!r}")
 
