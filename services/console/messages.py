@@ -74,7 +74,7 @@ def outcome_of(run: dict[str, Any]) -> str:
         return f"killed by {name}"
     code = run.get("exit_status")
     if code == 0:
-        return "succeeded"
+        return "exited 0 but wrote output" if run.get("output_excerpt") else "succeeded"
     if isinstance(code, int):
         return f"failed: exit {code} ({describe_exit(code)})"
     return "did not run"
