@@ -86,14 +86,26 @@ def test_the_focused_control_is_visibly_marked(
 ) -> None:
     base = stack.console_url
     goto(page, base + "/")
-    before, after = _focus_styles(page, page.get_by_role("button", name="Sign in"))
-    assert after != before and _marked(after), (
-        f"Sign in button: focused {after} looks like unfocused {before}")
+    unmarked = []
+    for what, control in (("Token field", page.get_by_label("Token")),
+                          ("Sign in button", page.get_by_role("button", name="Sign in"))):
+        before, after = _focus_styles(page, control)
+        if after == before or not _marked(after):
+            unmarked.append(f"sign-in page, {what}: focused {after}, unfocused {before}")
 
     page.get_by_label("Token").fill(account.token)
     with page.expect_navigation():
         page.get_by_role("button", name="Sign in").click()
     goto(page, f"{base}/account/{account.address}")
-    before, after = _focus_styles(page, page.get_by_role("button", name="Save"))
-    assert after != before and _marked(after), (
-        f"Save button: focused {after} looks like unfocused {before}")
+    for what, control in (
+        ("checkbox", page.get_by_label(FILTER)),
+        ("Trusted program select", page.get_by_label("Trusted program")),
+        ("Add program button", page.get_by_role("button", name="Add program")),
+        ("Save button", page.get_by_role("button", name="Save")),
+        ("Sign out button", page.get_by_role("button", name="Sign out")),
+        ("Messages link", page.get_by_role("link", name="Messages", exact=True)),
+    ):
+        before, after = _focus_styles(page, control)
+        if after == before or not _marked(after):
+            unmarked.append(f"Delivery Options, {what}: focused {after}, unfocused {before}")
+    assert not unmarked, "focus not visibly marked:\n" + "\n".join(unmarked)
