@@ -10,7 +10,7 @@ line or an exception's text.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
@@ -28,6 +28,8 @@ Service = Literal["policy", "ingest", "notifier"]
 SERVICES: tuple[Service, ...] = ("policy", "ingest", "notifier")
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 Params = Mapping[str, Any] | list[tuple[str, Any]] | None
+# A body sent as it is: bytes, or an async stream of them (a program upload, never held whole).
+RequestBody = bytes | AsyncIterable[bytes] | None
 
 
 def new_client() -> httpx.AsyncClient:
@@ -67,7 +69,7 @@ def _error_of(service: str, response: httpx.Response) -> ApiError:
 
 async def call(
     request: Request, token: str, method: str, service: Service, path: str, *,
-    params: Params = None, json: Any = None, content: bytes | None = None,
+    params: Params = None, json: Any = None, content: RequestBody = None,
     headers: Mapping[str, str] | None = None,
 ) -> Any:
     """Parsed JSON of the answer (None for 204), or ApiError."""
@@ -108,25 +110,25 @@ class Api:
         return await call(self._request, self._token, "GET", service, path, params=params)
 
     async def post(self, service: Service, path: str, json: Any = None,
-                   content: bytes | None = None, headers: Mapping[str, str] | None = None,
+                   content: RequestBody = None, headers: Mapping[str, str] | None = None,
                    params: Params = None) -> Any:
         return await call(self._request, self._token, "POST", service, path, json=json,
                           content=content, headers=headers, params=params)
 
     async def put(self, service: Service, path: str, json: Any = None,
-                  content: bytes | None = None, headers: Mapping[str, str] | None = None,
+                  content: RequestBody = None, headers: Mapping[str, str] | None = None,
                   params: Params = None) -> Any:
         return await call(self._request, self._token, "PUT", service, path, json=json,
                           content=content, headers=headers, params=params)
 
     async def patch(self, service: Service, path: str, json: Any = None,
-                    content: bytes | None = None, headers: Mapping[str, str] | None = None,
+                    content: RequestBody = None, headers: Mapping[str, str] | None = None,
                     params: Params = None) -> Any:
         return await call(self._request, self._token, "PATCH", service, path, json=json,
                           content=content, headers=headers, params=params)
 
     async def delete(self, service: Service, path: str, json: Any = None,
-                     content: bytes | None = None, headers: Mapping[str, str] | None = None,
+                     content: RequestBody = None, headers: Mapping[str, str] | None = None,
                      params: Params = None) -> Any:
         return await call(self._request, self._token, "DELETE", service, path, json=json,
                           content=content, headers=headers, params=params)

@@ -144,7 +144,12 @@ class ConsoleMiddleware:
                 return RedirectResponse(signin_url(), status_code=303)
         length = headers.get(b"content-length", b"")
         if length.strip().isdigit() and int(length) > self._body_limit(scope):
-            return Response("Request too large", status_code=413, media_type="text/plain")
+            limit = self._body_limit(scope)
+            return error_page(
+                Request(scope), 413, "Too large",
+                f"This form sent {int(length):,} bytes; the console accepts {limit:,} "
+                "(for a program upload: MAILEXEC_MAX_PROGRAM_BYTES, plus the form). "
+                "Go back and choose a smaller file.")
         return None
 
     def _capped(self, scope: Scope, receive: Receive) -> Receive:

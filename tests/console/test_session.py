@@ -170,7 +170,9 @@ def test_huge_forms_are_refused(stack: Stack, browser: Browser) -> None:
     body = "csrf=" + csrf + "&other=" + "x" * (2 * 1024 * 1024)
     r = browser.http.post(f"/account/{address}", content=body,
                           headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert r.status_code == 413
+    assert r.status_code == 413  # refused from its Content-Length, with a page that says why
+    assert r.headers["content-type"].startswith("text/html")
+    assert "<h1>Too large</h1>" in r.text and "smaller file" in r.text
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: capped while it streams
         yield ("csrf=" + csrf + "&other=").encode()

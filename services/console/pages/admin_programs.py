@@ -88,7 +88,7 @@ async def upload_program(request: Request, person: AdminDep) -> Response:
     try:
         meta = await api.put(
             "policy", f"/v1/programs/{seg(upload.name)}",
-            content=_chunks(file),  # type: ignore[arg-type]  # httpx streams an async iterator
+            content=_chunks(file),
             headers=headers, params=params,
         )
     except ApiError as exc:
