@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from playwright.sync_api import Locator, Page, Response, ViewportSize
+from playwright.sync_api import Locator, Page, Response, ViewportSize, expect
 
 from mailexec.supervisor import service_env
 from tests.conftest import ADMIN_TOKEN, MTA_TOKEN, ServiceProcess, free_port
@@ -251,19 +251,37 @@ def reload_until(page: Page, ready: Callable[[], bool], what: str, timeout: floa
         page.reload()
 
 
+def eventually(ok: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Until ``ok()`` holds (e.g. a form's POST has reached policy), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.1)
+
+
+def program_rows(page: Page) -> Locator:
+    """The rows of the ordered program list (list items or table rows with a Remove
+    button: whatever the page uses, it has to be one of the two for a screen reader)."""
+    return page.get_by_role("listitem").or_(page.get_by_role("row")).filter(
+        has=page.get_by_role("button", name="Remove"))
+
+
+def expect_programs(page: Page, names: list[str]) -> None:
+    """The page lists exactly ``names``, in this order (waits for the page to get there)."""
+    expect(program_rows(page)).to_have_count(len(names))
+    expect(program_rows(page)).to_contain_text(names)
+    assert listed_programs(page) == names
+
+
 def program_row(page: Page, name: str) -> Locator:
-    """The row of the ordered program list that holds ``name`` (a list item or a table
-    row: whatever the page uses, it has to be one of the two for a screen reader)."""
-    rows = page.get_by_role("listitem").or_(page.get_by_role("row"))
-    return rows.filter(has=page.get_by_role("button", name="Remove")).filter(has_text=name)
+    """The row of the ordered program list that holds ``name``."""
+    return program_rows(page).filter(has_text=name)
 
 
 def listed_programs(page: Page) -> list[str]:
     """The program names of the ordered list, top to bottom, as the page shows them."""
-    rows = page.get_by_role("listitem").or_(page.get_by_role("row")).filter(
-        has=page.get_by_role("button", name="Remove"))
     found = []
-    for text in rows.all_inner_texts():
+    for text in program_rows(page).all_inner_texts():
         names = [n for n in PROGRAMS if re.search(rf"\b{n}\b", text)]
         found.append(names[0] if len(names) == 1 else text.strip())
     return found

@@ -14,18 +14,17 @@ def suspend(page: Page, base: str) -> None:
     """Dashboard → "Suspend program delivery" → confirmation → "Yes, suspend"."""
     page.goto(f"{base}/admin")
     page.get_by_role("button", name="Suspend program delivery").click()
-    page.wait_for_load_state()
+    expect(page.get_by_role("button", name="Yes, suspend")).to_be_visible()
     shoot(page, "admin-suspend-confirm")
-    page.get_by_role("button", name="Yes, suspend").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Yes, suspend").click()
 
 
 def resume(page: Page, base: str) -> None:
     page.goto(f"{base}/admin")
     page.get_by_role("button", name="Resume program delivery").click()
-    page.wait_for_load_state()
-    page.get_by_role("button", name="Yes, resume").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Yes, resume").click()
 
 
 def test_admin_suspends_a_message_is_held_then_resumed_and_delivered(

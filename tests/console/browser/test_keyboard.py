@@ -4,12 +4,18 @@ and Enter, and the focused control visibly marked."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 
 from playwright.sync_api import Locator, Page, expect
 
-from tests.console.browser.harness import Account, ConsoleStack, goto, is_focused, tab_to
+from tests.console.browser.harness import (
+    Account,
+    ConsoleStack,
+    eventually,
+    expect_programs,
+    goto,
+    is_focused,
+    tab_to,
+)
 
 FILTER = "Filter all incoming messages through one or more programs"
 FOCUS_STYLE = ("e => { const s = getComputedStyle(e); return {outline: `${s.outlineStyle} "
@@ -52,22 +58,13 @@ def test_sign_in_and_delivery_options_with_the_keyboard_alone(
     expect(select).to_have_value("bravo")
     tab_to(page, page.get_by_role("button", name="Add program"))
     page.keyboard.press("Enter")
-    page.wait_for_load_state()
-    expect(page.get_by_role("button", name="Remove")).to_have_count(1)
+    expect_programs(page, ["bravo"])
 
     save = page.get_by_role("button", name="Save")
     tab_to(page, save)
     page.keyboard.press("Space")  # Space activates a button like Enter does
-    page.wait_for_load_state()
-    deadline_poll(lambda: stack.account_programs(account.address)
-                  == {"enabled": True, "programs": ["bravo"]})
-
-
-def deadline_poll(ok: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not ok():
-        assert time.monotonic() < end, "the keyboard-saved settings never reached policy"
-        time.sleep(0.2)
+    eventually(lambda: stack.account_programs(account.address)
+               == {"enabled": True, "programs": ["bravo"]}, "the keyboard-made Save")
 
 
 def _focus_styles(page: Page, button: Locator) -> tuple[dict[str, str], dict[str, str]]:

@@ -10,7 +10,8 @@ from playwright.sync_api import Page, expect
 from tests.console.browser.harness import (
     Account,
     ConsoleStack,
-    listed_programs,
+    eventually,
+    expect_programs,
     program_row,
     reload_until,
     sign_in,
@@ -29,28 +30,23 @@ def test_user_chooses_two_programs_in_order_and_mail_runs_them_in_that_order(
            ).to_be_visible()
 
     page.get_by_label(FILTER).check()
-    select = page.get_by_label("Trusted program")
-    select.select_option("alpha")
+    page.get_by_label("Trusted program").select_option("alpha")
     page.get_by_role("button", name="Add program").click()
-    expect(program_row(page, "alpha")).to_have_count(1)
+    expect_programs(page, ["alpha"])
     page.get_by_label("Trusted program").select_option("bravo")
     page.get_by_role("button", name="Add program").click()
-    expect(program_row(page, "bravo")).to_have_count(1)
-    assert listed_programs(page) == ["alpha", "bravo"]
+    expect_programs(page, ["alpha", "bravo"])
 
     program_row(page, "bravo").get_by_role("button", name="Move up").click()
-    expect(program_row(page, "bravo")).to_have_count(1)
-    assert listed_programs(page) == ["bravo", "alpha"]
+    expect_programs(page, ["bravo", "alpha"])
     expect(page.get_by_label(FILTER)).to_be_checked()
     page.get_by_role("button", name="Save").click()
-    page.wait_for_load_state()
+    saved = {"enabled": True, "programs": ["bravo", "alpha"]}  # what the executor will get
+    eventually(lambda: stack.account_programs(account.address) == saved, "Save reaching policy")
 
-    # What the page shows after saving, and what policy will hand the executor.
-    page.goto(f"{base}/account/{account.address}")
+    page.goto(f"{base}/account/{account.address}")  # what the page shows after saving
     expect(page.get_by_label(FILTER)).to_be_checked()
-    assert listed_programs(page) == ["bravo", "alpha"]
-    assert stack.account_programs(account.address) == {"enabled": True,
-                                                       "programs": ["bravo", "alpha"]}
+    expect_programs(page, ["bravo", "alpha"])
 
     sender = f"order-{account.uid}@example.net"
     mid = stack.submit(account.address, sender=sender, subject="two programs")
