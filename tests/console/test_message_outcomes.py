@@ -105,6 +105,6 @@ async def test_a_bounce_shows_each_program_and_the_dsn(pipe: Pipeline, homes: Ho
         assert re.search(r"chatty ?: exited 0 but wrote output, exit status 0", text), text
         assert "program chatty exited with status 0 but wrote output" in text
         page = _text(browser.get(f"/account/{address}/messages/{mid}").text)
-        assert "Output of chatty (attempt 0) hello" in page
+        assert "Output of chatty (attempt 1) hello" in page  # runs numbered from 1
     finally:
         browser.close()
