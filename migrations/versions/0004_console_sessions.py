@@ -47,6 +47,11 @@ def upgrade() -> None:
     op.execute(
         "CREATE INDEX console_sessions_last_seen ON policy.console_sessions (last_seen_at)"
     )
+    # one token's live sessions, newest first: the cap on sessions per token
+    op.execute(
+        "CREATE INDEX console_sessions_token ON policy.console_sessions "
+        "(token_hash, last_seen_at DESC) WHERE ended_at IS NULL"
+    )
     op.execute(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON policy.console_sessions TO mailexec_policy"
     )

@@ -219,6 +219,9 @@ _SESSION_LIVE = (
 )
 SESSION_PURGE_AFTER_S = 86400
 SESSION_PURGE_BATCH = 500
+# Live sessions one token may hold; signing in once more ends its least recently used one,
+# so a token holder signing in in a loop cannot grow the table.
+SESSIONS_PER_TOKEN = 20
 
 
 async def insert_session(
@@ -231,6 +234,19 @@ async def insert_session(
     ).returning(t.console_sessions)
     row: RowMapping = (await s.execute(stmt)).mappings().one()
     return row
+
+
+async def end_surplus_sessions(s: AsyncSession, *, token_hash: str, keep: int) -> int:
+    """End the live sessions of ``token_hash`` beyond its ``keep`` most recently seen."""
+    c = t.console_sessions.c
+    surplus = (
+        select(c.id_hash)
+        .where((c.token_hash == token_hash) & c.ended_at.is_(None))
+        .order_by(c.last_seen_at.desc()).offset(keep).scalar_subquery()
+    )
+    stmt = (update(t.console_sessions).where(c.id_hash.in_(surplus))
+            .values(ended_at=func.now()))
+    return int((await s.execute(stmt)).rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def touch_session(s: AsyncSession, *, id_hash: str, token_hash: str) -> RowMapping | None:

@@ -202,3 +202,26 @@ async def test_old_sessions_are_purged_when_one_is_created(
     assert await _row(ended) is None and await _row(expired) is None
     assert await _row(recent) is not None and await _row(live) is not None
     assert (await client.get(f"/v1/sessions/{live}", headers=bearer(alice))).status_code == 200
+
+
+async def test_sessions_per_token_are_capped(client: httpx.AsyncClient, alice: str,
+                                             admin_headers: dict[str, str]) -> None:
+    """Signing in in a loop can't grow the table: the least recently used session ends."""
+    from services.policy.repo import SESSIONS_PER_TOKEN
+
+    made = []
+    for i in range(SESSIONS_PER_TOKEN + 2):
+        r = await client.post("/v1/sessions", headers=bearer(alice))
+        assert r.status_code == 201, r.text
+        made.append(r.json()["session"])
+        if i == 0:
+            await _age(made[0], -5)  # the first is the most recently used of all
+        else:
+            await _age(made[-1], 100 - i)  # then older to newer in creation order
+    live = [sid for sid in made
+            if (await client.get(f"/v1/sessions/{sid}", headers=bearer(alice))).status_code == 200]
+    assert len(live) == SESSIONS_PER_TOKEN
+    assert made[0] in live and made[-1] in live  # recently used and newest survive
+    assert made[1] not in live and made[2] not in live  # the least recently used ended
+    r = await client.post("/v1/sessions", headers=admin_headers)  # another token: unaffected
+    assert r.status_code == 201

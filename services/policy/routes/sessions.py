@@ -14,6 +14,9 @@ What it guarantees:
 - Each successful ``GET`` slides the idle expiry (``last_seen_at = now``); ``DELETE``
   ends the session for good.
 
+- One token holds at most ``repo.SESSIONS_PER_TOKEN`` live sessions: signing in once more
+  ends its least recently used one (tests/policy/test_sessions.py::test_sessions_per_token_are_capped).
+
 What it does not do: sessions are not audited (signing in changes no policy), and
 creating one deletes at most ``repo.SESSION_PURGE_BATCH`` rows ended or idle-expired more
 than a day ago; nothing else prunes the table.
@@ -83,12 +86,14 @@ async def create_session(
 ) -> SessionOut:
     idle = (body or SessionIn()).idle_timeout_s
     session_id = secrets.token_urlsafe(32)
+    token_hash = presented_token_hash(request)
     async with transaction(session):
         await repo.purge_sessions(session)
+        await repo.end_surplus_sessions(session, token_hash=token_hash,
+                                        keep=repo.SESSIONS_PER_TOKEN - 1)
         row = await repo.insert_session(
-            session, id_hash=session_hash(session_id),
-            token_hash=presented_token_hash(request), principal=principal.name,
-            idle_timeout_s=idle,
+            session, id_hash=session_hash(session_id), token_hash=token_hash,
+            principal=principal.name, idle_timeout_s=idle,
         )
     return _out(session_id, principal, row)
 
