@@ -26,10 +26,28 @@ def migrate(
     downgrade: Annotated[
         bool, typer.Option("--downgrade", help="Downgrade to REVISION instead (e.g. base)")
     ] = False,
+    login_roles: Annotated[
+        bool,
+        typer.Option(
+            "--login-roles",
+            help="Then let each service role (mailexec_policy, _ingest, _executor, _notifier) log in"
+            " with the password of MAILEXEC_<SERVICE>_DATABASE_PASSWORD[_FILE]; needs the admin URL",
+        ),
+    ] = False,
 ) -> None:
     """Create the database if missing and apply the migrations (alembic upgrade head)."""
     from mailexec import migrate as m
 
+    passwords: dict[str, str] = {}
+    if login_roles:
+        if downgrade:
+            typer.echo("--login-roles does not go with --downgrade", err=True)
+            raise typer.Exit(EX_USAGE)
+        try:  # every password first: a missing one changes nothing, not even the schema
+            passwords = m.service_passwords()
+        except m.LoginRolesError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(EX_CONFIG) from None
     if downgrade:
         m.downgrade(revision=revision if revision != "head" else "base")
         typer.echo(f"downgraded to {revision if revision != 'head' else 'base'}")
@@ -43,6 +61,13 @@ def migrate(
         typer.echo("created database")
     m.upgrade(url, revision)
     typer.echo(f"database at {revision}")
+    if login_roles:
+        try:
+            roles = asyncio.run(m.set_login_roles(url, passwords))
+        except m.LoginRolesError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(EX_CONFIG) from None
+        typer.echo(f"login with their passwords: {', '.join(roles)}")
 
 
 @app.command()

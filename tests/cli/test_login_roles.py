@@ -1,0 +1,163 @@
+"""`mailexec migrate --login-roles` against the real PostgreSQL, in a database of its own.
+
+Migration 0001's per-service roles are NOLOGIN; --login-roles, given the admin URL and the
+four passwords, lets each log in with its own password (the Helm chart's migrations Job runs
+it, and each pod then connects as its service's role). Afterwards each role can do what its
+grants allow and nothing more.
+
+The local server trusts every TCP client (pg_hba `trust`), so a login alone proves LOGIN,
+not the password: the password is proven against the SCRAM verifier the server stored.
+Roles are cluster-wide: the test gives them back NOLOGIN and no password when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+from mailexec import migrate as m
+from mailexec.cli import app
+from shared.settings import get_settings
+from tests.conftest import PG_ADMIN
+
+DB = f"mailexec_login_roles_{uuid.uuid4().hex[:8]}"
+PG = "postgresql://{user}@127.0.0.1:5432/{db}"
+PASSWORDS = {s: f"pw-{s}-{uuid.uuid4().hex[:12]}'\"%@:/ x" for s in m.SERVICE_ROLES}
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+async def admin(sql: str, *args: object, db: str = "postgres") -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/" + db)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """Does PostgreSQL's stored SCRAM-SHA-256 verifier belong to this password?"""
+    method, rest = verifier.split("$", 1)
+    assert method == "SCRAM-SHA-256"
+    params, keys = rest.split("$")
+    iterations, salt = params.split(":")
+    stored_key, server_key = keys.split(":")
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return hashlib.sha256(client_key).digest() == base64.b64decode(stored_key)
+
+
+async def login_state() -> dict[str, tuple[bool, str | None]]:
+    rows = await admin(
+        "SELECT rolname, rolcanlogin, rolpassword FROM pg_authid WHERE rolname = ANY($1::text[])",
+        list(m.SERVICE_ROLES.values()),
+    )
+    return {r["rolname"]: (r["rolcanlogin"], r["rolpassword"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def admin_url() -> Iterator[str]:
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}"
+    run(admin(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'))
+    for role in m.SERVICE_ROLES.values():
+        run(admin(f'ALTER ROLE "{role}" NOLOGIN PASSWORD NULL'))
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, url: str, passwords: dict[str, str], tmp_path) -> object:  # noqa: ANN001
+    monkeypatch.setenv("MAILEXEC_DATABASE_URL", url)
+    for service in m.SERVICE_ROLES:
+        for suffix in ("", "_FILE"):
+            monkeypatch.delenv(m.password_variable(service) + suffix, raising=False)
+    for i, (service, password) in enumerate(passwords.items()):
+        if i % 2:  # half as files (the chart's way), half as variables
+            path = tmp_path / f"{service}_database_password"
+            path.write_text(password + "\n")
+            monkeypatch.setenv(m.password_variable(service) + "_FILE", str(path))
+        else:
+            monkeypatch.setenv(m.password_variable(service), password)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, ["migrate", "--login-roles"])
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_missing_password_is_refused_before_anything_changes(
+    admin_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # noqa: ANN001
+    partial = {s: p for s, p in PASSWORDS.items() if s != "executor"}
+    result = invoke(monkeypatch, admin_url, partial, tmp_path)
+    assert result.exit_code == 78, result.output  # EX_CONFIG
+    missing = "MAILEXEC_EXECUTOR_DATABASE_PASSWORD (or MAILEXEC_EXECUTOR_DATABASE_PASSWORD_FILE)"
+    assert missing in result.output
+    assert "nothing was changed" in result.output
+    # Not even the database was created.
+    assert not run(admin("SELECT 1 FROM pg_database WHERE datname = $1", DB))
+
+
+def test_each_service_logs_in_with_its_own_password_and_only_its_grants(
+    admin_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # noqa: ANN001
+    for attempt in (1, 2):  # idempotent: a second run (every helm upgrade) changes nothing else
+        result = invoke(monkeypatch, admin_url, PASSWORDS, tmp_path)
+        assert result.exit_code == 0, (attempt, result.output)
+        assert "login with their passwords: mailexec_policy, mailexec_ingest" in result.output
+    state = run(login_state())
+    for service, role in m.SERVICE_ROLES.items():
+        can_login, verifier = state[role]
+        assert can_login, role
+        assert verifier and verifier.startswith("SCRAM-SHA-256$"), role
+        assert scram_matches(verifier, PASSWORDS[service]), role
+        for other, password in PASSWORDS.items():
+            if other != service:
+                assert not scram_matches(verifier, password), (role, other)
+
+    async def as_role(role: str, sql: str) -> str:
+        conn = await asyncpg.connect(PG.format(user=role, db=DB), password=PASSWORDS[role.split("_")[1]])
+        try:
+            await conn.fetch(sql)
+            return "ok"
+        except asyncpg.InsufficientPrivilegeError:
+            return "denied"
+        finally:
+            await conn.close()
+
+    # (role, statement, expected) from migration 0001's grants.
+    cases = [
+        ("mailexec_ingest", "SELECT count(*) FROM mail.messages", "ok"),
+        ("mailexec_ingest", "SELECT count(*) FROM policy.accounts", "denied"),
+        ("mailexec_ingest", "SELECT count(*) FROM policy.programs", "denied"),
+        ("mailexec_ingest", "SELECT count(*) FROM notifier.notifications", "denied"),
+        ("mailexec_executor", "SELECT count(*) FROM policy.tokens", "denied"),
+        ("mailexec_executor", "DELETE FROM mail.messages", "denied"),
+        ("mailexec_executor", "SELECT count(*) FROM mail.program_runs", "ok"),
+        ("mailexec_notifier", "UPDATE mail.recipients SET attempts = attempts", "denied"),
+        ("mailexec_notifier", "SELECT count(*) FROM notifier.notifications", "ok"),
+        ("mailexec_policy", "SELECT count(*) FROM notifier.notifications", "denied"),
+        ("mailexec_policy", "SELECT count(*) FROM mail.messages", "denied"),
+        ("mailexec_policy", "SELECT count(*) FROM policy.accounts", "ok"),
+        # None of them may change the schema.
+        ("mailexec_policy", "CREATE TABLE policy.evil (x int)", "denied"),
+        ("mailexec_ingest", "DROP TABLE mail.program_runs", "denied"),
+    ]
+    got = [(role, sql, run(as_role(role, sql))) for role, sql, _ in cases]
+    assert got == cases
+
+
+def test_scram_verifier_is_postgresql_s() -> None:
+    """The verifier we send is one PostgreSQL accepts as is (checked above by the logins)
+    and the clear password is never part of the statement."""
+    verifier = m.scram_sha256("secret", salt=b"0123456789abcdef")
+    assert verifier.startswith("SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$")
+    assert scram_matches(verifier, "secret") and not scram_matches(verifier, "Secret")
+    assert "secret" not in verifier
