@@ -1,10 +1,15 @@
 # mailexec — what a developer can do. `make help` lists it.
-PYTHON ?= python3.11
+# The newest of python3.13, python3.12, python3.11 on PATH that runs (a pyenv shim of a
+# version not selected does not); PYTHON=... overrides. An existing $(VENV) keeps its own
+# Python: `make clean venv` to switch.
+PYTHON ?= $(shell for v in 3.13 3.12 3.11; do \
+            if python$$v -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
+              echo python$$v; break; fi; done)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv helpers run test test-unit lint bench bench-quick bench-mta chaos soak soak-mix clean
+.PHONY: help venv helpers run test test-unit lint man bench bench-quick bench-mta chaos soak soak-mix clean
 help:           ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
 
@@ -13,11 +18,21 @@ help:           ## this list
 HELPER_DIR := services/executor/sandbox
 HELPER     := $(VENV)/libexec/mailexec-spawner
 
-$(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+LOCKS := deploy/requirements.lock deploy/requirements-test.lock
+
+$(STAMP): pyproject.toml $(LOCKS)
+	@if [ ! -x $(BIN)/python ]; then \
+	  if [ -z "$(PYTHON)" ]; then \
+	    echo "need Python 3.11, 3.12 or 3.13 on PATH (python3.13, python3.12 or python3.11;"; \
+	    echo "Debian/Ubuntu: apt-get install python3 python3-venv), or say which: make PYTHON=/path/to/python3"; \
+	    exit 1; fi; \
+	  $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
+	    || { echo "$(PYTHON) is older than Python 3.11"; exit 1; }; \
+	  echo "creating $(VENV) with $$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q $(addprefix -c ,$(LOCKS)) -e '.[test]'
 	@touch $@
 
 $(HELPER): $(HELPER_DIR)/spawner.c $(HELPER_DIR)/child_recipe.h | $(STAMP)
@@ -47,6 +62,9 @@ test-unit: $(STAMP)  ## the decision logic's unit tests (tests/unit): seconds, a
 lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/ruff check mailexec shared services migrations tests testing bench deploy tools
 	$(BIN)/mypy mailexec shared services
+
+man: $(STAMP)  ## docs/mailexec.1 (roff) from the CLI's command tree; `man -l docs/mailexec.1`
+	$(BIN)/python tools/manpage.py
 
 bench: $(STAMP) $(HELPER)  ## throughput, latency, CPU/delivery: mailexec vs Postfix pipe(8) vs raw spawn (root, ~10 min); BENCH_PROFILE=1 adds py-spy
 	$(BIN)/python -m mailexec.devrun --services-only
