@@ -14,8 +14,32 @@ app = typer.Typer(
     name="mailexec",
     help="Program delivery for mail: run the services, administer programs and accounts.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion (bash, zsh, fish, PowerShell), from typer
+    add_completion=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mailexec {version('mailexec')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("mailexec (not installed: no package metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Program delivery for mail: run the services, administer programs and accounts."""
 
 
 @app.command()

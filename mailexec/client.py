@@ -228,15 +228,18 @@ class Client:
     def delete(self, service: str, path: str, **kw: Any) -> Any:
         return _body(self.request("DELETE", service, path, **kw))
 
-    def paginate(self, service: str, path: str, *, limit: int = 100) -> Iterator[dict[str, Any]]:
-        """Follow ``cursor`` pages until the server stops returning one."""
+    def paginate(
+        self, service: str, path: str, *, limit: int = 100, params: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Follow ``cursor`` pages until the server stops returning one (``params``: filters)."""
+        filters = {k: v for k, v in (params or {}).items() if v is not None}
         cursor: str | None = None
         seen: set[str] = set()
         while True:
-            params: dict[str, Any] = {"limit": limit}
+            query: dict[str, Any] = {**filters, "limit": limit}
             if cursor:
-                params["cursor"] = cursor
-            page = self.get(service, path, params=params)
+                query["cursor"] = cursor
+            page = self.get(service, path, params=query)
             if isinstance(page, list):
                 yield from page
                 return

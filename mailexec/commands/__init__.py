@@ -6,17 +6,28 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from mailexec.commands import accounts, importdir, messages, programs, settings
+    from mailexec.commands import (
+        accounts,
+        audit,
+        importdir,
+        messages,
+        notifications,
+        programs,
+        settings,
+        tokens,
+    )
 
     app.add_typer(programs.app, name="programs")
     app.add_typer(accounts.app, name="accounts")
-    app.add_typer(accounts.tokens_app, name="tokens")
+    app.add_typer(tokens.app, name="tokens")
     app.add_typer(settings.app, name="settings")
     app.add_typer(messages.app, name="messages")
     app.command("suspend")(settings.suspend)
     app.command("resume")(settings.resume)
     app.command("status")(settings.status)
     app.command("import-trusted-dir")(importdir.import_trusted_dir)
+    app.command("audit")(audit.audit)
+    app.command("notifications")(notifications.notifications)
     # every argument (--help too) goes to the light implementation, which parses them itself
     app.command(
         "submit",

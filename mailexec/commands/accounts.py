@@ -1,4 +1,4 @@
-"""`mailexec accounts …` and `mailexec tokens issue`: who receives mail through which programs."""
+"""`mailexec accounts …`: who receives mail through which programs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from mailexec.commands.common import (
     emit_json,
     err,
     fail,
-    fmt,
     kv_table,
     out,
     table,
@@ -23,9 +22,6 @@ from mailexec.commands.common import (
 from shared.sysexits import EX_USAGE
 
 app = typer.Typer(help="Accounts: owner, program list, mailbox delivery.", no_args_is_help=True)
-tokens_app = typer.Typer(
-    help="User tokens (an account's owner may change its own program list).", no_args_is_help=True
-)
 
 
 def _path(address: str, suffix: str = "") -> str:
@@ -180,20 +176,3 @@ def programs(
     if not progs:
         out.print("  (no programs)")
     _print_warnings(current)
-
-
-@tokens_app.command("issue")
-def issue(
-    address: Annotated[str, typer.Argument(help="the account the token may manage")],
-    label: Annotated[str | None, typer.Option(help="a note to recognise the token by")] = None,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Issue a user token for ADDRESS (shown once; store it now)."""
-    with api(token) as client:
-        body = client.post("policy", _path(address, "/tokens"), json={"label": label} if label else {})
-    if as_json:
-        emit_json(body)
-        return
-    out.print(f"token for {fmt(body.get('account', address))} (shown once, store it now):", markup=False)
-    out.print(str(body.get("token")), markup=False)
