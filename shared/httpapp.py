@@ -31,15 +31,26 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import authenticate
 from shared.errors import MailexecError, PayloadTooLarge, Unavailable
+from shared.metrics import Exposition
+from shared.openapi import ExtraResponses, document_security_and_errors
 
 log = logging.getLogger("mailexec.http")
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+OpenAPIHook = Callable[[dict[str, Any]], None]
+
+
+class Readiness(BaseModel):
+    """``/readyz``'s body, 200 and 503 alike (not an error body: it says what is down)."""
+
+    status: str
+    checks: dict[str, bool]
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -214,11 +225,19 @@ def create_app(
     version: str = "0.1.0",
     inner_middleware: Sequence[tuple[Any, dict[str, Any]]] = (),
     raw_bodies: Sequence[RawBody] = (),
+    metrics: Exposition | None = None,
+    openapi_hooks: Sequence[OpenAPIHook] = (),
+    extra_responses: ExtraResponses | None = None,
 ) -> FastAPI:
     """``inner_middleware``: (ASGI middleware class, options) run after ``RejectNulBytes``
     and ``BodyGuard`` and before routing, first listed outermost. ``raw_bodies``: the
-    (method, path regex) of upload routes that stream and limit their own bodies."""
+    (method, path regex) of upload routes that stream and limit their own bodies.
+    ``metrics``: what ``/metrics`` serves (default: the default registry and
+    ``mailexec_build_info``, ``shared.metrics``). ``openapi_hooks`` change the generated
+    schema (an operation served outside FastAPI's routing) before ``shared.openapi``
+    documents security and errors; ``extra_responses``: codes only some operations answer."""
     app = FastAPI(title=title, version=version, lifespan=lifespan)
+    exposition = metrics or Exposition(title.removeprefix("mailexec "))
     for cls, options in reversed(inner_middleware):
         app.add_middleware(cls, **options)
     app.add_middleware(BodyGuard, raw_bodies=raw_bodies)
@@ -249,7 +268,8 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "a dependency is down"}})
+    @app.get("/readyz", tags=["ops"], response_model=Readiness,
+             responses={503: {"description": "a dependency is down", "model": Readiness}})
     async def readyz() -> Response:
         checks = await ready_check()
         ok = all(checks.values())
@@ -258,10 +278,23 @@ def create_app(
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", tags=["ops"], response_class=Response, name="metrics")
+    async def metrics_text() -> Response:
+        return Response(await exposition.render(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:
         app.include_router(router)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for hook in openapi_hooks:
+                hook(schema)
+            app.openapi_schema = document_security_and_errors(
+                schema, public_paths=PUBLIC_PATHS, extra_responses=extra_responses)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.state.metrics = exposition
     return app

@@ -11,16 +11,22 @@ from fastapi import FastAPI
 
 from shared.db import dispose_engine
 from shared.httpapp import create_app
+from shared.metrics import Exposition, multiprocess_dir
 from shared.settings import Settings, get_settings
 
 from . import fastpath
+from .metrics import OldestJobAge
 from .routes import messages, status
 from .runtime import Runtime
 
 
 def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | None = None) -> FastAPI:
     """``lmtp_socket``: the LMTP Unix socket when the worker supervisor bound it (main.py)."""
-    runtime = Runtime(settings or get_settings(), lmtp_socket)
+    settings = settings or get_settings()
+    runtime = Runtime(settings, lmtp_socket)
+    oldest = OldestJobAge(runtime.db.waiting)
+    # several workers: main.py set PROMETHEUS_MULTIPROC_DIR before forking them
+    multiprocess = settings.ingest_workers > 1 and multiprocess_dir() is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +45,9 @@ def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | Non
         inner_middleware=[(fastpath.SubmitFastPath, {"runtime": runtime})],
         # the message itself: streamed and limited by MAILEXEC_MAX_MESSAGE_BYTES
         raw_bodies=[("POST", fastpath.PATH)],
+        metrics=Exposition("ingest", extra=[oldest], before_scrape=[oldest.refresh],
+                           multiprocess=multiprocess),
+        openapi_hooks=[fastpath.add_submit_operation],
     )
-    fastpath.document(app)
     app.state.runtime = runtime
     return app

@@ -9,7 +9,7 @@ error bodies (``shared.httpapp``) as every FastAPI route; every other method and
 goes on to FastAPI (``routes/messages.py`` reads the status back). It sits inside
 ``RejectNulBytes``, so NUL bytes in the query string are refused first, as on every
 other route. No FastAPI route is declared for it: :data:`SUBMIT_OPERATION` is its
-OpenAPI operation, which :func:`document` adds to the app's schema.
+OpenAPI operation, which :func:`add_submit_operation` adds to the app's schema.
 
 The handler checks everything that costs nothing first — auth, content type, envelope,
 declared length — and only then reads the body, in chunks, aborting at the size limit:
@@ -18,11 +18,11 @@ a huge or endless chunked body never sits in memory.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -191,6 +191,13 @@ SUBMIT_OPERATION: dict[str, Any] = {
         _optional("notify", "query", title="Notify", description="NEVER or SUCCESS,FAILURE,DELAY"),
         _optional("Idempotency-Key", "header", title="Idempotency-Key"),
     ],
+    "requestBody": {
+        "required": True,
+        "description": "the raw RFC 5322 message, at most MAILEXEC_MAX_MESSAGE_BYTES",
+        "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    # Descriptions only: shared.openapi adds the error body, the bearer scheme and the
+    # token's own codes (401, 403, 429), as for every route FastAPI declares.
     "responses": {
         "202": {
             "description": "stored, and one job per recipient confirmed by the broker",
@@ -202,35 +209,20 @@ SUBMIT_OPERATION: dict[str, Any] = {
         "413": {"description": "larger than MAILEXEC_MAX_MESSAGE_BYTES (5.2.3)"},
         "415": {"description": "Content-Type is not message/rfc822"},
         "503": {"description": "database or broker down; nothing accepted, retry"},
-        "422": {
-            "description": "Validation Error",
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-            },
-        },
     },
 }
 
 
-def document(app: FastAPI) -> None:
-    """Add :data:`SUBMIT_OPERATION` to ``app``'s OpenAPI schema (``/openapi.json``,
-    ``/docs``), listed where FastAPI puts a route declared first: before the other
-    operations under :data:`PATH`."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = generate()
-            paths: dict[str, Any] = schema.get("paths", {})
-            item = {"post": SUBMIT_OPERATION, **paths.pop(PATH, {})}
-            ordered: dict[str, Any] = {}
-            for path, other in paths.items():
-                if path.startswith(PATH + "/") and PATH not in ordered:
-                    ordered[PATH] = item
-                ordered[path] = other
-            ordered.setdefault(PATH, item)
-            schema["paths"] = ordered
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+def add_submit_operation(schema: dict[str, Any]) -> None:
+    """Put :data:`SUBMIT_OPERATION` into ``schema`` (the app's ``openapi_hooks``), listed
+    where FastAPI puts a route declared first: before the other operations under
+    :data:`PATH`."""
+    paths: dict[str, Any] = schema.get("paths", {})
+    item = {"post": copy.deepcopy(SUBMIT_OPERATION), **paths.pop(PATH, {})}
+    ordered: dict[str, Any] = {}
+    for path, other in paths.items():
+        if path.startswith(PATH + "/") and PATH not in ordered:
+            ordered[PATH] = item
+        ordered[path] = other
+    ordered.setdefault(PATH, item)
+    schema["paths"] = ordered

@@ -11,6 +11,14 @@ ingest of the same uid would otherwise silently share the port and its connectio
 it refuse to start. It replaces uvicorn's own supervisor, which can hand its workers only
 the sockets it serves HTTP on.
 
+Metrics with several workers: the supervisor makes a private directory
+(``mailexec-ingest-metrics-<pid>-*`` under ``$TMPDIR``), sets ``PROMETHEUS_MULTIPROC_DIR``
+to it before the first fork, and removes it on exit (and, at start, the directories of
+supervisors that died without removing theirs); every worker writes its metrics there and
+answers ``/metrics`` with the sum over all workers (``shared.metrics``), so counters don't
+appear to reset when a scrape reaches another worker; a dead worker's live gauges are
+dropped (``mark_process_dead``), its counters kept.
+
 Exit statuses are ``shared.service``'s, with several workers too: when every worker fails
 at start-up in a row, the supervisor stops and exits with the status they gave (71: a
 port is in use, 78: bad settings …); a worker that dies later is started again.
@@ -18,11 +26,16 @@ port is in use, 78: bad settings …); a worker that dies later is started again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from shared.service import StartupError, cannot_listen, listen, run_service, serve_http
@@ -76,11 +89,57 @@ def _check_lmtp_port_free(settings: Settings) -> None:
                                         "MAILEXEC_LMTP_PORT", exc), EX_OSERR) from exc
 
 
-def _supervise(settings: Settings) -> int:
-    from .lmtp import bind_unix_socket
+METRICS_DIR_PREFIX = "mailexec-ingest-metrics-"
 
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _metrics_dir() -> str:
+    """A fresh private directory for the workers' metrics, in ``PROMETHEUS_MULTIPROC_DIR``
+    before any metric exists (prometheus_client chooses its value class then)."""
+    from shared.metrics import MULTIPROC_ENV
+
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(METRICS_DIR_PREFIX + "*"):
+        pid = old.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.stat().st_uid == os.getuid():
+            shutil.rmtree(old, ignore_errors=True)  # left by a supervisor killed with -9
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+    os.environ[MULTIPROC_ENV] = path
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported already (not by `mailexec serve`): choose again
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
+    return path
+
+
+def _forget_worker(metrics_dir: str, pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _supervise(settings: Settings) -> int:
     if settings.lmtp_port:
         _check_lmtp_port_free(settings)
+    metrics_dir = _metrics_dir()
+    try:
+        return _supervise_workers(settings, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise_workers(settings: Settings, metrics_dir: str) -> int:
+    from .lmtp import bind_unix_socket
+
     http = listen(settings.bind_host, settings.ingest_port, PORT_SETTING)
     lmtp = None
     if settings.lmtp_socket:
@@ -130,6 +189,7 @@ def _supervise(settings: Settings) -> int:
         if started is None:
             continue
         code = os.waitstatus_to_exitcode(wait_status)
+        _forget_worker(metrics_dir, pid)
         if stopping:
             continue
         if time.monotonic() - started < RESPAWN_PAUSE_S and code > 0:

@@ -173,6 +173,18 @@ LIMIT $1
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    count: int
+    oldest_s: float | None  # None: none waits in this state
+
+
+def waiting_by_state(rows: Sequence[asyncpg.Record]) -> dict[str, Waiting]:
+    """The rows of :data:`WAITING`, by state."""
+    return {r["state"]: Waiting(int(r["n"]), None if r["oldest_s"] is None else float(r["oldest_s"]))
+            for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
 class Dashboard:
     waiting: dict[str, int]  # recipients not final, by state
     oldest_waiting_s: float | None
@@ -291,6 +303,13 @@ class Database:
             )
         return rows, rcpts
 
+    async def waiting(self) -> dict[str, Waiting]:
+        """Recipients not yet final, by state: how many, and the oldest one's age
+        (``GET /v1/status`` and ``mailexec_oldest_job_age_seconds``). One scan of
+        ``recipients_waiting`` (migration 0005), small on a healthy system."""
+        async with self.connection() as conn:
+            return waiting_by_state(await conn.fetch(WAITING))
+
     async def dashboard(self, *, window_s: float, failures: int) -> Dashboard:
         """The numbers of ``GET /v1/status`` in one connection (one snapshot each)."""
         async with self.connection() as conn:
@@ -299,9 +318,10 @@ class Database:
             final = await conn.fetchrow(FINAL_SINCE, window_s)
             latest = await conn.fetch(LATEST_FAILURES, failures)
             runs = (await conn.fetch(GET_RUNS, [r["id"] for r in latest])) if latest else []
-        oldest = [float(r["oldest_s"]) for r in waiting if r["oldest_s"] is not None]
+        by_state = waiting_by_state(waiting)
+        oldest = [w.oldest_s for w in by_state.values() if w.oldest_s is not None]
         return Dashboard(
-            waiting={r["state"]: int(r["n"]) for r in waiting},
+            waiting={state: w.count for state, w in by_state.items()},
             oldest_waiting_s=max(oldest) if oldest else None,
             received=received,
             delivered=int(final["delivered"]) if final else 0,

@@ -75,6 +75,12 @@ def create_policy_app() -> FastAPI:
         lifespan=lifespan,
         # a program's bytes: streamed and limited by MAILEXEC_MAX_PROGRAM_BYTES
         raw_bodies=[("PUT", re.escape(programs.router.prefix) + "/.+")],
+        extra_responses={
+            f"PUT {programs.router.prefix}/{{name}}": {
+                413: "larger than MAILEXEC_MAX_PROGRAM_BYTES",
+                415: "Content-Type is not application/octet-stream",
+            },
+        },
     )
     app.state.broker = broker
     return app

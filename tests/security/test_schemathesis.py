@@ -28,6 +28,9 @@ from tests.executor.helpers import Pipeline
 from tests.security.conftest import ADMIN, MTA, SERVICE, issue_user_token, service_url
 
 EXAMPLES = int(os.environ.get("SECURITY_FUZZ_EXAMPLES", "15"))
+
+# ingest's submission documents its body (the raw message, message/rfc822): sent as bytes.
+schemathesis.serializer.alias("message/rfc822", "application/octet-stream")
 CHECKS = [not_a_server_error, response_schema_conformance]
 
 
