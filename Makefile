@@ -52,8 +52,8 @@ helpers: $(HELPER)  ## (re)build the sandbox's root helper into $(VENV)/libexec
 run: $(STAMP) $(HELPER)   ## the whole pipeline on this machine, demo data in; prints where everything is
 	$(BIN)/python -m mailexec.devrun
 
-test: $(STAMP) $(HELPER)  ## the whole test suite against the local PostgreSQL and RabbitMQ
-	$(BIN)/python -m mailexec.devrun --services-only
+test: $(STAMP) $(HELPER)  ## the whole test suite against the local PostgreSQL and RabbitMQ (says first what it will install)
+	$(BIN)/python -m mailexec.devrun --services-only --announce-test-installs
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: $(STAMP)  ## the decision logic's unit tests (tests/unit): seconds, any user, no PostgreSQL/RabbitMQ

@@ -116,6 +116,50 @@ def ensure_infra() -> None:
     ensure_rabbitmq()
 
 
+# What `make test` may install from the OS packages when missing (as root, with apt-get)
+# and why: announced before pytest starts, so nothing is installed silently. Kept in step
+# with every apt-get in tests/ and testing/ by tests/cli/test_devrun_announce.py.
+TEST_PACKAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("postfix", ("/usr/sbin/postfix", "/usr/sbin/smtp-source"),
+     "the Postfix pipe(8) and lmtp(8) tests (a private instance; testing/private_postfix.py)"),
+    ("swaks", ("swaks",), "the LMTP test with the swaks client (tests/ingest/test_lmtp.py)"),
+    ("nftables", ("nft",), "the executor's egress namespace tests (tests/netlab.py)"),
+    ("chromium", ("/usr/bin/chromium",), "the console's browser tests (tests/console/browser)"),
+)
+# Downloaded (apt-get download) and unpacked under this directory, never installed: the
+# Exim and sendmail recipes run in a private namespace (tests/cli/test_mta_recipes.py).
+TEST_DOWNLOADS = ("exim4-daemon-light", "exim4-base", "sendmail-cf", "m4", "sendmail-bin")
+TEST_DOWNLOAD_DIR = Path("/tmp/mailexec-mta-recipes")
+
+
+def _present(probe: str) -> bool:
+    return os.path.exists(probe) if probe.startswith("/") else shutil.which(probe) is not None
+
+
+def announce_test_installs() -> list[str]:
+    """Say, one line a package, what the tests will install or download here, and why."""
+    lines: list[str] = []
+    can_install = _is_debian_root()
+    for package, probes, why in TEST_PACKAGES:
+        if all(_present(p) for p in probes):
+            continue
+        if can_install:
+            lines.append(f"make test will install {package} (apt-get install {package}) for {why}")
+        else:
+            lines.append(f"{package} is missing and will not be installed (not root with apt-get): "
+                         f"{why} will be skipped")
+    stamps = TEST_DOWNLOAD_DIR / "stamps"
+    fetch = [p for p in TEST_DOWNLOADS if not (stamps / p).exists()]
+    if fetch and can_install:
+        lines.append(f"make test will download (not install) {', '.join(fetch)} into "
+                     f"{TEST_DOWNLOAD_DIR} for the Exim and sendmail recipe tests")
+    if not lines:
+        lines.append("make test installs nothing: the OS packages its tests use are present")
+    for line in lines:
+        say(line)
+    return lines
+
+
 TOKEN_VARS = (
     ("MAILEXEC_ADMIN_TOKEN", "mxa"),
     ("MAILEXEC_INGEST_TOKEN", "mxm"),
@@ -274,7 +318,11 @@ def _load_demo(policy_url: str, admin_token: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--services-only", action="store_true", help="only make sure PostgreSQL and RabbitMQ run")
+    ap.add_argument("--announce-test-installs", action="store_true",
+                    help="first say what the test suite will install from the OS packages, and why")
     args = ap.parse_args()
+    if args.announce_test_installs:
+        announce_test_installs()
     ensure_infra()
     if args.services_only:
         return 0
