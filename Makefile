@@ -1,10 +1,10 @@
 # mailexec — what a developer can do. `make help` lists it.
 # The newest of python3.13, python3.12, python3.11 on PATH that runs (a pyenv shim of a
-# version not selected does not); PYTHON=... overrides. An existing $(VENV) keeps its own
-# Python: `make clean venv` to switch.
-PYTHON ?= $(shell for v in 3.13 3.12 3.11; do \
-            if python$$v -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
-              echo python$$v; break; fi; done)
+# version not selected does not), else python3 if it is 3.11 or newer; PYTHON=... overrides.
+# An existing $(VENV) keeps its own Python: `make clean venv` to switch.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+            if $$p -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
+              echo $$p; break; fi; done)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml $(LOCKS)
 	    echo "Debian/Ubuntu: apt-get install python3 python3-venv), or say which: make PYTHON=/path/to/python3"; \
 	    exit 1; fi; \
 	  $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
-	    || { echo "$(PYTHON) is older than Python 3.11"; exit 1; }; \
+	    || { echo "$(PYTHON) does not run, or is older than Python 3.11"; exit 1; }; \
 	  echo "creating $(VENV) with $$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"; \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
