@@ -21,11 +21,20 @@ class Kind(StrEnum):
     token = "token"
 
 
+def _short(value: Any, width: int = 40) -> str:
+    text = fmt(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _change(entry: dict[str, Any]) -> str:
+    """What changed, compactly: only the keys whose value differs (--json has it all)."""
     old, new = entry.get("old"), entry.get("new")
     if old is None and new is None:
         return "-"
-    return f"{fmt(old)} -> {fmt(new)}"
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return f"{_short(old)} -> {_short(new)}"
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys) or "-"
 
 
 def audit(
@@ -55,7 +64,7 @@ def audit(
                 ("action", "action"),
                 ("target_kind", "kind"),
                 ("target", "target"),
-                ("change", "old -> new"),
+                ("change", "change"),
             ],
             title=f"{len(rows)} audit entr{'y' if len(rows) == 1 else 'ies'}",
         )
