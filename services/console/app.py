@@ -32,7 +32,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,6 +57,7 @@ from services.console.web import (
     signin_url,
 )
 from shared.httpapp import RejectNulBytes
+from shared.metrics import Exposition
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mailexec.console")
@@ -325,9 +326,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ready" if ok else "unavailable",
                              "checks": {"policy": ok}}, status_code=200 if ok else 503)
 
+    exposition = Exposition("console")  # the default registry plus mailexec_build_info
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", CachedStatic(directory=str(STATIC_DIR)), name="static")
     app.include_router(signin.router)

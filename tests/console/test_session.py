@@ -206,6 +206,7 @@ def test_ops_endpoints(stack: Stack) -> None:
     assert ready.status_code == 200 and ready.json()["checks"] == {"policy": True}
     metrics = httpx.get(base + "/metrics").text
     assert 'mailexec_console_requests_total{method="GET",route="/healthz",status="200"}' in metrics
+    assert 'mailexec_build_info{' in metrics and 'service="console"' in metrics
     static = httpx.get(base + "/static/vendor/pico.min.css")
     assert static.status_code == 200 and "max-age=31536000" in static.headers["cache-control"]
 
