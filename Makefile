@@ -54,7 +54,7 @@ run: $(STAMP) $(HELPER)   ## the whole pipeline on this machine, demo data in; p
 
 test: $(STAMP) $(HELPER)  ## the whole test suite against the local PostgreSQL and RabbitMQ (says first what it will install)
 	$(BIN)/python -m mailexec.devrun --services-only --announce-test-installs
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS)  # the slowest, to keep the suite under 10 min
 
 test-unit: $(STAMP)  ## the decision logic's unit tests (tests/unit): seconds, any user, no PostgreSQL/RabbitMQ
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
