@@ -1,8 +1,8 @@
 """Fixtures of the deployment tests: the Helm chart rendered by Helm's own engine.
 
 Rendering goes through ``helm-python-sdk`` (Helm's Go SDK behind a C ABI), so what is
-asserted here is what ``helm install`` would send to a cluster, less the ``lookup``
-results (there is no cluster: generated tokens are fresh on every render).
+asserted here is what ``helm install`` would send to a cluster: the chart uses no ``lookup``
+and generates nothing at render time, so there is nothing a cluster would change.
 """
 
 from __future__ import annotations
@@ -24,16 +24,33 @@ RELEASE = "mx"
 NAMESPACE = "mail"
 KUBE_VERSION = "1.30.0"
 
-# The console's cookie key, given as a value (console.secret); the chart never generates it.
+# The console's cookie key, given as a value (console.secret); without one (and without
+# console.existingSecret) the secrets hook generates it once.
 CONSOLE_KEY = "k" * 24 + "E" * 24 + "y" * 16
-# What every install must give: external PostgreSQL and RabbitMQ by URL, and the console's
-# cookie key (or console.enabled=false).
+# What every install must give: where the external PostgreSQL and RabbitMQ are, and their
+# passwords (the database owner's goes to the migrations Job alone).
 REQUIRED: dict[str, Any] = {
-    "secrets": {
-        "databaseUrl": "postgresql+asyncpg://mailexec:pw@pg.db.svc:5432/mailexec",
-        "amqpUrl": "amqp://mailexec:pw@mq.mq.svc:5672/",
-    },
+    "externalDatabase": {"host": "pg.db.svc", "password": "owner-pw"},
+    "externalRabbitmq": {"host": "mq.mq.svc", "password": "mq-pw"},
     "console": {"secret": CONSOLE_KEY},
+}
+# Nothing but existing Secrets: the external servers' (bitnami/postgresql's and
+# bitnami/rabbitmq's), the tokens', the console's. The chart renders no Secret and no hook
+# generates one.
+EXISTING: dict[str, Any] = {
+    "externalDatabase": {
+        "host": "mx-postgresql.db.svc",
+        "existingSecret": "mx-postgresql",
+        "existingSecretPasswordKey": "postgres-password",
+    },
+    "externalRabbitmq": {
+        "host": "mx-rabbitmq.mq.svc",
+        "vhost": "mail",
+        "existingSecret": "mx-rabbitmq",
+        "existingSecretPasswordKey": "rabbitmq-password",
+    },
+    "secrets": {"existingSecret": "mailexec-external"},
+    "console": {"existingSecret": "mx-console-key"},
 }
 
 
@@ -52,10 +69,19 @@ EGRESS_BLOCKED = ["10.244.0.0/16", "10.96.0.0/12", "192.168.10.0/24", "fd00:10:9
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": REQUIRED,
     "keda": _merge(REQUIRED, {"keda": {"enabled": True}}),
-    "existing-secret": {
-        "secrets": {"existingSecret": "mailexec-external"},
-        "console": {"existingSecret": "mx-console-key"},
-    },
+    "metrics": _merge(
+        REQUIRED,
+        {
+            "metrics": {
+                "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            }
+        },
+    ),
+    "existing-secret": EXISTING,
+    # Nothing given but the servers: the hook generates every token, password and the
+    # console's key.
+    "generated": {k: v for k, v in REQUIRED.items() if k != "console"},
     # The console exposed as it usually is: an Ingress with TLS (cookies always Secure).
     "console-ingress": _merge(
         REQUIRED,

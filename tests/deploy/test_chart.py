@@ -30,29 +30,128 @@ PORTS = {"ingest": 8025, "policy": 8026, "notifier": 8027, "executor": 8028, "co
 # SETPCAP: the executor's Python process empties its bounding set (PR_CAPBSET_DROP) when it
 # drops to its service user; without it the executor refuses to start (issue 13).
 EXECUTOR_BASE_CAPS = {"SETUID", "SETGID", "KILL", "SYS_ADMIN", "SETPCAP"}
+TOKENS = {"MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN", "MAILEXEC_SERVICE_TOKEN"}
+URLS = {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL"}
 # Settings holding a secret: each reaches the pods as MAILEXEC_<NAME>_FILE (SPEC §2).
-SECRET_KEYS = {
-    "MAILEXEC_DATABASE_URL",
-    "MAILEXEC_AMQP_URL",
-    "MAILEXEC_SMTP_URL",
-    "MAILEXEC_ADMIN_TOKEN",
-    "MAILEXEC_INGEST_TOKEN",
-    "MAILEXEC_SERVICE_TOKEN",
-}
+SECRET_KEYS = TOKENS | URLS | {"MAILEXEC_SMTP_URL"}
 # The console's cookie key: in a Secret of the console's own, never the release Secret.
 CONSOLE_KEY = "MAILEXEC_CONSOLE_SECRET"
-# Which secrets each pod mounts: the executor and the migrations no admin or mta token, the
-# console its cookie key alone (no token, database or broker URL: it acts with the signed-in
-# person's token).
+# Migration 0001's per-service roles (mailexec_<service>) and their passwords, which
+# `mailexec migrate --login-roles` (the migrations Job) reads.
+DB_SERVICES = ("policy", "ingest", "executor", "notifier")
+DB_PASSWORDS = {f"MAILEXEC_{s.upper()}_DATABASE_PASSWORD" for s in DB_SERVICES}
+# Which settings each pod reads from files (MAILEXEC_<NAME>_FILE): the executor no admin or
+# mta token, the migrations no token at all but the four roles' passwords, the console its
+# cookie key alone (no token, database or broker URL: it acts with the signed-in person's
+# token).
 SECRETS_OF = {
     "console": {CONSOLE_KEY},
-    "ingest": SECRET_KEYS - {"MAILEXEC_SMTP_URL"},
-    "policy": SECRET_KEYS - {"MAILEXEC_SMTP_URL"},
-    "notifier": SECRET_KEYS,
-    "executor": {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL", "MAILEXEC_SERVICE_TOKEN"},
-    "migrations": {"MAILEXEC_DATABASE_URL", "MAILEXEC_AMQP_URL"},
+    "ingest": TOKENS | URLS,
+    "policy": TOKENS | URLS,
+    "notifier": TOKENS | URLS,
+    "executor": URLS | {"MAILEXEC_SERVICE_TOKEN"},
+    "migrations": {"MAILEXEC_DATABASE_URL"} | DB_PASSWORDS,
 }
 SECRET_DIR = "/run/secrets/mailexec"
+# Where each pod's initContainer "urls" writes the URLs it builds (an in-memory emptyDir).
+URL_DIR = "/run/mailexec/urls"
+MONITORING_SCHEMAS: dict[str, dict[str, Any]] = {
+    # The Prometheus Operator's CRDs are not in the Kubernetes schemas either: the fields used.
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "required": ["selector", "endpoints"],
+                "additionalProperties": False,
+                "properties": {
+                    "namespaceSelector": {
+                        "type": "object",
+                        "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                        "additionalProperties": False,
+                    },
+                    "selector": {
+                        "type": "object",
+                        "required": ["matchLabels"],
+                        "properties": {"matchLabels": {"type": "object"}},
+                    },
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["port"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string", "pattern": "^/"},
+                                "scheme": {"enum": ["http", "https"]},
+                                "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "interval": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["alert", "expr"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "alert": {
+                                                "type": "string",
+                                                "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                                            },
+                                            "expr": {"type": "string", "minLength": 1},
+                                            "for": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d))+$"},
+                                            "labels": {
+                                                "type": "object",
+                                                "required": ["severity"],
+                                                "additionalProperties": {"type": "string"},
+                                                "properties": {"severity": {"enum": ["warning", "critical"]}},
+                                            },
+                                            "annotations": {
+                                                "type": "object",
+                                                "required": ["summary", "description"],
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+}
 
 # KEDA's CRDs are not in the Kubernetes schemas: the fields this chart relies on.
 KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -163,6 +262,15 @@ def hook_kinds(obj: dict) -> set[str]:
     return set(filter(None, annotations.get("helm.sh/hook", "").split(",")))
 
 
+def hook_spec(objects: list[dict]) -> dict[str, dict]:
+    """What the secrets hook Job makes sure of: Secret name -> its entry of SECRETS_SPEC."""
+    jobs = [o for o in of_kind(objects, "Job") if o["metadata"]["name"] == "mx-mailexec-secrets"]
+    if not jobs:
+        return {}
+    (container,) = jobs[0]["spec"]["template"]["spec"]["containers"]
+    return {entry["name"]: entry for entry in json.loads(env_of(container)["SECRETS_SPEC"])}
+
+
 # --- Helm itself ---------------------------------------------------------------------
 
 
@@ -209,11 +317,23 @@ def test_schema_refuses_bad_values(chart: Any, bad: dict, required: dict, merge_
         chart.render(merge_values(required, bad), name="mx", namespace=NAMESPACE)
 
 
-def test_missing_connection_urls_fail_early_and_readably(chart: Any) -> None:
+def test_missing_servers_fail_early_and_readably(chart: Any) -> None:
     with pytest.raises(helm.HelmError) as caught:
         chart.render({}, name="mx", namespace=NAMESPACE)
-    assert "secrets.databaseUrl is required" in str(caught.value)
-    assert "secrets.amqpUrl is required" in str(caught.value)
+    for needed in (
+        "externalDatabase.host is required",
+        "externalDatabase.existingSecret (key externalDatabase.existingSecretPasswordKey)"
+        " or externalDatabase.password is required",
+        "externalRabbitmq.host is required",
+        "externalRabbitmq.existingSecret (key externalRabbitmq.existingSecretPasswordKey)"
+        " or externalRabbitmq.password is required",
+    ):
+        assert needed in str(caught.value)
+    # The URLs of the old chart are refused by the schema, not silently ignored.
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(
+            {"secrets": {"databaseUrl": "postgresql+asyncpg://u:p@h/db"}}, name="mx", namespace=NAMESPACE
+        )
 
 
 @pytest.mark.parametrize(
@@ -248,6 +368,10 @@ def test_every_manifest_is_valid_kubernetes(value_set: str, rendered: dict) -> N
         if obj["apiVersion"].startswith("keda.sh/"):
             jsonschema.validate(obj, KEDA_SCHEMAS[obj["kind"]])
             continue
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            jsonschema.validate(obj, MONITORING_SCHEMAS[obj["kind"]])
+            assert obj["metadata"]["namespace"] == NAMESPACE
+            continue
         try:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -270,9 +394,14 @@ def test_default_set_renders_the_expected_objects(rendered: dict) -> None:
         "mx-mailexec-executor",
     }
     assert ("ConfigMap", "mx-mailexec") in kinds
-    assert ("Secret", "mx-mailexec") in kinds
+    # The one Secret rendered from values (RabbitMQ's password); the tokens' Secret is the
+    # hook's, not the chart's.
+    assert ("Secret", "mx-mailexec-externalrabbitmq") in kinds
+    assert ("Secret", "mx-mailexec") not in kinds
+    assert ("Job", "mx-mailexec-secrets") in kinds
     assert of_kind(objects, "Ingress") == []
     assert of_kind(objects, "ScaledObject") == []
+    assert of_kind(objects, "ServiceMonitor") == [] and of_kind(objects, "PrometheusRule") == []
 
 
 # --- security contexts ---------------------------------------------------------------
@@ -280,12 +409,18 @@ def test_default_set_renders_the_expected_objects(rendered: dict) -> None:
 
 def test_unprivileged_pods_are_locked_down(value_set: str, rendered: dict) -> None:
     pods = [(c, p) for c, p in pod_templates(rendered[value_set]) if c != "executor"]
-    assert {c for c, _ in pods} == {"ingest", "policy", "notifier", "console", "migrations"}
+    expected = {"ingest", "policy", "notifier", "console", "migrations"}
+    if value_set != "existing-secret":
+        expected.add("secrets")  # the hook Job generating the Secrets no value names
+    assert {c for c, _ in pods} == expected
     for component, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True, component
         assert pod["securityContext"]["runAsUser"] != 0, component
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["automountServiceAccountToken"] is False, component
+        # Only the secrets hook talks to the Kubernetes API, as its own ServiceAccount.
+        assert pod["automountServiceAccountToken"] is (component == "secrets"), component
+        if component == "secrets":
+            assert pod["serviceAccountName"] == "mx-mailexec-secrets"
         for container in all_containers(pod):
             sc = container["securityContext"]
             assert sc["runAsNonRoot"] is True, component
@@ -341,9 +476,10 @@ def test_executor_keeps_exactly_setuid_setgid_kill_sys_admin(value_set: str, ren
     assert env["MAILEXEC_EXECUTOR_USER"] == "10001:10001"
     # No CHOWN in the executor: prepare-dirs hands the trusted dir over before it starts.
     assert "CHOWN" not in sc["capabilities"]["add"]
-    assert [init["name"] for init in pod["initContainers"]] == ["prepare-dirs"]
+    assert [init["name"] for init in pod["initContainers"]] == ["prepare-dirs", "urls"]
     for init in pod["initContainers"]:
-        assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+        caps = {"prepare-dirs": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}, "urls": {"drop": ["ALL"]}}
+        assert init["securityContext"]["capabilities"] == caps[init["name"]]
         assert init["securityContext"]["readOnlyRootFilesystem"] is True
         assert init["securityContext"]["allowPrivilegeEscalation"] is False
         assert init["securityContext"]["privileged"] is False
@@ -421,9 +557,7 @@ def test_trusted_dir_becomes_the_service_users_before_the_executor_starts(
     trusted, user = env["MAILEXEC_TRUSTED_DIR"], env["MAILEXEC_EXECUTOR_USER"]
     script = prepare_dirs_script(pod)
     # /tmp sticky first (still root's), then the chown, then the mode (FOWNER: not root's now).
-    assert script.split(" && ") == [
-        "chmod 1777 /tmp", f'chown {user} "{trusted}"', f'chmod 0755 "{trusted}"'
-    ]
+    assert script.split(" && ") == ["chmod 1777 /tmp", f'chown {user} "{trusted}"', f'chmod 0755 "{trusted}"']
     (init,) = [c for c in pod["initContainers"] if c["name"] == "prepare-dirs"]
     mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
     assert mounts[trusted] == {m["mountPath"]: m["name"] for m in container["volumeMounts"]}[trusted]
@@ -445,32 +579,43 @@ def test_service_user_is_one_value(render: Any, required: dict, merge_values: An
 # --- migrations hook, probes, configuration ------------------------------------------
 
 
+HOOK_OBJECTS = {
+    # (kind, name): weight. Lower runs first; all pre-install and pre-upgrade.
+    ("ServiceAccount", "mx-mailexec-secrets"): -30,
+    ("Role", "mx-mailexec-secrets"): -30,
+    ("RoleBinding", "mx-mailexec-secrets"): -30,
+    ("Job", "mx-mailexec-secrets"): -20,
+    ("Secret", "mx-mailexec-externaldb"): -10,
+    ("Job", "mx-mailexec-migrations"): 0,
+}
+
+
 @pytest.mark.parametrize("secret_set", ["default", "existing-secret"])
 def test_migrations_run_as_pre_install_pre_upgrade_hook(secret_set: str, rendered: dict) -> None:
     value_set = secret_set
     objects = rendered[value_set]
     job = named(objects, "Job", "mx-mailexec-migrations")
     assert hook_kinds(job) == {"pre-install", "pre-upgrade"}
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["migrate"]
-    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
-    # Hooks run before the release's Secret exists: the Job may only use a hook Secret
-    # created before it, or the user's existing one.
     pod = job["spec"]["template"]["spec"]
-    refs = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    hook_secrets = [o for o in of_kind(objects, "Secret") if hook_kinds(o)]
+    (container,) = pod["containers"]
+    # Migrate, then let each service's role log in with its own password.
+    assert container["args"] == ["migrate", "--login-roles"]
+    assert pod["restartPolicy"] == "Never"
+    # Hooks run before the release's objects exist: the Job may only use hook Secrets made
+    # before it, or the user's existing ones.
+    refs = secret_names_of(pod)
+    hooks = {(o["kind"], o["metadata"]["name"]): o for o in objects if hook_kinds(o)}
     if value_set == "existing-secret":
-        assert refs == {"mailexec-external"}
-        assert hook_secrets == []
+        assert refs == {"mailexec-external", "mx-postgresql"}
+        assert set(hooks) == {("Job", "mx-mailexec-migrations")}
     else:
-        (secret,) = hook_secrets
-        assert refs == {secret["metadata"]["name"]}
-        assert hook_kinds(secret) == {"pre-install", "pre-upgrade"}
-        weight = int(secret["metadata"]["annotations"]["helm.sh/hook-weight"])
-        assert weight < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
-    for obj in objects:
-        if obj is not job and obj not in hook_secrets:
-            assert not hook_kinds(obj), obj["metadata"]["name"]
+        assert refs == {"mx-mailexec", "mx-mailexec-externaldb"}
+        assert set(hooks) == set(HOOK_OBJECTS)
+    for (kind, name), obj in hooks.items():
+        assert hook_kinds(obj) == {"pre-install", "pre-upgrade"}, name
+        assert int(obj["metadata"]["annotations"]["helm.sh/hook-weight"]) == HOOK_OBJECTS[kind, name]
+        policy = obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+        assert policy == "before-hook-creation,hook-succeeded", name
 
 
 def test_probes_hit_healthz_and_readyz_on_each_service_port(rendered: dict) -> None:
@@ -502,6 +647,10 @@ def test_every_mailexec_variable_is_a_real_setting(value_set: str, rendered: dic
     """A misspelt MAILEXEC_* name would be silently ignored by pydantic-settings."""
     fields = {f"MAILEXEC_{name.upper()}" for name in Settings.model_fields}
     fields |= {f"{name}_FILE" for name in SECRET_KEYS | {CONSOLE_KEY}}
+    # Read by `mailexec migrate --login-roles` (mailexec/migrate.py), not a service setting.
+    from mailexec.migrate import SERVICE_ROLES, password_variable
+
+    fields |= {f"{password_variable(s)}_FILE" for s in SERVICE_ROLES}
     seen: set[str] = set()
     for obj in rendered[value_set]:
         if obj["kind"] in ("ConfigMap", "Secret"):
@@ -514,63 +663,211 @@ def test_every_mailexec_variable_is_a_real_setting(value_set: str, rendered: dic
     assert seen <= fields, sorted(seen - fields)
 
 
-def test_secret_holds_urls_and_tokens(rendered: dict, required: dict) -> None:
-    secret = named(rendered["default"], "Secret", "mx-mailexec")["stringData"]
-    assert set(secret) == SECRET_KEYS
-    assert secret["MAILEXEC_DATABASE_URL"] == required["secrets"]["databaseUrl"]
-    assert secret["MAILEXEC_AMQP_URL"] == required["secrets"]["amqpUrl"]
-    for token in ("MAILEXEC_ADMIN_TOKEN", "MAILEXEC_INGEST_TOKEN", "MAILEXEC_SERVICE_TOKEN"):
-        assert re.fullmatch(r"[A-Za-z0-9]{48}", secret[token])
-    assert len({secret[t] for t in secret if t.endswith("_TOKEN")}) == 3
-    # The executor's own Secret: the same URLs and service token, and nothing else.
-    executor = named(rendered["default"], "Secret", "mx-mailexec-executor")["stringData"]
-    assert set(executor) == SECRETS_OF["executor"]
-    assert all(executor[key] == secret[key] for key in executor)
+def test_nothing_secret_is_generated_at_render_time(render: Any, value_sets: dict) -> None:
+    """Issue 16: GitOps tools (Argo CD, Flux) render on every sync; a token generated then
+    (with `lookup` or rand*) changed every time and the MTAs' token stopped working. Two
+    renders of the same values are byte-identical, and no template can generate anything."""
+    templates = "".join(p.read_text() for p in (CHART_DIR / "templates").rglob("*") if p.is_file())
+    actions = " ".join(re.findall(r"\{\{(?!-?\s*/\*)(.*?)\}\}", templates, flags=re.S))  # not comments
+    assert "include" in actions
+    for word in ("lookup", "randAlphaNum", "randAlpha", "randAscii", "randNumeric", "randBytes", "uuidv4"):
+        assert not re.search(rf"\b{word}\b", actions), word
+    for name in ("default", "generated", "existing-secret"):
+        with helm.Chart.load(CHART_DIR) as chart:
+            first = chart.render(value_sets[name], name="mx", namespace=NAMESPACE, is_install=True)
+            second = chart.render(value_sets[name], name="mx", namespace=NAMESPACE, is_install=False)
+        assert first == second, name
+
+
+def test_the_only_secret_rendered_from_values_is_rabbitmqs_password(rendered: dict, required: dict) -> None:
+    objects = rendered["default"]
+    plain = [o for o in of_kind(objects, "Secret") if not hook_kinds(o)]
+    names = {o["metadata"]["name"] for o in plain}
+    assert names == {"mx-mailexec-externalrabbitmq", "mx-mailexec-console"}  # console.secret given
+    data = named(objects, "Secret", "mx-mailexec-externalrabbitmq")["stringData"]
+    assert data == {"rabbitmq-password": required["externalRabbitmq"]["password"]}
+    # The owner's database password: only in the migrations Job's hook Secret.
+    (hook_secret,) = [o for o in of_kind(objects, "Secret") if hook_kinds(o)]
+    assert hook_secret["metadata"]["name"] == "mx-mailexec-externaldb"
+    assert hook_secret["stringData"] == {"password": required["externalDatabase"]["password"]}
+    # No URL with a password anywhere in the render, no token in any value.
+    text = yaml.safe_dump_all(objects)
+    assert not re.search(r"(postgresql(\+asyncpg)?|amqps?)://[^\s\"'%]+:[^\s\"'%]+@", text)
+    assert not [o for o in objects if "MAILEXEC_ADMIN_TOKEN" in (o.get("stringData") or {})]
 
 
 def secret_volume(pod: dict, container: dict) -> tuple[dict, str]:
-    """The Secret volume a container mounts at SECRET_DIR, and whether read-only."""
+    """The projected Secret volume a container mounts at SECRET_DIR, and its name."""
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == SECRET_DIR]
     assert mount["readOnly"] is True
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    return volume["secret"], mount["name"]
+    return volume["projected"], mount["name"]
+
+
+def secret_files(projected: dict) -> dict[str, tuple[str, str]]:
+    """path -> (Secret, key) of a projected Secret volume."""
+    files: dict[str, tuple[str, str]] = {}
+    for source in projected["sources"]:
+        assert set(source) == {"secret"}
+        for item in source["secret"]["items"]:
+            assert item["path"] not in files
+            files[item["path"]] = (source["secret"]["name"], item["key"])
+    return files
+
+
+def expected_files(value_set: str, component: str) -> dict[str, tuple[str, str]]:
+    """What each pod may read, and from which Secret: nothing else."""
+    existing = value_set == "existing-secret"
+    tokens = "mailexec-external" if existing else "mx-mailexec"
+    mq = (
+        ("mx-rabbitmq", "rabbitmq-password")
+        if existing
+        else ("mx-mailexec-externalrabbitmq", "rabbitmq-password")
+    )
+    if component == "console":
+        if existing:
+            return {"console_secret": ("mx-console-key", CONSOLE_KEY)}
+        key_secret = "mx-mailexec-console-key" if value_set == "generated" else "mx-mailexec-console"
+        return {"console_secret": (key_secret, CONSOLE_KEY)}
+    if component == "migrations":
+        owner = ("mx-postgresql", "postgres-password") if existing else ("mx-mailexec-externaldb", "password")
+        files = {"database_password": owner}
+        for service in DB_SERVICES:
+            files[f"{service}_database_password"] = (tokens, f"MAILEXEC_{service.upper()}_DATABASE_PASSWORD")
+        return files
+    own = tokens if (existing or component != "executor") else "mx-mailexec-executor"
+    names = ["MAILEXEC_SERVICE_TOKEN"] if component == "executor" else sorted(TOKENS)
+    files = {n.removeprefix("MAILEXEC_").lower(): (own, n) for n in names}
+    files["database_password"] = (own, f"MAILEXEC_{component.upper()}_DATABASE_PASSWORD")
+    files["amqp_password"] = mq
+    return files
 
 
 def test_secrets_reach_every_pod_as_files_only(value_set: str, rendered: dict) -> None:
     """SPEC §2 <NAME>_FILE: no secret in an environment variable, each pod only its keys."""
     objects = rendered[value_set]
-    expected_secret = (
-        {"console": "mx-console-key"}
-        if value_set == "existing-secret"
-        else {
-            "executor": "mx-mailexec-executor",
-            "migrations": "mx-mailexec-migrations",
-            "console": "mx-mailexec-console",
-        }
-    )
     seen = set()
     for component, pod in pod_templates(objects):
+        if component == "secrets":
+            continue  # the hook: no Secret mounted, it talks to the API (test_secrets_hook_*)
         for container in all_containers(pod):
             assert not [r for r in container.get("envFrom", []) if "secretRef" in r], component
             env = container.get("env", [])
             assert not [e for e in env if "valueFrom" in e], component
-            assert not {e["name"] for e in env} & (SECRET_KEYS | {CONSOLE_KEY}), component
-            if container["name"] == "prepare-dirs":
-                assert not [e for e in env if e["name"].endswith("_FILE")]
+            # (MAILEXEC_SMTP_URL may be a plain variable: the schema refuses credentials in
+            # notifier.smtp.url; a URL with them comes from notifier.smtp.existingSecret.)
+            secret_names = SECRET_KEYS - {"MAILEXEC_SMTP_URL"} | {CONSOLE_KEY} | DB_PASSWORDS
+            assert not {e["name"] for e in env} & secret_names, component
+            if container["name"] in ("prepare-dirs", "urls"):
+                assert not [e for e in env if e["name"].startswith("MAILEXEC_")]
                 continue
             seen.add(component)
             files = {e["name"].removesuffix("_FILE"): e["value"] for e in env if e["name"].endswith("_FILE")}
             assert set(files) == SECRETS_OF[component], component
-            secret, _ = secret_volume(pod, container)
-            default_name = "mailexec-external" if value_set == "existing-secret" else "mx-mailexec"
-            assert secret["secretName"] == expected_secret.get(component, default_name), component
-            items = {item["key"]: item["path"] for item in secret["items"]}
-            assert set(items) == SECRETS_OF[component], component
-            for key, path in files.items():
-                assert path == f"{SECRET_DIR}/{items[key]}", (component, key)
+            projected, _ = secret_volume(pod, container)
+            mounted = secret_files(projected)
+            assert mounted == expected_files(value_set, component), component
+            for setting, path in files.items():
+                if setting in URLS:  # built by the initContainer "urls"
+                    assert path == f"{URL_DIR}/{setting.removeprefix('MAILEXEC_').lower()}", component
+                else:
+                    assert path.removeprefix(f"{SECRET_DIR}/") in mounted, (component, setting)
             # Readable by the pod's fsGroup only; the executor's by root only.
-            assert secret["defaultMode"] == (0o400 if component == "executor" else 0o440), component
+            assert projected["defaultMode"] == (0o400 if component == "executor" else 0o440), component
     assert seen == {"ingest", "policy", "notifier", "executor", "migrations", "console"}
+
+
+def test_each_pod_builds_only_its_own_database_credentials(value_set: str, rendered: dict) -> None:
+    """Issue 16: each service connects as its own role (migration 0001) with its own password;
+    the owner's (superuser's) credentials reach the migrations Job alone."""
+    objects = rendered[value_set]
+    db_host = "mx-postgresql.db.svc" if value_set == "existing-secret" else "pg.db.svc"
+    for component, pod in pod_templates(objects):
+        if component in ("secrets", "console"):
+            assert "urls" not in [c["name"] for c in pod.get("initContainers", [])], component
+            continue
+        (init,) = [c for c in pod["initContainers"] if c["name"] == "urls"]
+        env = env_of(init)
+        user = "postgres" if component == "migrations" else f"mailexec_{component}"
+        assert (env["DB_HOST"], env["DB_PORT"], env["DB_NAME"], env["DB_USER"]) == (
+            db_host,
+            "5432",
+            "mailexec",
+            user,
+        )
+        assert env["DB_PASSWORD_FILE"] == f"{SECRET_DIR}/database_password"
+        projected, _ = secret_volume(pod, init)
+        password_source = secret_files(projected)["database_password"]
+        if component == "migrations":
+            assert "AMQP_HOST" not in env
+            assert password_source[0] in ("mx-mailexec-externaldb", "mx-postgresql")
+        else:
+            assert password_source[1] == f"MAILEXEC_{component.upper()}_DATABASE_PASSWORD"
+            assert env["AMQP_PASSWORD_FILE"] == f"{SECRET_DIR}/amqp_password"
+            others = DB_PASSWORDS - {password_source[1]}
+            assert not {key for _, key in secret_files(projected).values()} & others, component
+        (urls,) = [v for v in pod["volumes"] if v["name"] == "urls"]
+        assert urls["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+        mounts = {m["name"]: m for m in init["volumeMounts"]}
+        assert mounts["urls"]["mountPath"] == URL_DIR and not mounts["urls"].get("readOnly")
+        main = [c for c in pod["containers"]][0]
+        assert {m["name"]: m.get("readOnly") for m in main["volumeMounts"]}["urls"] is True
+    # Nobody but the migrations Job sees the owner's password Secret.
+    owner = "mx-postgresql" if value_set == "existing-secret" else "mx-mailexec-externaldb"
+    for component, pod in pod_templates(objects):
+        assert (owner in secret_names_of(pod)) == (component == "migrations"), component
+
+
+def test_compose_urls_builds_each_url_from_values_and_password_files(tmp_path: Path) -> None:
+    """files/compose_urls.py, the initContainer's script, run as the pods run it."""
+    from sqlalchemy.engine import make_url
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "urls").mkdir()
+    (tmp_path / "secrets" / "database_password").write_text("p@ss:w/rd%20 'x'\n")
+    (tmp_path / "secrets" / "amqp_password").write_text("mq p@ss\n")
+    env = {
+        "OUT_DIR": str(tmp_path / "urls"),
+        "DB_HOST": "fd00::5",
+        "DB_PORT": "5433",
+        "DB_NAME": "mail exec",
+        "DB_USER": "mailexec_ingest",
+        "DB_PASSWORD_FILE": str(tmp_path / "secrets" / "database_password"),
+        "AMQP_HOST": "mq.mq.svc",
+        "AMQP_PORT": "5671",
+        "AMQP_VHOST": "mail/prod",
+        "AMQP_USER": "mailexec",
+        "AMQP_TLS": "true",
+        "AMQP_PASSWORD_FILE": str(tmp_path / "secrets" / "amqp_password"),
+    }
+    script = (CHART_DIR / "files" / "compose_urls.py").read_text()
+    for _ in range(2):  # a restarted pod's initContainer runs again over its old files
+        done = subprocess.run([sys.executable, "-B", "-c", script], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    db_file = tmp_path / "urls" / "database_url"
+    assert db_file.stat().st_mode & 0o777 == 0o400
+    url = make_url(db_file.read_text().strip())
+    assert (url.drivername, url.username, url.password) == (
+        "postgresql+asyncpg",
+        "mailexec_ingest",
+        "p@ss:w/rd%20 'x'",
+    )
+    assert (url.host, url.port, url.database) == ("fd00::5", 5433, "mail exec")
+    import yarl
+
+    amqp = yarl.URL((tmp_path / "urls" / "amqp_url").read_text().strip())
+    assert (amqp.scheme, amqp.user, amqp.password, amqp.host, amqp.port) == (
+        "amqps",
+        "mailexec",
+        "mq p@ss",
+        "mq.mq.svc",
+        5671,
+    )
+    assert amqp.path[1:] == "mail/prod"
+    # A missing password file stops the pod with a message, not a URL without a password.
+    env["DB_PASSWORD_FILE"] = str(tmp_path / "nothing")
+    done = subprocess.run([sys.executable, "-B", "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "cannot read" in done.stderr
 
 
 def test_executor_may_have_a_secret_of_its_own_next_to_an_existing_one(
@@ -579,20 +876,269 @@ def test_executor_may_have_a_secret_of_its_own_next_to_an_existing_one(
     values = merge_values(value_sets["existing-secret"], {"secrets": {"executorExistingSecret": "mx-exec"}})
     objects = render(values)
     pod = deployment(objects, "executor")["spec"]["template"]["spec"]
-    secret, _ = secret_volume(pod, executor_container(objects))
-    assert secret["secretName"] == "mx-exec"
+    projected, _ = secret_volume(pod, executor_container(objects))
+    assert secret_files(projected) == {
+        "service_token": ("mx-exec", "MAILEXEC_SERVICE_TOKEN"),
+        "database_password": ("mx-exec", "MAILEXEC_EXECUTOR_DATABASE_PASSWORD"),
+        "amqp_password": ("mx-rabbitmq", "rabbitmq-password"),
+    }
     assert of_kind(objects, "Secret") == []
 
 
-def test_existing_secret_replaces_the_release_secret(rendered: dict) -> None:
+def test_existing_secrets_replace_every_chart_secret(rendered: dict) -> None:
+    """existingSecret everywhere: the chart renders no Secret, runs no secrets hook, and no
+    pod refers to a Secret of the release."""
     objects = rendered["existing-secret"]
-    assert [o for o in of_kind(objects, "Secret")] == []
-    for service in SERVICES:
+    assert of_kind(objects, "Secret") == []
+    assert not [o for o in objects if o["metadata"]["name"] == "mx-mailexec-secrets"]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    given = {"mailexec-external", "mx-console-key", "mx-postgresql", "mx-rabbitmq"}
+    for component, pod in pod_templates(objects):
+        assert secret_names_of(pod) <= given, component
+        assert not [n for n in secret_names_of(pod) if n.startswith("mx-mailexec")], component
+
+
+def test_external_servers_are_named_by_host_port_and_secret(rendered: dict) -> None:
+    """bitnami style: externalDatabase/externalRabbitmq with existingSecret and key names; no
+    reference to a Secret of the release's own database or broker is left."""
+    objects = rendered["existing-secret"]
+    for service in ("ingest", "policy", "notifier", "executor"):
         pod = deployment(objects, service)["spec"]["template"]["spec"]
-        secret, _ = secret_volume(pod, pod["containers"][0])
-        # The console reads its own (console.existingSecret), never the release's.
-        expected = "mx-console-key" if service == "console" else "mailexec-external"
-        assert secret["secretName"] == expected, service
+        (init,) = [c for c in pod["initContainers"] if c["name"] == "urls"]
+        env = env_of(init)
+        assert (env["AMQP_HOST"], env["AMQP_PORT"], env["AMQP_VHOST"], env["AMQP_USER"]) == (
+            "mx-rabbitmq.mq.svc",
+            "5672",
+            "mail",
+            "mailexec",
+        )
+        projected, _ = secret_volume(pod, init)
+        assert secret_files(projected)["amqp_password"] == ("mx-rabbitmq", "rabbitmq-password")
+    text = yaml.safe_dump_all(objects)
+    for gone in ("externaldb", "externalrabbitmq", "MAILEXEC_DATABASE_URL:", "MAILEXEC_AMQP_URL:"):
+        assert gone not in text, gone
+
+
+# --- the secrets hook (issue 16: generated once, never overwritten, old ones adopted) ------
+
+
+def test_secrets_hook_generates_what_no_value_gives_with_a_narrow_role(rendered: dict) -> None:
+    objects = rendered["generated"]
+    spec = hook_spec(objects)
+    assert set(spec) == {"mx-mailexec", "mx-mailexec-executor", "mx-mailexec-console-key"}
+    assert set(spec["mx-mailexec"]["generate"]) == TOKENS | DB_PASSWORDS
+    # The executor's copy: the same service token and its own password, nothing else.
+    assert spec["mx-mailexec-executor"].get("generate", []) == []
+    assert spec["mx-mailexec-executor"]["copy"] == {
+        "MAILEXEC_SERVICE_TOKEN": ["mx-mailexec", "MAILEXEC_SERVICE_TOKEN"],
+        "MAILEXEC_EXECUTOR_DATABASE_PASSWORD": ["mx-mailexec", "MAILEXEC_EXECUTOR_DATABASE_PASSWORD"],
+    }
+    for entry in spec.values():
+        # Not Helm's (it would delete them), not tracked as the release's by Argo CD.
+        assert "app.kubernetes.io/managed-by" not in entry["labels"]
+        assert "app.kubernetes.io/instance" not in entry["labels"]
+        assert entry["labels"]["mailexec.io/release"] == "mx"
+    job = named(objects, "Job", "mx-mailexec-secrets")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["python3", "-B", "-c"]
+    assert container["command"][3] == (CHART_DIR / "files" / "ensure_secrets.py").read_text()
+    assert pod["serviceAccountName"] == "mx-mailexec-secrets" and pod["restartPolicy"] == "Never"
+    assert secret_names_of(pod) == set()
+    role = named(objects, "Role", "mx-mailexec-secrets")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": sorted(spec, key=list(spec).index),
+            "verbs": ["get", "patch"],
+        },
+        # RBAC can't restrict create to a name; the script creates only the names above.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    binding = named(objects, "RoleBinding", "mx-mailexec-secrets")
+    assert binding["roleRef"]["name"] == "mx-mailexec-secrets"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mx-mailexec-secrets", "namespace": NAMESPACE}
+    ]
+    # Only what is needed: console.secret given → no console key; existingSecret → no hook.
+    assert set(hook_spec(rendered["default"])) == {"mx-mailexec", "mx-mailexec-executor"}
+    assert hook_spec(rendered["existing-secret"]) == {}
+
+
+class FakeSecretsApi:
+    """The four calls of the Kubernetes Secrets API the hook makes, over plain http."""
+
+    def __init__(self, secrets: dict[str, dict]) -> None:
+        import http.server
+        import threading
+
+        self.secrets = secrets
+        self.calls: list[tuple[str, str]] = []
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def body(self) -> dict:
+                return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+            def name(self) -> str:
+                assert self.path.startswith(f"/api/v1/namespaces/{NAMESPACE}/secrets")
+                return self.path.rsplit("/secrets", 1)[1].strip("/")
+
+            def do_GET(self) -> None:  # noqa: N802
+                api.calls.append(("GET", self.name()))
+                found = api.secrets.get(self.name())
+                self.answer(200, found) if found else self.answer(404, {"message": "not found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.body()
+                name = body["metadata"]["name"]
+                api.calls.append(("POST", name))
+                if name in api.secrets:
+                    return self.answer(409, {"message": "exists"})
+                api.secrets[name] = body
+                self.answer(201, body)
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                name = self.name()
+                api.calls.append(("PATCH", name))
+                assert self.headers["Content-Type"] == "application/merge-patch+json"
+                patch = self.body()
+                current = api.secrets[name]
+                for key, value in patch.get("data", {}).items():
+                    assert key not in current.get("data", {}), f"{name}: would overwrite {key}"
+                    current.setdefault("data", {})[key] = value
+                for key, value in patch.get("metadata", {}).get("annotations", {}).items():
+                    current["metadata"].setdefault("annotations", {})[key] = value
+                assert set(patch) <= {"data", "metadata"}
+                self.answer(200, current)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def run_hook(self, spec: dict[str, dict]) -> subprocess.CompletedProcess:
+        script = (CHART_DIR / "files" / "ensure_secrets.py").read_text()
+        env = {
+            "KUBERNETES_API": self.url,
+            "NAMESPACE": NAMESPACE,
+            "SECRETS_SPEC": json.dumps(list(spec.values())),
+            "TOKEN_FILE": "/nonexistent",
+        }
+        return subprocess.run(
+            [sys.executable, "-B", "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    def decoded(self, name: str) -> dict[str, str]:
+        import base64
+
+        return {k: base64.b64decode(v).decode() for k, v in self.secrets[name]["data"].items()}
+
+
+def test_secrets_hook_creates_once_and_never_overwrites(rendered: dict) -> None:
+    """files/ensure_secrets.py against a stand-in for the API server: the first install
+    creates; every later run (upgrade, Argo CD sync) looks first and changes nothing."""
+    spec = hook_spec(rendered["generated"])
+    api = FakeSecretsApi({})
+    try:
+        done = api.run_hook(spec)
+        assert done.returncode == 0, done.stderr
+        first = {name: api.decoded(name) for name in spec}
+        assert set(first["mx-mailexec"]) == TOKENS | DB_PASSWORDS
+        for value in first["mx-mailexec"].values():
+            assert re.fullmatch(r"[A-Za-z0-9]{48}", value)
+        assert len(set(first["mx-mailexec"].values())) == len(first["mx-mailexec"])
+        assert first["mx-mailexec-executor"] == {
+            "MAILEXEC_SERVICE_TOKEN": first["mx-mailexec"]["MAILEXEC_SERVICE_TOKEN"],
+            "MAILEXEC_EXECUTOR_DATABASE_PASSWORD": first["mx-mailexec"][
+                "MAILEXEC_EXECUTOR_DATABASE_PASSWORD"
+            ],
+        }
+        created = api.secrets["mx-mailexec"]["metadata"]
+        assert created["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert created["labels"] == spec["mx-mailexec"]["labels"]
+        # Each Secret is looked at before it is created.
+        for name in spec:
+            assert api.calls.index(("GET", name)) < api.calls.index(("POST", name))
+        api.calls.clear()
+        for _ in range(2):  # helm upgrade, an Argo CD sync...
+            done = api.run_hook(spec)
+            assert done.returncode == 0, done.stderr
+        assert {name: api.decoded(name) for name in spec} == first
+        assert not [c for c in api.calls if c[0] != "GET"], api.calls
+        assert "kept Secret mx-mailexec" in done.stdout
+    finally:
+        api.close()
+
+
+def test_secrets_hook_adopts_the_secret_an_older_chart_made(rendered: dict) -> None:
+    """Existing installs: the Secrets the old chart rendered with `lookup` (URLs and tokens,
+    Helm's labels) keep their tokens, get the keys they lack, and are annotated
+    helm.sh/resource-policy=keep so the upgrade removing them from the templates leaves them."""
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    helm_meta = {
+        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+        "annotations": {"meta.helm.sh/release-name": "mx"},
+    }
+    old_tokens = {
+        "MAILEXEC_ADMIN_TOKEN": "A" * 48,
+        "MAILEXEC_INGEST_TOKEN": "I" * 48,
+        "MAILEXEC_SERVICE_TOKEN": "S" * 48,
+    }
+    old = {
+        "mx-mailexec": {
+            "metadata": {"name": "mx-mailexec", **json.loads(json.dumps(helm_meta))},
+            "data": {
+                k: b64(v)
+                for k, v in {**old_tokens, "MAILEXEC_DATABASE_URL": "postgresql+asyncpg://x"}.items()
+            },
+        },
+        "mx-mailexec-executor": {
+            "metadata": {"name": "mx-mailexec-executor", **json.loads(json.dumps(helm_meta))},
+            "data": {"MAILEXEC_SERVICE_TOKEN": b64("S" * 48)},
+        },
+    }
+    spec = hook_spec(rendered["default"])
+    api = FakeSecretsApi(old)
+    try:
+        done = api.run_hook(spec)
+        assert done.returncode == 0, done.stderr
+        main = api.decoded("mx-mailexec")
+        for key, value in old_tokens.items():
+            assert main[key] == value, key  # the MTAs' token keeps working
+        assert set(main) == TOKENS | DB_PASSWORDS | {"MAILEXEC_DATABASE_URL"}
+        executor = api.decoded("mx-mailexec-executor")
+        assert executor == {
+            "MAILEXEC_SERVICE_TOKEN": "S" * 48,
+            "MAILEXEC_EXECUTOR_DATABASE_PASSWORD": main["MAILEXEC_EXECUTOR_DATABASE_PASSWORD"],
+        }
+        for name in old:
+            assert api.secrets[name]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert not [c for c in api.calls if c[0] == "POST"]
+        assert "adopted from the previous release" in done.stdout
+    finally:
+        api.close()
 
 
 # --- autoscaling ---------------------------------------------------------------------
@@ -608,7 +1154,9 @@ def test_keda_scales_executors_on_the_deliveries_queue(rendered: dict) -> None:
     assert trigger["metadata"]["mode"] == "QueueLength"
     auth = named(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     (ref,) = auth["spec"]["secretTargetRef"]
-    assert (ref["parameter"], ref["name"], ref["key"]) == ("host", "mx-mailexec", "MAILEXEC_AMQP_URL")
+    assert (ref["parameter"], ref["name"], ref["key"]) == ("host", "mx-mailexec-externalrabbitmq", "amqp-url")
+    url = named(objects, "Secret", "mx-mailexec-externalrabbitmq")["stringData"]["amqp-url"]
+    assert url == "amqp://mailexec:mq-pw@mq.mq.svc:5672/"
     # KEDA owns the executor's HPA; a second one would fight it.
     assert [h["metadata"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler")] == [
         "mx-mailexec-ingest"
@@ -740,7 +1288,7 @@ def test_lmtp_listens_on_its_own_port_of_ingest_only(rendered: dict) -> None:
     assert env["MAILEXEC_LMTP_IDLE_TIMEOUT_S"] == "300"
     # No TLS unless asked for: no certificate named, nothing mounted.
     assert "MAILEXEC_LMTP_TLS_CERT" not in env and "MAILEXEC_LMTP_TLS_KEY" not in env
-    assert [v["name"] for v in pod["volumes"]] == ["tmp", "secrets"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp", "secrets", "urls"]
     # The probes stay on HTTP.
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
@@ -790,13 +1338,14 @@ def test_ingest_can_ask_policy_at_rcpt_time(value_set: str, rendered: dict) -> N
     config = named(objects, "ConfigMap", refs["configMapRef"])["data"]
     assert config["MAILEXEC_POLICY_URL"] == "http://mx-mailexec-policy.mail.svc:8026"
     pod = deployment(objects, "ingest")["spec"]["template"]["spec"]
-    secret, _ = secret_volume(pod, container)
-    assert "MAILEXEC_SERVICE_TOKEN" in {item["key"] for item in secret["items"]}
+    projected, _ = secret_volume(pod, container)
+    secret, key = secret_files(projected)["service_token"]
+    assert key == "MAILEXEC_SERVICE_TOKEN"
     if value_set == "existing-secret":
-        assert secret["secretName"] == "mailexec-external"  # holds MAILEXEC_SERVICE_TOKEN (README)
+        assert secret == "mailexec-external"  # holds MAILEXEC_SERVICE_TOKEN (README)
     else:
-        data = named(objects, "Secret", secret["secretName"])["stringData"]
-        assert re.fullmatch(r"[A-Za-z0-9]{48}", data["MAILEXEC_SERVICE_TOKEN"])
+        assert secret == "mx-mailexec"
+        assert "MAILEXEC_SERVICE_TOKEN" in hook_spec(objects)[secret]["generate"]
     assert env_of(container)["MAILEXEC_SERVICE_TOKEN_FILE"] == f"{SECRET_DIR}/service_token"
     assert not {"MAILEXEC_POLICY_URL", "MAILEXEC_SERVICE_TOKEN"} & set(env_of(container))
 
@@ -968,7 +1517,9 @@ def secret_names_of(pod: dict) -> set[str]:
     def walk(node: Any, parent: str = "") -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "secretName" or (key == "name" and parent in ("secretRef", "secretKeyRef")):
+                if key == "secretName" or (
+                    key == "name" and parent in ("secretRef", "secretKeyRef", "secret")
+                ):
                     names.add(value)
                 walk(value, key)
         elif isinstance(node, list):
@@ -1027,11 +1578,11 @@ def test_console_gets_its_cookie_key_and_no_token_database_or_broker_url(
     assert not [k for k in visible if re.search(r"TOKEN|DATABASE|AMQP|SMTP", k)], sorted(visible)
     assert {k for k in visible if k.endswith("_FILE")} == {f"{CONSOLE_KEY}_FILE"}
     # Its one Secret is its own: the cookie key alone, mounted as a file.
-    secret, _ = secret_volume(pod, container)
+    projected, _ = secret_volume(pod, container)
     own = "mx-console-key" if console_set == "existing-secret" else "mx-mailexec-console"
-    assert secret_names_of(pod) == {own} == {secret["secretName"]}
-    assert secret["items"] == [{"key": CONSOLE_KEY, "path": "console_secret"}]
-    assert secret["defaultMode"] == 0o440
+    assert secret_names_of(pod) == {own}
+    assert secret_files(projected) == {"console_secret": (own, CONSOLE_KEY)}
+    assert projected["defaultMode"] == 0o440
     assert env[f"{CONSOLE_KEY}_FILE"] == f"{SECRET_DIR}/console_secret"
     if console_set != "existing-secret":
         from tests.deploy.conftest import CONSOLE_KEY as KEY_VALUE
@@ -1039,8 +1590,8 @@ def test_console_gets_its_cookie_key_and_no_token_database_or_broker_url(
         data = named(objects, "Secret", own)
         assert data["stringData"] == {CONSOLE_KEY: KEY_VALUE}
         assert component_of(data) == "console"
-        # ...and the release Secret, which every other service reads, holds no cookie key.
-        assert CONSOLE_KEY not in named(objects, "Secret", "mx-mailexec")["stringData"]
+        # ...and the tokens' Secret, which every other service reads, holds no cookie key.
+        assert CONSOLE_KEY not in hook_spec(objects)["mx-mailexec"]["generate"]
     # No other pod gets the cookie key (supervisor.WITHHELD: policy, ingest, notifier, executor).
     for component, other in pod_templates(objects):
         if component != "console":
@@ -1151,19 +1702,22 @@ def test_console_off_renders_nothing_of_it_and_needs_no_key(render: Any, merge_v
         assert "console" not in peer_components([p for r in rules for p in r["from"]]), component
 
 
-def test_console_without_a_key_fails_early_saying_how_to_make_one(chart: Any, merge_values: Any) -> None:
-    """Never generated with `lookup`: such a key changes on every GitOps render (issue 16),
-    and a new key signs everyone out."""
+def test_console_without_a_key_gets_one_generated_once_by_the_hook(
+    rendered: dict, chart: Any, merge_values: Any
+) -> None:
+    """Issue 16: never generated with `lookup` (such a key changes on every GitOps render,
+    and a new key signs everyone out): the secrets hook generates it once, unless given."""
     from tests.deploy.conftest import REQUIRED
 
+    objects = rendered["generated"]
+    pod, container = console_pod(objects)
+    projected, _ = secret_volume(pod, container)
+    assert secret_files(projected) == {"console_secret": ("mx-mailexec-console-key", CONSOLE_KEY)}
+    assert hook_spec(objects)["mx-mailexec-console-key"]["generate"] == [CONSOLE_KEY]
+    assert not [o for o in of_kind(objects, "Secret") if "console" in o["metadata"]["name"]]
+    # Given (as a value or an existing Secret): the hook leaves the console alone.
+    assert "mx-mailexec-console-key" not in hook_spec(rendered["default"])
     values = {k: v for k, v in REQUIRED.items() if k != "console"}
-    with pytest.raises(helm.HelmError) as caught:
-        chart.render(values, name="mx", namespace=NAMESPACE)
-    message = str(caught.value)
-    assert "kubectl -n mail create secret generic mx-mailexec-console-key" in message
-    assert "--from-literal=MAILEXEC_CONSOLE_SECRET=" in message
-    assert "console.existingSecret=mx-mailexec-console-key" in message
-    assert "console.enabled=false" in message
     with pytest.raises(helm.HelmError, match="console.secret is shorter than 32 characters"):
         chart.render(merge_values(values, {"console": {"secret": "short"}}), name="mx", namespace=NAMESPACE)
     template = str(CHART_DIR / "templates" / "console")
@@ -1173,14 +1727,17 @@ def test_console_without_a_key_fails_early_saying_how_to_make_one(chart: Any, me
 def test_console_renders_the_same_every_time(render: Any, value_sets: dict) -> None:
     """GitOps (Argo CD, Flux) renders on every sync: the console's objects must not change,
     or its pods would roll and everyone be signed out."""
-    for name in ("default", "existing-secret"):
+    for name in ("default", "existing-secret", "generated"):
         first, second = render(value_sets[name]), render(value_sets[name])
         for kind in ("Deployment", "Secret"):
             mine = [o for o in of_kind(first, kind) if "console" in o["metadata"]["name"]]
             again = [o for o in of_kind(second, kind) if "console" in o["metadata"]["name"]]
             assert mine == again, (name, kind)
-            # existingSecret: the chart renders no Secret for the console.
-            assert bool(mine) != ((name, kind) == ("existing-secret", "Secret")), (name, kind)
+            # existingSecret: the chart renders no Secret for the console; generated: the hook's.
+            assert bool(mine) != ((kind == "Secret") and name in ("existing-secret", "generated")), (
+                name,
+                kind,
+            )
 
 
 @pytest.mark.parametrize(

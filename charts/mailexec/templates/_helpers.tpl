@@ -85,42 +85,6 @@ annotations:
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret holding MAILEXEC_DATABASE_URL, _AMQP_URL, _SMTP_URL and the three tokens. */}}
-{{- define "mailexec.secretName" -}}
-{{- default (include "mailexec.fullname" .) .Values.secrets.existingSecret -}}
-{{- end -}}
-
-{{/* The executor's Secret: the URLs and the service token, nothing else. */}}
-{{- define "mailexec.executorSecretName" -}}
-{{- if .Values.secrets.existingSecret -}}
-{{- default .Values.secrets.existingSecret .Values.secrets.executorExistingSecret -}}
-{{- else -}}
-{{- printf "%s-executor" (include "mailexec.fullname" .) -}}
-{{- end -}}
-{{- end -}}
-
-{{/*
-The console's Secret: its cookie key (MAILEXEC_CONSOLE_SECRET) and nothing else. Never
-generated (a `lookup`-generated key changes on every GitOps render, and a new key signs
-everyone out): console.existingSecret, or console.secret rendered into <fullname>-console.
-*/}}
-{{- define "mailexec.console.secretName" -}}
-{{- if .Values.console.existingSecret -}}
-{{- .Values.console.existingSecret -}}
-{{- else -}}
-{{- printf "%s-console" (include "mailexec.fullname" .) -}}
-{{- end -}}
-{{- end -}}
-
-{{/* The key holding the cookie key in the console's Secret. */}}
-{{- define "mailexec.console.secretKey" -}}
-{{- if .Values.console.existingSecret -}}
-{{- .Values.console.existingSecretKey -}}
-{{- else -}}
-MAILEXEC_CONSOLE_SECRET
-{{- end -}}
-{{- end -}}
-
 {{/* MAILEXEC_CONSOLE_COOKIE_SECURE: as set, else Secure always behind a TLS Ingress. */}}
 {{- define "mailexec.console.cookieSecure" -}}
 {{- if .Values.console.cookieSecure -}}
@@ -147,89 +111,11 @@ to call them with: the signed-in person's is used), its session settings.
   value: {{ include "mailexec.console.cookieSecure" . | quote }}
 {{- end -}}
 
-{{/*
-Secrets as files (SPEC §2: MAILEXEC_<NAME>_FILE). Which keys a component reads: the
-executor and the migrations no admin or mta token, only the notifier the SMTP URL, the
-console its cookie key alone.
-(dict "root" $ "component" NAME)
-*/}}
-{{- define "mailexec.secretDir" -}}/run/secrets/mailexec{{- end -}}
-
-{{- define "mailexec.secretKeys" -}}
-{{- $keys := list "MAILEXEC_DATABASE_URL" "MAILEXEC_AMQP_URL" -}}
-{{- if eq .component "console" -}}
-{{- $keys = list "MAILEXEC_CONSOLE_SECRET" -}}
-{{- else if eq .component "executor" -}}
-{{- $keys = append $keys "MAILEXEC_SERVICE_TOKEN" -}}
-{{- else if ne .component "migrations" -}}
-{{- $keys = concat $keys (list "MAILEXEC_ADMIN_TOKEN" "MAILEXEC_INGEST_TOKEN" "MAILEXEC_SERVICE_TOKEN") -}}
-{{- if eq .component "notifier" -}}
-{{- $keys = append $keys "MAILEXEC_SMTP_URL" -}}
-{{- end -}}
-{{- end -}}
-{{- toJson $keys -}}
-{{- end -}}
-
-{{/* env entries MAILEXEC_<NAME>_FILE=/run/secrets/mailexec/<name>. */}}
-{{- define "mailexec.secretFiles.env" -}}
-{{- range (include "mailexec.secretKeys" . | fromJsonArray) }}
-- name: {{ . }}_FILE
-  value: {{ printf "%s/%s" (include "mailexec.secretDir" $.root) (. | trimPrefix "MAILEXEC_" | lower) | quote }}
-{{- end }}
-{{- end -}}
-
-{{- define "mailexec.secretFiles.volumeMount" -}}
-- name: secrets
-  mountPath: {{ include "mailexec.secretDir" .root }}
-  readOnly: true
-{{- end -}}
-
-{{/*
-The Secret volume: only the component's keys. Unprivileged pods read through their fsGroup
-(root:fsGroup 0440); the executor's files are root's (0400), read before its drop. "secret"
-names the Secret (the migrations Job's hook Secret). The executor and the console have
-Secrets of their own.
-*/}}
-{{- define "mailexec.secretFiles.volume" -}}
-{{- $name := include "mailexec.secretName" .root -}}
-{{- if eq .component "executor" -}}
-{{- $name = include "mailexec.executorSecretName" .root -}}
-{{- else if eq .component "console" -}}
-{{- $name = include "mailexec.console.secretName" .root -}}
-{{- end -}}
-- name: secrets
-  secret:
-    secretName: {{ .secret | default $name }}
-    defaultMode: {{ ternary 0400 0440 (eq .component "executor") }}
-    items:
-      {{- range (include "mailexec.secretKeys" . | fromJsonArray) }}
-      - key: {{ ternary (include "mailexec.console.secretKey" $.root) . (eq . "MAILEXEC_CONSOLE_SECRET") }}
-        path: {{ . | trimPrefix "MAILEXEC_" | lower }}
-      {{- end }}
-{{- end -}}
-
 {{- define "mailexec.policyUrl" -}}
 {{- if .Values.config.policyUrl -}}
 {{- .Values.config.policyUrl -}}
 {{- else -}}
 {{- printf "http://%s.%s.svc:%v" (include "mailexec.componentName" (dict "root" . "component" "policy")) .Release.Namespace .Values.policy.service.port -}}
-{{- end -}}
-{{- end -}}
-
-{{/*
-A token for the release Secret: the value given, else the one already stored in the
-Secret (so upgrades keep it), else a new random one. (dict "root" $ "key" "MAILEXEC_ADMIN_TOKEN" "value" "...")
-*/}}
-{{- define "mailexec.token" -}}
-{{- if .value -}}
-{{- .value -}}
-{{- else -}}
-{{- $existing := lookup "v1" "Secret" .root.Release.Namespace (include "mailexec.fullname" .root) -}}
-{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
-{{- index $existing.data .key | b64dec -}}
-{{- else -}}
-{{- randAlphaNum 48 -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -354,16 +240,25 @@ take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to l
 {{- $messages := list -}}
 {{- $ipv4 := `^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$` -}}
 {{- $ipv6 := `^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?$` -}}
-{{- if not .Values.secrets.existingSecret -}}
-{{- if not .Values.secrets.databaseUrl -}}
-{{- $messages = append $messages "mailexec: secrets.databaseUrl is required (postgresql+asyncpg://user:pass@host:5432/db), or name a Secret in secrets.existingSecret" -}}
+{{- $db := .Values.externalDatabase -}}
+{{- $mq := .Values.externalRabbitmq -}}
+{{- if not $db.host -}}
+{{- $messages = append $messages "mailexec: externalDatabase.host is required: the PostgreSQL server (e.g. RELEASE-postgresql of bitnami/postgresql, or a CloudNativePG cluster's -rw Service)" -}}
 {{- end -}}
-{{- if not .Values.secrets.amqpUrl -}}
-{{- $messages = append $messages "mailexec: secrets.amqpUrl is required (amqp://user:pass@host:5672/), or name a Secret in secrets.existingSecret" -}}
+{{- if and .Values.migrations.enabled (not $db.existingSecret) (not $db.password) -}}
+{{- $messages = append $messages "mailexec: externalDatabase.existingSecret (key externalDatabase.existingSecretPasswordKey) or externalDatabase.password is required: the password of externalDatabase.user, the owner the migrations Job alone connects as" -}}
 {{- end -}}
-{{- if and .Values.secrets.databaseUrl (not (hasPrefix "postgresql+asyncpg://" .Values.secrets.databaseUrl)) -}}
-{{- $messages = append $messages "mailexec: secrets.databaseUrl must use the asyncpg driver: postgresql+asyncpg://..." -}}
+{{- if not $mq.host -}}
+{{- $messages = append $messages "mailexec: externalRabbitmq.host is required: the RabbitMQ server (e.g. RELEASE-rabbitmq of bitnami/rabbitmq)" -}}
 {{- end -}}
+{{- if and (not $mq.existingSecret) (not $mq.password) -}}
+{{- $messages = append $messages "mailexec: externalRabbitmq.existingSecret (key externalRabbitmq.existingSecretPasswordKey) or externalRabbitmq.password is required: the password of externalRabbitmq.user" -}}
+{{- end -}}
+{{- if and .Values.keda.enabled $mq.existingSecret (not .Values.keda.existingSecret) -}}
+{{- $messages = append $messages "mailexec: keda.enabled with externalRabbitmq.existingSecret needs keda.existingSecret, a Secret holding the AMQP URL (amqp://user:password@host:5672/vhost) under keda.hostSecretKey" -}}
+{{- end -}}
+{{- if and .Values.notifier.smtp.existingSecret (not .Values.notifier.smtp.existingSecretKey) -}}
+{{- $messages = append $messages "mailexec: notifier.smtp.existingSecretKey must name the key of notifier.smtp.existingSecret holding the SMTP URL" -}}
 {{- end -}}
 {{- range .Values.executor.extraCapabilities -}}
 {{- if eq (upper . | trimPrefix "CAP_") "NET_ADMIN" -}}
@@ -405,10 +300,6 @@ take. Off, ingest gets MAILEXEC_LMTP_PORT=0 (the program's default would be to l
 {{- end -}}
 {{- $console := .Values.console -}}
 {{- if $console.enabled -}}
-{{- if and (not $console.existingSecret) (not $console.secret) -}}
-{{- $name := printf "%s-console-key" (include "mailexec.fullname" .) -}}
-{{- $messages = append $messages (printf "mailexec: the console needs the key of its session cookies, kept by you so that every render (helm upgrade, Argo CD, Flux) gives the same one (a new key signs everyone out). Create it once:\n    kubectl -n %s create secret generic %s --from-literal=MAILEXEC_CONSOLE_SECRET=\"$(head -c 48 /dev/urandom | base64)\"\n  and set console.existingSecret=%s (or give the key itself in console.secret, or set console.enabled=false)" .Release.Namespace $name $name) -}}
-{{- end -}}
 {{- if and $console.secret (not $console.existingSecret) (lt (len $console.secret) 32) -}}
 {{- $messages = append $messages "mailexec: console.secret is shorter than 32 characters; use e.g. $(head -c 48 /dev/urandom | base64)" -}}
 {{- end -}}

@@ -3,7 +3,8 @@ Shared pieces of the service workloads. Each takes (dict "root" $ "component" NA
 */}}
 
 {{/*
-The Deployment of an unprivileged HTTP service (ingest, policy, notifier, console). Optional
+The Deployment of an unprivileged HTTP service (ingest, policy, notifier, console); all but
+the console build their connection URLs first (initContainer "urls", _secrets.tpl). Optional
 keys of the dict, each a rendered YAML list (or empty): "env", "ports", "volumeMounts",
 "volumes" — what one component adds (ingest's LMTP listener, the console's settings);
 "secretTemplate", the template of the Secret it mounts (default /secret.yaml), whose
@@ -62,6 +63,10 @@ spec:
       {{- with $values.tolerations }}
       tolerations:
         {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if ne .component "console" }}
+      initContainers:
+        {{- include "mailexec.urls.initContainer" (dict "root" $root "component" .component "securityContext" $root.Values.containerSecurityContext) | nindent 8 }}
       {{- end }}
       containers:
         - name: {{ .component }}
