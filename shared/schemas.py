@@ -36,6 +36,10 @@ from shared.addresses import parse_recipient
 from shared.status import STATUS_RE, NoticeReason
 
 SCHEMA_VERSION: Final = 1
+# Jobs of version 2 carry ``generation`` (queue control, issue 16); a version-1 job is
+# generation 0. Writers emit version 1 while the generation is 0, so executors that only
+# know version 1 keep working during an upgrade (upgrade the executors first).
+JOB_SCHEMA_VERSIONS: Final = (1, 2)
 
 MAX_ENVID_LEN: Final = 100
 _FORBIDDEN_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -151,10 +155,13 @@ class _Contract(BaseModel):
 class Job(_Contract):
     """One (message, recipient) delivery job on the ``deliveries`` queue."""
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1, 2] = SCHEMA_VERSION
     job_id: UUID
     message_id: UUID
     recipient: Address
+    # the recipient row's generation when this copy was published (version 2; 0 in
+    # version 1): the executor claims the job only while the row still has it
+    generation: NonNegative = 0
     orcpt: OneLine = None
     attempt: NonNegative = 0
     next_program: NonNegative = 0
@@ -185,7 +192,18 @@ class Job(_Contract):
         data = self.model_dump(mode="json")
         if data["body_b64"] is None:
             del data["body_b64"]
+        if data["generation"] == 0:  # what a version-1 reader understands
+            del data["generation"]
+            data["v"] = 1
+        else:
+            data["v"] = 2
         return orjson.dumps(data)
+
+    @model_validator(mode="after")
+    def _generation_needs_v2(self) -> Self:
+        if self.v == 1 and self.generation != 0:
+            raise ValueError("generation needs job schema version 2")
+        return self
 
 
 class EventEnvelope(_Contract):

@@ -24,6 +24,11 @@ SANDBOX_FAILURES = Counter(
     "mailexec_sandbox_failures_total",
     "Program runs that failed before the program itself ran (launch errors, spawn failures)",
 )
+STALE_JOBS = Counter(
+    "mailexec_stale_jobs_total",
+    "Jobs dropped because an operator superseded them (queue retry/hold/release/delete: "
+    "the recipient's generation moved on while this copy waited in a queue)",
+)
 JOBS_IN_FLIGHT = Gauge("mailexec_jobs_in_flight", "Delivery jobs being processed right now")
 EVENTS_PUBLISHED = Counter("mailexec_events_published_total", "Events published", ["kind"])
 BODY_BYTES = Gauge(

@@ -32,14 +32,16 @@ from shared.errors import DatabaseUnavailable, Unavailable
 from shared.settings import get_settings
 
 CLAIMABLE = ("queued", "deferred", "suspended")
-FINAL_STATES = ("delivered", "bounced")
+# ``deleted``: removed from the queue by an operator (ingest's queue control), no DSN
+FINAL_STATES = ("delivered", "bounced", "deleted")
 
 _CLAIM_SQL = """
 UPDATE mail.recipients AS r
    SET state = 'running', updated_at = now()
-  FROM unnest($1::uuid[], $2::int[], $3::bool[]) AS j(id, attempt, redelivered)
+  FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::int[]) AS j(id, attempt, redelivered, gen)
  WHERE r.id = j.id
    AND r.attempts = j.attempt
+   AND r.generation = j.gen
    AND (r.state IN ('queued', 'deferred', 'suspended') OR (r.state = 'running' AND j.redelivered))
 RETURNING r.id, r.delay_notified_at
 """
@@ -78,6 +80,7 @@ class ClaimRequest:
     job_id: uuid.UUID
     attempt: int
     redelivered: bool
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -244,8 +247,9 @@ class Repo:
 
     # --- hot path --------------------------------------------------------------------
 
-    async def claim(self, job_id: uuid.UUID, attempt: int, redelivered: bool) -> Claim:
-        return await self.claims.submit(ClaimRequest(job_id, attempt, redelivered))
+    async def claim(self, job_id: uuid.UUID, attempt: int, redelivered: bool,
+                    generation: int = 0) -> Claim:
+        return await self.claims.submit(ClaimRequest(job_id, attempt, redelivered, generation))
 
     async def record(self, update: RecipientUpdate) -> bool:
         """True when the outcome was recorded (False: someone else owns the row now)."""
@@ -263,6 +267,7 @@ class Repo:
                 [r.job_id for r in unique],
                 [r.attempt for r in unique],
                 [r.redelivered for r in unique],
+                [r.generation for r in unique],
             )
         got = {row["id"]: row["delay_notified_at"] for row in rows}
         out = []
@@ -333,6 +338,14 @@ class Repo:
 
     # --- rare paths ----------------------------------------------------------------------
 
+    async def generation(self, job_id: uuid.UUID) -> int | None:
+        """The row's generation (None: no such row): tells a stale copy of a job, one an
+        operator superseded (queue control), from a duplicate, once the claim failed."""
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT generation FROM mail.recipients WHERE id = $1", job_id)
+        return None if value is None else int(value)
+
     async def snapshot(self, job_id: uuid.UUID) -> RecipientSnapshot | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(
@@ -373,12 +386,14 @@ class Repo:
     async def force_final(
         self, job_id: uuid.UUID, state: str, status: str, diagnostic: str
     ) -> bool:
-        """Record a final outcome for a job that can't run (poison, corrupt), if not final yet."""
+        """Record a final outcome for a job that can't run (poison, corrupt), if not final yet;
+        the row is marked dead-lettered (``mailexec queue dead`` lists it)."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "UPDATE mail.recipients SET state = $2, status = $3, diagnostic = $4, "
-                "final_at = now(), updated_at = now() "
-                "WHERE id = $1 AND state NOT IN ('delivered', 'bounced') RETURNING id",
+                "final_at = now(), updated_at = now(), dead_lettered_at = now() "
+                "WHERE id = $1 AND state NOT IN ('delivered', 'bounced', 'deleted') "
+                "AND state <> 'on_hold' RETURNING id",
                 job_id, state, status, diagnostic,
             )
         return row is not None

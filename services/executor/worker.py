@@ -3,7 +3,9 @@
 Per job, in this order (SPEC §3.10: ack only after the outcome is recorded):
 
 1. **claim** – one batched ``UPDATE … RETURNING`` (``repo.py``): the row moves to
-   ``running`` only if its ``attempts`` equals the job's ``attempt`` and it is
+   ``running`` only if its ``attempts`` equals the job's ``attempt``, its
+   ``generation`` the job's (an operator's retry/hold/release/delete bumps it, so
+   copies still waiting in a retry or held queue become stale), and it is
    claimable (``queued/deferred/suspended``, or ``running`` when the job was
    redelivered – its previous holder died). Anything else is a duplicate or an
    outcome already recorded: acked without running anything.
@@ -52,7 +54,13 @@ from pydantic import ValidationError
 
 from services.executor import chain
 from services.executor.events import announce_final, events_for
-from services.executor.metrics import DELIVERIES, JOBS_IN_FLIGHT, QUEUE_LAG_SECONDS, RETRIES
+from services.executor.metrics import (
+    DELIVERIES,
+    JOBS_IN_FLIGHT,
+    QUEUE_LAG_SECONDS,
+    RETRIES,
+    STALE_JOBS,
+)
 from services.executor.publishing import INFRA_RETRY_HEADER, Publisher
 from services.executor.repo import FINAL_STATES, RecipientUpdate, Repo
 from services.executor.verdict import Verdict
@@ -118,7 +126,7 @@ class Worker:
     async def _handle_job(self, message: AbstractIncomingMessage, job: Job) -> None:
         infra_retries, reclaim = redelivery(message.headers or {}, bool(message.redelivered))
         try:
-            claim = await self.repo.claim(job.job_id, job.attempt, reclaim)
+            claim = await self.repo.claim(job.job_id, job.attempt, reclaim, job.generation)
         except Unavailable as exc:
             await self._infra_retry(message, job, infra_retries, f"claim: {exc}")
             return
@@ -202,6 +210,17 @@ class Worker:
                 delay = min(delay * 2, 3.0)
 
     async def _not_claimed(self, message: AbstractIncomingMessage, job: Job, reclaim: bool) -> None:
+        try:
+            current = await self.repo.generation(job.job_id)
+        except Unavailable:
+            current = None  # only names the drop below; the job is not claimable either way
+        if current is not None and current != job.generation:
+            log.info("stale job dropped: superseded by an operator's queue action",
+                     extra={"message_id": str(job.message_id), "recipient": job.recipient,
+                            "attempt": job.attempt, "outcome": "stale"})
+            STALE_JOBS.inc()
+            await _settle(message)
+            return
         if reclaim:
             try:
                 await self._announce_recorded(job)

@@ -24,7 +24,8 @@ from ..envelope import account_filter, parse_sender
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
-STATES = ("queued", "running", "suspended", "deferred", "delivered", "bounced")
+STATES = ("queued", "running", "suspended", "deferred", "on_hold", "delivered", "bounced",
+          "deleted")
 
 
 def _json(body: Any, status: int = 200) -> Response:
