@@ -64,6 +64,22 @@ def retry_queue_for(attempt: int) -> tuple[str, int]:
     return RETRY_LADDER[min(max(attempt, 1), len(RETRY_LADDER)) - 1]
 
 
+def parse_delays(text: str) -> tuple[float, ...]:
+    """``MAILEXEC_EXECUTOR_RETRY_DELAYS_S`` ("1,1,2"): seconds per retry step."""
+    return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+
+
+def retry_delay_s(attempt: int, delays: tuple[float, ...] = ()) -> float:
+    """How long the ``attempt``-th retry waits: the ladder queue's TTL, or the shorter
+    per-message expiration ``delays`` asks for (``parse_delays``)."""
+    _, delay = retry_queue_for(attempt)
+    if delays:
+        wanted = delays[min(max(attempt, 1), len(delays)) - 1]
+        if wanted < delay:
+            return wanted
+    return float(delay)
+
+
 async def declare(channel: AbstractChannel) -> dict[str, AbstractExchange]:
     """Declare the whole topology; safe to call from every process at start."""
     deliveries = await channel.declare_exchange(

@@ -33,14 +33,10 @@ PUBLISH_TIMEOUT_S = 10.0
 INFRA_RETRY_HEADER = "x-mailexec-infra-retries"
 
 
-def parse_delays(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
-
-
 class Publisher:
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self.broker = broker
-        self.delays = parse_delays(settings.executor_retry_delays_s)
+        self.delays = topology.parse_delays(settings.executor_retry_delays_s)
         self.held_recheck_s = settings.executor_held_recheck_s
 
     @property
@@ -87,11 +83,8 @@ class Publisher:
     def retry_target(self, n: int) -> tuple[str, float | None]:
         """Queue and per-message expiration (None: the queue's TTL) of the n-th retry."""
         queue, delay = topology.retry_queue_for(n)
-        if self.delays:
-            wanted = self.delays[min(max(n, 1), len(self.delays)) - 1]
-            if wanted < delay:
-                return queue, wanted
-        return queue, None
+        wanted = topology.retry_delay_s(n, self.delays)
+        return queue, (wanted if wanted < delay else None)
 
     async def retry(self, job: Job, n: int, *, infra_retries: int | None = None) -> None:
         queue, expiration = self.retry_target(n)

@@ -16,7 +16,7 @@ from shared.settings import Settings, get_settings
 
 from . import fastpath
 from .metrics import OldestJobAge
-from .routes import messages, status
+from .routes import messages, queue, status
 from .runtime import Runtime
 
 
@@ -39,7 +39,7 @@ def build_app(settings: Settings | None = None, lmtp_socket: socket.socket | Non
 
     app = create_app(
         title="mailexec ingest",
-        routers=[messages.router, status.router],
+        routers=[messages.router, queue.router, status.router],
         ready_check=runtime.ready,
         lifespan=lifespan,
         inner_middleware=[(fastpath.SubmitFastPath, {"runtime": runtime})],

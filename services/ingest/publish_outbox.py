@@ -57,7 +57,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -114,10 +114,12 @@ def job_body(
     orcpt: str | None = None,
     attempt: int = 0,
     next_program: int = 0,
+    generation: int = 0,
 ) -> bytes:
-    """The job JSON of docs/internals.md ("Job body"), schema version 1."""
+    """The job JSON of docs/internals.md ("Job body"): schema version 1, or 2 when it
+    carries a ``generation`` above 0 (a copy an operator's queue action published)."""
     job: dict[str, Any] = {
-        "v": 1,
+        "v": 2 if generation else 1,
         "job_id": str(job_id),
         "message_id": str(message_id),
         "recipient": recipient,
@@ -131,6 +133,8 @@ def job_body(
         "arrival": arrival.isoformat(),
         "size": size,
     }
+    if generation:
+        job["generation"] = generation
     if body is not None and size <= inline_limit:
         job["body_b64"] = base64.b64encode(body).decode("ascii")
     return orjson.dumps(job)
@@ -412,7 +416,11 @@ class Relay:
         min_age_s: float = 10.0,
         interval_s: float = 2.0,
         batch: int = 500,
+        event_relay: Callable[[float], Awaitable[int]] | None = None,
     ) -> None:
+        """``event_relay(min_age_s)``: publishes the events of queue actions left pending
+        (``queue_control.QueueControl.relay_events``)."""
+        self.event_relay = event_relay
         self.db = db
         self.broker = broker
         self.inline_limit = inline_limit
@@ -435,6 +443,8 @@ class Relay:
             relayed = 0
             try:
                 relayed = await self.run_once()
+                if self.event_relay is not None and self.broker.ready:
+                    await self.event_relay(self.min_age_s)
                 metrics.OUTBOX_UNPUBLISHED.set(await self.db.count_unpublished())
             except Unavailable:
                 pass
@@ -462,7 +472,7 @@ class Relay:
                     sender=r["sender"], envid=r["envid"], ret=r["ret"], notify=r["notify"],
                     arrival=r["received_at"], size=r["size"], body=r["body"],
                     inline_limit=self.inline_limit, orcpt=r["orcpt"], attempt=r["attempts"],
-                    next_program=r["next_program"],
+                    next_program=r["next_program"], generation=r["generation"],
                 )
                 pending.append((r["id"], body))
             results = await asyncio.gather(

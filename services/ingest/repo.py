@@ -83,10 +83,11 @@ GROUP BY m.id, m.idempotency_hash
 
 RELAY_SELECT = """
 SELECT r.id, r.message_id, r.address, r.orcpt, r.state, r.attempts, r.next_program,
-       m.sender, m.envid, m.ret, coalesce(r.notify, m.notify) AS notify, m.size, m.received_at,
+       r.generation, m.sender, m.envid, m.ret, coalesce(r.notify, m.notify) AS notify, m.size, m.received_at,
        CASE WHEN m.size <= $2 THEN m.body END AS body
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 WHERE NOT r.published AND r.created_at < now() - make_interval(secs => $1)
+  AND r.updated_at < now() - make_interval(secs => $1)  -- a queue action's fresh job too
 ORDER BY r.created_at
 LIMIT $3
 FOR UPDATE OF r SKIP LOCKED

@@ -24,6 +24,7 @@ from shared.sysexits import EX_OSERR
 
 from .lmtp import LMTPServer
 from .publish_outbox import Outbox, Relay
+from .queue_control import QueueControl
 from .recipients import AccountCheck
 from .repo import Database
 
@@ -46,7 +47,9 @@ class Runtime:
         self.db = Database(settings.database_url)
         self.broker = Broker(_robust_url(settings.amqp_url))
         self.outbox = Outbox(self.db, self.broker, inline_limit=settings.inline_body_bytes)
-        self.relay = Relay(self.db, self.broker, inline_limit=settings.inline_body_bytes)
+        self.queue = QueueControl(self.db, self.broker, inline_limit=settings.inline_body_bytes)
+        self.relay = Relay(self.db, self.broker, inline_limit=settings.inline_body_bytes,
+                           event_relay=self.queue.relay_events)
         self._connector: asyncio.Task[None] | None = None
         self.accounts = AccountCheck(settings.policy_url, settings.service_token)
         self.lmtp: LMTPServer | None = None
