@@ -139,6 +139,7 @@ def _register_commands() -> None:
     except ModuleNotFoundError:
         return
     commands.register(app)
+    importlib.import_module("mailexec.commands.queue").register(app)
 
 
 _register_commands()

@@ -142,12 +142,14 @@ ORDER BY message_id, address, id
 
 # --- the dashboard (GET /v1/status); every query reads one index of migration 0005 ---
 
-FINAL_STATES = ("delivered", "bounced")
-_NOT_FINAL = "state NOT IN ('delivered', 'bounced')"  # literally recipients_waiting's predicate
+FINAL_STATES = ("delivered", "bounced", "deleted")
+# literally recipients_waiting's predicate (0005), so the planner uses it; ``deleted``
+# (0006, final too) is filtered on top
+_NOT_FINAL = "state NOT IN ('delivered', 'bounced')"
 
 WAITING = f"""
 SELECT state, count(*) AS n, extract(epoch FROM now() - min(created_at)) AS oldest_s
-FROM mail.recipients WHERE {_NOT_FINAL} GROUP BY state
+FROM mail.recipients WHERE {_NOT_FINAL} AND state <> 'deleted' GROUP BY state
 """
 
 RECEIVED_SINCE = "SELECT count(*) FROM mail.messages WHERE received_at > now() - make_interval(secs => $1)"
