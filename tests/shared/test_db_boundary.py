@@ -167,3 +167,23 @@ async def test_lost_connection_is_unavailable_then_recovers(
         await repo.close()
         await db.close()
         proxy.close()
+
+
+async def test_claim_takes_only_the_rows_generation(ingest_db: Database) -> None:
+    """Queue control (issue 16): a copy of a job published before an operator's action
+    (generation 0) is not claimed, even though state and attempts match; the copy of the
+    current generation is — in the same single claim statement."""
+    m = message()
+    await ingest_db.insert_batch([m])
+    job_id = m.recipient_ids[0]
+    async with ingest_db.connection() as conn:
+        await conn.execute("UPDATE mail.recipients SET generation = 2 WHERE id = $1", job_id)
+    repo = Repo(get_settings().database_url, pool_size=1)
+    await repo.start()
+    try:
+        assert not (await repo.claim(job_id, 0, False, 0)).claimed
+        assert not (await repo.claim(job_id, 0, False, 1)).claimed
+        assert await repo.generation(job_id) == 2
+        assert (await repo.claim(job_id, 0, False, 2)).claimed
+    finally:
+        await repo.close()
