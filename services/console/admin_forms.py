@@ -547,7 +547,7 @@ def parse_token_label(form: Mapping[str, str]) -> tuple[str | None, Errors]:
 
 # --- message tracking, audit, notifications ---------------------------------------------
 
-# What ingest's GET /v1/messages?state= accepts (SPEC's on_hold joins when ingest has it).
+# What ingest's GET /v1/messages?state= accepts (on_hold, deleted: queue control, 0006).
 MESSAGE_STATES = ("queued", "running", "suspended", "deferred", "on_hold", "delivered", "bounced",
                   "deleted")
 AUDIT_KINDS = ("program", "settings", "account", "token")
