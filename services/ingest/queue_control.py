@@ -15,7 +15,9 @@ One action, in this order:
    transaction; for ``delete --bounce`` it also carries the bounce events
    (``events_pending``), so it is the events' outbox entry too.
 2. **After the commit**: the fresh jobs are published with confirms and marked
-   ``published``; the events are published and ``events_pending`` cleared.
+   ``published``; the events are published and ``events_pending`` cleared. (The
+   relay may publish such a job too, if it passes in between: a duplicate of the same
+   generation, which the executor's claim runs once.)
    If ingest dies (or the broker fails) in between, the relay
    (``publish_outbox.Relay``) publishes what is left after ``min_age_s``: the jobs of
    rows still ``queued`` and unpublished, the events still pending. A job published

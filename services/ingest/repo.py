@@ -87,7 +87,6 @@ SELECT r.id, r.message_id, r.address, r.orcpt, r.state, r.attempts, r.next_progr
        CASE WHEN m.size <= $2 THEN m.body END AS body
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 WHERE NOT r.published AND r.created_at < now() - make_interval(secs => $1)
-  AND r.updated_at < now() - make_interval(secs => $1)  -- a queue action's fresh job too
 ORDER BY r.created_at
 LIMIT $3
 FOR UPDATE OF r SKIP LOCKED
