@@ -3,7 +3,7 @@
 Migration 0001's per-service roles are NOLOGIN; --login-roles, given the admin URL and the
 four passwords, lets each log in with its own password (the Helm chart's migrations Job runs
 it, and each pod then connects as its service's role). Afterwards each role can do what its
-grants allow and nothing more.
+grants allow and nothing more, and the whole pipeline runs with each service as its role.
 
 The local server trusts every TCP client (pg_hba `trust`), so a login alone proves LOGIN,
 not the password: the password is proven against the SCRAM verifier the server stored.
@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -161,3 +162,124 @@ def test_scram_verifier_is_postgresql_s() -> None:
     assert verifier.startswith("SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$")
     assert scram_matches(verifier, "secret") and not scram_matches(verifier, "Secret")
     assert "secret" not in verifier
+
+
+def test_the_pipeline_runs_with_each_service_as_its_own_role(
+    admin_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # noqa: ANN001
+    """What the Helm chart deploys: policy, ingest, executor and notifier each connected as
+    its own role (and nothing else), a message delivered to one recipient, bounced for an
+    unknown one, its DSN written by the notifier. A table a later migration adds without
+    granting it to the service that uses it fails here."""
+    import os
+    import secrets
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from tests.conftest import ServiceProcess, free_port
+
+    assert invoke(monkeypatch, admin_url, PASSWORDS, tmp_path).exit_code == 0
+    vhost = f"{DB}_mq"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        timeout=60,
+    )
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    os.chmod(trusted, 0o755)
+    admin_token, mta_token = secrets.token_hex(12), secrets.token_hex(12)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILEXEC_")}
+    env.update(
+        {
+            "MAILEXEC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "MAILEXEC_ADMIN_TOKEN": admin_token,
+            "MAILEXEC_INGEST_TOKEN": mta_token,
+            "MAILEXEC_SERVICE_TOKEN": secrets.token_hex(12),
+            "MAILEXEC_TRUSTED_DIR": str(trusted),
+            "MAILEXEC_LMTP_PORT": "0",
+            "MAILEXEC_LOG_LEVEL": "info",
+            "MAILEXEC_DSN_AGGREGATE_WINDOW_S": "0.5",
+            "MAILEXEC_SMTP_URL": f"smtp://127.0.0.1:{free_port()}",  # closed: the DSN stays pending
+            "MAILEXEC_SANDBOX_CGROUP_ROOT": f"/sys/fs/cgroup/unified/mailexec-roletest-{os.getpid()}",
+            **{
+                var: str(free_port())
+                for var in (
+                    "MAILEXEC_INGEST_PORT",
+                    "MAILEXEC_POLICY_PORT",
+                    "MAILEXEC_NOTIFIER_PORT",
+                    "MAILEXEC_EXECUTOR_METRICS_PORT",
+                )
+            },
+        }
+    )
+    env["MAILEXEC_POLICY_URL"] = f"http://127.0.0.1:{env['MAILEXEC_POLICY_PORT']}"
+    procs: dict[str, ServiceProcess] = {}
+    try:
+        for service, role in m.SERVICE_ROLES.items():
+            url = f"postgresql+asyncpg://{role}:{quote(PASSWORDS[service], safe='')}@127.0.0.1:5432/{DB}"
+            procs[service] = ServiceProcess(
+                service, {**env, "MAILEXEC_DATABASE_URL": url}, tmp_path / f"{service}.log"
+            ).start(wait_ready=False)
+        for proc in procs.values():
+            proc.wait_ready(90)
+        admin = {"Authorization": f"Bearer {admin_token}"}
+        policy, ingest = env["MAILEXEC_POLICY_URL"], f"http://127.0.0.1:{env['MAILEXEC_INGEST_PORT']}"
+        with httpx.Client(timeout=30) as client:
+            r = client.put(
+                f"{policy}/v1/programs/true",
+                content=Path("/bin/true").read_bytes(),
+                headers={**admin, "Content-Type": "application/octet-stream"},
+            )
+            assert r.status_code == 201, r.text
+            owner = {"name": "u", "uid": 20001, "gid": 20001, "home": "/tmp", "shell": "/bin/sh"}
+            r = client.put(
+                f"{policy}/v1/accounts/u@example.org",
+                headers=admin,
+                json={
+                    "owner": owner,
+                    "program_delivery": {"enabled": True, "programs": ["true"]},
+                    "mailbox_delivery": False,
+                },
+            )
+            assert r.status_code == 201, r.text
+            r = client.post(
+                f"{ingest}/v1/messages",
+                params={"from": "a@example.org", "to": ["u@example.org", "nobody@example.org"]},
+                content=b"Subject: roles\r\n\r\nbody\r\n",
+                headers={"Authorization": f"Bearer {mta_token}", "Content-Type": "message/rfc822"},
+            )
+            assert r.status_code == 202, r.text
+            message_id = r.json()["id"]
+            states: dict[str, str] = {}
+            notes: list[dict] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                got = client.get(f"{ingest}/v1/messages/{message_id}", headers=admin).json()
+                states = {x["address"]: x["state"] for x in got["recipients"]}
+                notes = client.get(
+                    f"http://127.0.0.1:{env['MAILEXEC_NOTIFIER_PORT']}/v1/notifications",
+                    params={"message_id": message_id},
+                    headers=admin,
+                ).json()["items"]
+                if states == {"u@example.org": "delivered", "nobody@example.org": "bounced"} and notes:
+                    break
+                time.sleep(0.25)
+            assert states == {"u@example.org": "delivered", "nobody@example.org": "bounced"}
+            assert [(n["kind"], n["rcpt"]) for n in notes] == [("bounce", "a@example.org")]
+        for service, proc in procs.items():
+            assert "permission denied" not in proc.log_tail().lower(), (service, proc.log_tail())
+    finally:
+        for proc in reversed(list(procs.values())):
+            proc.stop()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60)
+        root = Path(env["MAILEXEC_SANDBOX_CGROUP_ROOT"])
+        for child in sorted([*root.glob("**/")], key=lambda p: -len(p.parts)):
+            try:
+                child.rmdir()
+            except OSError:
+                pass
