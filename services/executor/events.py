@@ -13,9 +13,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.executor.publishing import Publisher
-from services.executor.repo import FINAL_STATES, MessageEnvelope, RecipientSnapshot
+from services.executor.repo import MessageEnvelope, RecipientSnapshot
 from services.executor.verdict import DIAGNOSTICS, Verdict
 from shared.schemas import Event, EventEnvelope, EventRecipient, Job, Notice
+from shared.states import FINAL_STATES
 from shared.status import FailureKind
 
 EVENT_NS = uuid.UUID("5f0c8a52-3c1e-4a43-9a8e-6d2f4b1c7e90")

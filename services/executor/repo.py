@@ -33,7 +33,6 @@ from shared.settings import get_settings
 
 CLAIMABLE = ("queued", "deferred", "suspended")
 # ``deleted``: removed from the queue by an operator (ingest's queue control), no DSN
-FINAL_STATES = ("delivered", "bounced", "deleted")
 
 _CLAIM_SQL = """
 UPDATE mail.recipients AS r

@@ -62,10 +62,11 @@ from services.executor.metrics import (
     STALE_JOBS,
 )
 from services.executor.publishing import INFRA_RETRY_HEADER, Publisher
-from services.executor.repo import FINAL_STATES, RecipientUpdate, Repo
+from services.executor.repo import RecipientUpdate, Repo
 from services.executor.verdict import Verdict
 from shared.errors import Unavailable
 from shared.schemas import Job
+from shared.states import FINAL_STATES
 
 log = logging.getLogger("mailexec.executor")
 

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.errors import Unavailable
+from shared.states import NOT_FINAL_STATES
 
 from .repo import Waiting
 
@@ -66,7 +67,7 @@ LMTP_REPLIES = Counter(
 
 
 # The states a recipient waits in (SPEC §2), each always present in the gauge.
-WAITING_STATES = ("queued", "running", "suspended", "deferred", "on_hold")
+WAITING_STATES = NOT_FINAL_STATES
 OLDEST_CACHE_S = 5.0
 
 

@@ -24,14 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.states import FINAL_STATES
+from shared.states import STATES as RECIPIENT_STATES
+
 Action = Literal["retry", "hold", "release", "delete", "delete_bounce", "requeue"]
 ACTIONS: tuple[Action, ...] = ("retry", "hold", "release", "delete", "delete_bounce", "requeue")
 Verdict = Literal["change", "same", "conflict"]
 
 WAITING = ("queued", "deferred", "suspended")
-STATES = ("queued", "running", "suspended", "deferred", "on_hold", "delivered", "bounced",
-          "deleted")
-FINAL = ("delivered", "bounced", "deleted")
+STATES = RECIPIENT_STATES
+FINAL = FINAL_STATES
 
 DELETED_STATUS = "5.0.0"
 DELETED_DIAGNOSTIC = "deleted from the queue by the mail administrator"

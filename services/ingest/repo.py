@@ -141,7 +141,6 @@ ORDER BY message_id, address, id
 
 # --- the dashboard (GET /v1/status); every query reads one index of migration 0005 ---
 
-FINAL_STATES = ("delivered", "bounced", "deleted")
 # literally recipients_waiting's predicate (0005), so the planner uses it; ``deleted``
 # (0006, final too) is filtered on top
 _NOT_FINAL = "state NOT IN ('delivered', 'bounced')"

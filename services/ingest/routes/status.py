@@ -24,6 +24,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from shared.errors import Unavailable
+from shared.states import NOT_FINAL_STATES
 from shared.topology import MONITORED_QUEUES
 
 from ..deps import AdminDep, RuntimeDep
@@ -31,7 +32,7 @@ from .messages import _iso, _json
 
 router = APIRouter(prefix="/v1", tags=["status"])
 
-WAITING_STATES = ("queued", "running", "suspended", "deferred", "on_hold")
+WAITING_STATES = NOT_FINAL_STATES
 WINDOW_S = 3600.0
 LATEST_FAILURES = 10
 
