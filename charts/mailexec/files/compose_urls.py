@@ -38,9 +38,9 @@ def host(name):
 
 e = os.environ
 if e.get("DB_HOST"):
-    write("database_url", "postgresql+asyncpg://%s:%s@%s:%s/%s%s" % (
+    write("database_url", "postgresql+asyncpg://%s:%s@%s:%s/%s" % (
         quote(e["DB_USER"], safe=""), quote(secret(e["DB_PASSWORD_FILE"]), safe=""),
-        host("DB_HOST"), e["DB_PORT"], quote(e["DB_NAME"], safe=""), e.get("DB_PARAMS", "")))
+        host("DB_HOST"), e["DB_PORT"], quote(e["DB_NAME"], safe="")))
 if e.get("AMQP_HOST"):
     write("amqp_url", "amqp%s://%s:%s@%s:%s/%s" % (
         "s" if e.get("AMQP_TLS") == "true" else "",
