@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from shared.addresses import AddressError, normalize_account, parse_mailbox
 from shared.contract import Owner, PolicySettings, ProgramDelivery
 from shared.programs import FLAG_NAMES, NETWORK_NAMES, PROGRAM_NAME_RULE, is_program_name
+from shared.states import STATES
 
 FORM_ERROR = "__form__"  # errors about the form as a whole (shown in the summary only)
 MAX_DESCRIPTION_CHARS = 2000  # policy's ProgramPatch limit, checked here to say so early
@@ -547,9 +548,8 @@ def parse_token_label(form: Mapping[str, str]) -> tuple[str | None, Errors]:
 
 # --- message tracking, audit, notifications ---------------------------------------------
 
-# What ingest's GET /v1/messages?state= accepts (on_hold, deleted: queue control, 0006).
-MESSAGE_STATES = ("queued", "running", "suspended", "deferred", "on_hold", "delivered", "bounced",
-                  "deleted")
+# What ingest's GET /v1/messages?state= accepts: a recipient's states.
+MESSAGE_STATES = STATES
 AUDIT_KINDS = ("program", "settings", "account", "token")
 NOTIFICATION_STATES = ("pending", "sent", "failed")
 

@@ -18,14 +18,15 @@ from fastapi.responses import Response
 
 from shared.auth import Principal
 from shared.errors import BadRequest, Forbidden, NotFound
+from shared.states import STATES as RECIPIENT_STATES
 
 from ..deps import ListerDep, ReaderDep, RuntimeDep
 from ..envelope import account_filter, parse_sender
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
-STATES = ("queued", "running", "suspended", "deferred", "on_hold", "delivered", "bounced",
-          "deleted")
+# the states a listing may filter on: a recipient's states
+STATES = RECIPIENT_STATES
 
 
 def _json(body: Any, status: int = 200) -> Response:
