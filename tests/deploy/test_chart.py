@@ -1770,3 +1770,37 @@ def test_notes_say_how_to_reach_the_console(notes: Any, required: dict, value_se
     plain_http = {"ingress": {"enabled": True, "hostname": "c.example.org"}}
     plain = notes({**required, "console": {**required["console"], **plain_http}})
     assert "WARNING: the console's Ingress serves plain http" in plain
+
+
+def test_smtp_relay_with_credentials_comes_from_a_secret_file(
+    render: Any, chart: Any, required: dict, merge_values: Any
+) -> None:
+    """notifier.smtp.url is a plain variable (the schema refuses credentials in it); a relay
+    that needs them is named by notifier.smtp.existingSecret and read as a file."""
+    objects = render(merge_values(required, {"notifier": {"smtp": {"existingSecret": "relay"}}}))
+    pod = deployment(objects, "notifier")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert "MAILEXEC_SMTP_URL" not in env
+    assert env["MAILEXEC_SMTP_URL_FILE"] == f"{SECRET_DIR}/smtp_url"
+    projected, _ = secret_volume(pod, container)
+    assert secret_files(projected)["smtp_url"] == ("relay", "smtp-url")
+    plain = env_of(deployment(render(required), "notifier")["spec"]["template"]["spec"]["containers"][0])
+    assert plain["MAILEXEC_SMTP_URL"] == "smtp://127.0.0.1:25"
+    with pytest.raises(helm.HelmValuesError):
+        bad = {"notifier": {"smtp": {"url": "smtp://user:pw@relay:25"}}}
+        chart.render(merge_values(required, bad), name="mx", namespace=NAMESPACE)
+
+
+def test_keda_with_an_existing_rabbitmq_secret_needs_its_own_url_secret(
+    render: Any, chart: Any, value_sets: dict, merge_values: Any
+) -> None:
+    values = merge_values(value_sets["existing-secret"], {"keda": {"enabled": True}})
+    with pytest.raises(
+        helm.HelmError, match=re.escape("keda.enabled with externalRabbitmq.existingSecret needs")
+    ):
+        chart.render(values, name="mx", namespace=NAMESPACE)
+    objects = render(merge_values(values, {"keda": {"existingSecret": "mx-keda", "hostSecretKey": "url"}}))
+    (auth,) = of_kind(objects, "TriggerAuthentication")
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "host", "name": "mx-keda", "key": "url"}]
+    assert of_kind(objects, "Secret") == []
