@@ -97,7 +97,7 @@ COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker 
              elif command -v podman-compose >/dev/null; then echo podman-compose; \
              else echo "docker compose"; fi)
 
-.PHONY: image image-deps image-local image-check compose-up chart-lint
+.PHONY: image image-deps image-local image-check image-push compose-up chart-lint
 
 image: $(STAMP) ## build deploy/Dockerfile on its default base (python:3.11-slim; needs a registry)
 	$(BIN)/python tools/image.py build --tag $(IMAGE)
@@ -113,6 +113,15 @@ image-local: $(STAMP) image-deps ## local Debian bookworm base (debootstrap + py
 
 image-check: $(STAMP) image-deps ## build on the local base, run --help and the executor self-check, print the size
 	$(BIN)/python tools/image.py local --base-tag $(LOCAL_BASE) --tag $(IMAGE)
+
+# The image a cluster pulls (the chart's image.registry/repository/tag; deploy/README.md).
+# TAG defaults to the chart's appVersion, which is also the chart's default image.tag.
+TAG ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' charts/mailexec/Chart.yaml)
+image-push:     ## push $(IMAGE) to $(REGISTRY)/mailexec:$(TAG) with podman (REGISTRY=host[:port][/path]; TLS_VERIFY=false: plain http)
+	@test -n "$(REGISTRY)" || { echo "usage: make image-push REGISTRY=host[:port][/path] [TAG=$(TAG)] [TLS_VERIFY=false]"; exit 2; }
+	podman tag $(IMAGE) $(REGISTRY)/mailexec:$(TAG)
+	podman push --tls-verify=$(if $(filter false,$(TLS_VERIFY)),false,true) $(REGISTRY)/mailexec:$(TAG)
+	@echo "helm: --set image.registry=$(firstword $(subst /, ,$(REGISTRY))) --set image.repository=$(patsubst $(firstword $(subst /, ,$(REGISTRY)))/%,%,$(REGISTRY)/mailexec) --set image.tag=$(TAG)"
 
 compose-up:     ## the whole pipeline in containers (deploy/compose.yaml), health-gated
 	MAILEXEC_IMAGE=$(IMAGE) $(COMPOSE) -f deploy/compose.yaml up -d --build --wait
