@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 
 from services.executor.errors import SandboxUnavailable
 from shared.programs import NETWORK_NAMES
@@ -48,6 +49,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 NETWORKS = {name: index for index, name in enumerate(NETWORK_NAMES)}
 
 
+def _wait_gone(tid: int | None, timeout_s: float = 5.0) -> None:
+    """Wait until the kernel has reaped thread ``tid``.
+
+    ``Thread.join`` returns when the thread's Python code is done, a moment before the
+    kernel removes it from ``/proc/self/task``; the privilege drop that follows refuses to
+    run while any second thread is listed (privdrop.py), so a loaded machine could make
+    the executor refuse to start for a thread that was already ending.
+    """
+    if tid is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def create_empty_netns() -> int:
     """An fd of a fresh network namespace (only a down ``lo``), made in a throwaway thread.
 
@@ -57,6 +73,7 @@ def create_empty_netns() -> int:
     outcome: dict[str, int] = {}
 
     def make() -> None:
+        outcome["tid"] = threading.get_native_id()
         if _libc.unshare(_CLONE_NEWNET) != 0:
             outcome["errno"] = ctypes.get_errno()
             return
@@ -65,6 +82,7 @@ def create_empty_netns() -> int:
     thread = threading.Thread(target=make, name="mailexec-netns")
     thread.start()
     thread.join()
+    _wait_gone(outcome.get("tid"))
     if "fd" not in outcome:
         code = outcome.get("errno", 0)
         raise SandboxUnavailable(
