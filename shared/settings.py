@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     executor_retry_delays_s: str = ""
     # How often held (suspended) jobs are re-checked; at most the held queue's 60 s TTL.
     executor_held_recheck_s: float = 60.0
+    # How long a starting executor waits for PostgreSQL and RabbitMQ before it gives up with
+    # 69 (EX_UNAVAILABLE), so that its supervisor restarts it and says why.
+    executor_start_timeout_s: float = 30.0
     sandbox_network: bool = True
     # Programs registered with network "egress" run in one NAT'd namespace per executor
     # (services/executor/egress.py), built at start only when this is on (it switches on

@@ -159,8 +159,8 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
     broker = Broker(settings.amqp_url)
     policy = PolicyClient(settings.policy_url, settings.service_token)
     try:
-        await repo.start()
-        await broker.connect(declare=True, timeout=30)
+        await repo.start(timeout=settings.executor_start_timeout_s)
+        await broker.connect(declare=True, timeout=settings.executor_start_timeout_s)
     except Exception as exc:
         http_socket.close()
         await policy.close()

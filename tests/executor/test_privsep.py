@@ -276,7 +276,8 @@ def test_a_taken_metrics_port_refuses_start_with_71_after_the_drop(pipe: Pipelin
 def test_an_unreachable_database_refuses_start_with_69(pipe: Pipeline) -> None:
     dead = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/mailexec"
     code, log = _refused(pipe, "executor-no-db", MAILEXEC_DATABASE_URL=dead,
-                         MAILEXEC_EXECUTOR_METRICS_PORT=str(free_port()))
+                         MAILEXEC_EXECUTOR_METRICS_PORT=str(free_port()),
+                         MAILEXEC_EXECUTOR_START_TIMEOUT_S="2")
     assert code == EX_UNAVAILABLE, log
     assert "refusing to start: cannot reach the database or the broker" in log, log
 
