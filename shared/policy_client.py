@@ -278,5 +278,11 @@ class NoticeSettingsReader:
             self._quiet_until = now + RETRY_AFTER_FAILURE_S
         return self._current
 
+    def invalidate(self, what: str | None = None, key: str | None = None) -> None:
+        """A ``policy.changed`` broadcast: the next notice reads the settings anew (a new
+        postmaster gets the very next notice, not one after the cache's TTL)."""
+        self._client.invalidate(what, key)
+        self._quiet_until = 0.0
+
     async def close(self) -> None:
         await self._client.close()

@@ -59,6 +59,9 @@ class Runtime:
                 await broker.connect(timeout=5.0)
                 channel = await broker.new_channel(prefetch=PREFETCH)
                 queue = await channel.get_queue(topology.NOTIFIER_QUEUE)
+                await broker.on_policy_changed(
+                    "notifier", lambda body: self.policy.invalidate(body.get("what"),
+                                                                    body.get("key")))
                 self._consumer_tag = await queue.consume(self.consumer.on_message)
             except (Unavailable, AMQPError, OSError, TimeoutError) as exc:
                 log.warning(
