@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml $(LOCKS)
 	$(BIN)/pip install -q $(addprefix -c ,$(LOCKS)) -e '.[test]'
 	@touch $@
 
-$(HELPER): $(HELPER_DIR)/spawner.c $(HELPER_DIR)/child_recipe.h | $(STAMP)
+$(HELPER): $(HELPER_DIR)/spawner.c $(HELPER_DIR)/child_recipe.h $(HELPER_DIR)/slot.h $(HELPER_DIR)/capset.h | $(STAMP)
 	@command -v cc >/dev/null || { echo "need a C compiler (cc) to build $@ (Debian: apt-get install gcc libc6-dev)"; exit 1; }
 	mkdir -p $(VENV)/libexec
 	cc -O2 -Wall -Werror -static -o $@.tmp $(HELPER_DIR)/spawner.c 2>/dev/null \

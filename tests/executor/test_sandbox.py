@@ -439,3 +439,51 @@ async def test_a_home_under_tmp_is_still_the_programs_home() -> None:
         os.close(fd)
         box.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_reused_slot_shows_nothing_of_the_previous_run() -> None:
+    """Runs reuse a slot (one PID and mount namespace whose pid 1 runs one program at a
+    time, slot.h): the next run, of another account, finds nothing the previous one left
+    - no file in /tmp or /dev/shm, no process (a setsid'd one included), no mount of its
+    home, no fd. It is the same namespace (checked), so this can't pass by accident; a
+    run killed at its timeout takes its slot with it and the next run gets a new one."""
+    from services.executor.programs import sealed_memfd
+
+    base = Path(tempfile.mkdtemp(prefix="mailexec-slot-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    home = base / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, 64032, 64032)
+    leave = (b"#!/bin/sh\nreadlink /proc/self/ns/pid\n"
+             b"echo secret > /tmp/left; echo secret > /dev/shm/left\n"
+             b"setsid sleep 3117.75 </dev/null >/dev/null 2>&1 &\nsleep 0.1\n")
+    look = (b"#!/bin/sh\nreadlink /proc/self/ns/pid\n"
+            b"echo tmp: $(ls -A /tmp) shm: $(ls -A /dev/shm)\n"
+            b"echo procs: $$ /proc/[0-9]*\n"
+            b"echo fds: $(ls /proc/$$/fd | tr '\\n' ' ')\n"
+            b"grep -c mailexec-slot- /proc/self/mountinfo\nexit 0\n")
+    box = Sandbox.start(test_settings())
+    leave_fd, look_fd = sealed_memfd("leave", leave), sealed_memfd("look", look)
+    try:
+        first = await box.run(leave_fd, "leave", 64032, 64032, str(home), b"", b"", limits())
+        assert first.exit_status == 0, first
+        assert processes_of(64032) == [], "the setsid'd process ended with its run"
+        second = await box.run(look_fd, "look", 64033, 64033, "/", b"", b"", limits())
+        ns, tmp, procs, fds, mounts = second.output.decode().splitlines()
+        assert ns == first.output.decode().strip(), "the same slot served both runs"
+        assert tmp == "tmp: shm:", tmp
+        shell, *listed = procs.split()[1:]  # a glob: no process of its own
+        assert listed == ["/proc/1", f"/proc/{shell}"], procs  # the slot's pid 1 and us
+        assert mounts == "0", "the first run's home is no longer bound"
+        killed = await box.run(leave_fd, "leave", 64032, 64032, str(home), b"", b"",
+                               limits(timeout_s=0.05))
+        assert killed.timed_out
+        third = await box.run(look_fd, "look", 64033, 64033, "/", b"", b"", limits())
+        assert third.exit_status == 0 and third.output.decode().split()[0] != ns, third
+        # a fresh slot's run holds the same fds as the reused one's: none was carried over
+        assert third.output.decode().splitlines()[3] == fds
+    finally:
+        os.close(leave_fd)
+        os.close(look_fd)
+        box.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -184,9 +184,11 @@ async def test_proc_shows_only_the_run_and_umask_is_077(
     assert rcpt["state"] == "delivered", rcpt
     text = (home / "contain.out").read_text()
     lines = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
-    # pid 2 under the run's own pid 1; /proc lists those two and nothing else
-    assert lines["PID"] == "2 PPID 1", text
-    assert sorted(int(p) for p in lines["PROCS"].split()) == [1, 2], text
+    # a child of its slot's pid 1 (not pid 1 itself: it keeps ordinary signal semantics);
+    # /proc lists those two and nothing else - no other run, no host process
+    pid, ppid = lines["PID"].split(" PPID ")
+    assert ppid == "1" and int(pid) > 1, text
+    assert sorted(int(p) for p in lines["PROCS"].split()) == [1, int(pid)], text
     assert lines["UMASK"] == "0077 FILEMODE 0600", text
     assert (home / "umask.probe").stat().st_mode & 0o777 == 0o600
     assert lines["RUN-ENTRIES"] == "0", text  # /run is a fresh, empty tmpfs

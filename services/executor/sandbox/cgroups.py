@@ -15,8 +15,8 @@ What it guarantees
       any live executor, are never touched: each executor holds an ``flock`` on its
       own directory, which the kernel releases however it dies
       (test_containment: test_restart_kills_only_its_own_instances_leftovers).
-    - A timed-out run's cgroup is ``cgroup.kill``\\ ed on top of its PID namespace's
-      pid 1 being killed.
+    - A timed-out run's cgroup is ``cgroup.kill``\\ ed on top of its slot's pid 1
+      (and with it the PID namespace) being killed.
 
 What it does not
     Memory or pids limits (no controllers are enabled; this host's v1 ones are left
@@ -173,8 +173,8 @@ class RunCgroups:
         every later clone3(CLONE_INTO_CGROUP) into it is born SIGKILLed (measured).
         """
         path, fd = cgroup
-        if not killed and populated(path, fd):  # impossible with a PID namespace per run
-            log.error("run cgroup %s still populated after its pid 1 died; killing it", path)
+        if not killed and populated(path, fd):  # impossible: the slot reaps all before "done"
+            log.error("run cgroup %s still populated after its run ended; killing it", path)
             kill(path)
             killed = True
         if killed or self.closed or len(self._pool) >= POOL_MAX:

@@ -1,77 +1,70 @@
 /*
  * NAME
- *      child_recipe.h - what the spawner's child does between clone3 and fexecve
+ *      child_recipe.h - the steps of one run: its private mounts, and the
+ *      program's process from its creation to fexecve
  *
  * TRUSTS
- *      The spawner (spawner.c), which has already checked the request (uid/gid
- *      allowed, network index known, strings NUL-terminated) and made this
- *      child with clone3(CLONE_NEWPID | CLONE_NEWNS | CLONE_INTO_CGROUP): it is
- *      pid 1 of a new PID namespace, in a copy of the mount namespace, in the
- *      run's cgroup when there is one. The exec fd (opened by the executor: a
- *      sealed memfd of registered bytes, or an insecure-mode file opened with the
+ *      The run slot (slot.h) that calls it: pid 1 of a PID namespace of its own,
+ *      in a copy of the spawner's mount namespace, root, acting on a request the
+ *      spawner (spawner.c) has checked (uid/gid allowed, network index known,
+ *      strings NUL-terminated). The exec fd (opened by the executor: a sealed
+ *      memfd of registered bytes, or an insecure-mode file opened with the
  *      account's rights). Nothing the program does can reach back here: every
- *      privileged step happens before its first instruction, and the pid 1 left
- *      behind is root's and only waits.
+ *      privileged step happens before its first instruction, and the slot's
+ *      pid 1 left behind is root's and only waits.
  *
  * DEFENDS AGAINST                                  (test that shows it)
  *      running as root or with a way back to it        test_sandbox: test_uid_zero_is_refused,
  *                                                       test_runs_as_the_user_with_nothing_else
  *      reaching a host Unix socket (PostgreSQL's        test_containment: test_host_unix_sockets_
- *        /var/run/postgresql, RabbitMQ's, /tmp ones)     are_unreachable
+ *        /var/run/postgresql, RabbitMQ's, /tmp ones)     tcp_and_proc_are_unreachable
  *      seeing or signalling the executor, other runs    test_containment: test_proc_shows_only_
- *        or host processes through /proc                 the_run
- *      outliving the delivery (setsid, double fork,     test_containment: test_killing_the_
- *        reparenting, executor kill -9)                  executor_leaves_no_program
- *      files readable by others (umask 077)             test_containment: test_umask_and_private_tmp
+ *        or host processes through /proc                 the_run_and_umask_is_077
+ *      files readable by others (umask 077)             test_containment: test_proc_shows_only_
+ *                                                        the_run_and_umask_is_077
  *      inheriting fds, environment, signal dispositions test_sandbox: test_runs_as_the_user_...
  *      gaining privileges through exec (set-uid,        tests/security/test_hostile.py:
  *        file capabilities)                               test_setuid_setgid_root_refused
+ *      a later run finding this run's files or home     test_sandbox: test_a_reused_slot_
+ *        mount (undo_run_mounts)                          shows_nothing_of_the_previous_run
  *
  * STEPS (in this order; any failure writes "<step> <errno>\n" to the status
  * fd and exits 127: it never shows up as program output)
- *      In the run's pid 1 (root, in the run's namespaces, running nothing else):
- *      1. signal handlers reset, mask emptied; fds 0-2 = the run's pipes
- *         (spawner.c); refuses uid 0 and gid 0 (again: the spawner already did);
- *      2. PR_SET_PDEATHSIG(SIGKILL), then the spawner's pidfd is checked: if the
- *         spawner is already gone, stop. From here on the spawner's death, by
- *         any cause, kills this pid 1 and with it the whole PID namespace;
- *      3. setns() into the requested network namespace when it is not the
- *         spawner's own (index 0, the shared empty one, is inherited for free);
- *      4. mounts: fresh tmpfs on /tmp and /dev/shm (1777, size-limited), a
- *         fresh procfs on /proc for the new PID namespace (only this run's
- *         processes are visible); a home under /tmp or /dev/shm that the
- *         account can reach on the host is bound back at its path, nothing
- *         else of the host's. The namespace copied from the spawner's has
- *         "/" private already (nothing propagates back to the host) and /run,
- *         /var/run (when a real directory) under an empty read-only tmpfs: the
- *         host's sockets under them vanish (spawner_mounts(), once at start);
- *      5. forks the program (pid 2), closes every fd but the status fd, reaps
- *         whatever dies in the namespace, and when the program ends writes
- *         "status <wait status>" to the status fd and exits: the kernel then
- *         kills every process left in the namespace (setsid escapees, orphans).
- *      In the program (pid 2):
- *      6. setsid(2): own session and process group;
- *      7. RLIMIT_CPU soft S hard S+1, AS, NPROC, FSIZE, NOFILE soft == hard,
+ *      In the slot's pid 1, per run (run_mounts()):
+ *      1. fresh tmpfs on /tmp and /dev/shm (1777, size-limited); a home under
+ *         /tmp or /dev/shm that the account can reach on the host is bound back
+ *         at its path, nothing else of the host's. The namespace copied from the
+ *         spawner's has "/" private already (nothing propagates back to the
+ *         host) and /run, /var/run (when a real directory) under an empty
+ *         read-only tmpfs: the host's sockets under them vanish
+ *         (spawner_mounts(), once at the spawner's start); /proc is the slot's
+ *         own procfs (slot_mounts(), once per slot): it shows the slot's pid 1
+ *         and this run's processes, nothing else. undo_run_mounts() takes the
+ *         run's mounts away once every process of the run is gone.
+ *      In the program's process (slot.h dup2s the run's pipes onto fds 0-2 and
+ *      enters the requested network namespace first), become_program():
+ *      2. setsid(2): own session and process group;
+ *      3. RLIMIT_CPU soft S hard S+1, AS, NPROC, FSIZE, NOFILE soft == hard,
  *         CORE 0 - before setuid, because the kernel checks NPROC there;
- *      8. reads the exec fd's first two bytes as root ("#!" script?);
- *      9. setgroups(0), setgid, setuid (real, effective, saved), verified, and
+ *      4. reads the exec fd's first two bytes as root ("#!" script?);
+ *      5. setgroups(0), setgid, setuid (real, effective, saved), verified, and
  *         setuid(0)/setgid(0) must fail;
- *     10. PR_SET_NO_NEW_PRIVS; umask 077;
- *     11. chdir(home) as the user, else chdir("/tmp") (the private one);
- *     12. closes every fd above 2 except the exec fd and the status fd (which
+ *      6. PR_SET_NO_NEW_PRIVS; umask 077;
+ *      7. chdir(home) as the user, else chdir("/tmp") (the private one);
+ *      8. closes every fd above 2 except the exec fd and the status fd (which
  *         is close-on-exec); the exec fd survives only for "#!" scripts;
- *     13. fexecve(exec fd, {argv0}, {"TZ=...", "AGENT=mailexec"}).
+ *      9. fexecve(exec fd, {argv0}, {"TZ=...", "AGENT=mailexec"}).
  *
- * WHY A PID 1 OF OUR OWN
+ * WHY THE PROGRAM IS NOT PID 1
  *      A namespace's init ignores every signal it has no handler for when it
  *      comes from inside the namespace or from the kernel (SIGKILL and faults
  *      aside): a program running as pid 1 could not kill itself with SIGTERM
  *      or abort(), would get EPIPE instead of SIGPIPE and nothing at SIGXCPU.
- *      So the program is pid 2 and keeps ordinary signal semantics; the pid 1
- *      is this code, which the program can't signal (root, and init). Killing
- *      the pid 1 (timeout, executor or spawner death) ends the whole run.
- *      Cost: one vfork per run, ~0.1 ms of CPU with the mounts (see box.py).
-
+ *      So the program is a child of the slot's pid 1 and keeps ordinary signal
+ *      semantics; the pid 1 is slot.h's code, which the program can't signal
+ *      (root, and init). Killing it (timeout, executor or spawner death) ends
+ *      the whole run.
+ *
  * DOES NOT
  *      Look up users (numeric ids only), build cgroups, or read the request.
  */
@@ -179,21 +172,23 @@ static void drop_privileges(uid_t uid, gid_t gid)
         fail("verify-drop", EPERM);
 }
 
-/* A fresh tmpfs on `dir`; `optional`: skip a directory that isn't there. */
-static void mount_tmpfs(const char *dir, const char *mode, long long size, int optional)
+/* A fresh tmpfs on `dir`; `optional`: skip a directory that isn't there. Returns 1 when
+ * mounted, 0 when skipped. */
+static int mount_tmpfs(const char *dir, const char *mode, long long size, int optional)
 {
     char opts[96];
     struct stat st;
 
     if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         if (optional)
-            return;     /* absent, or a symlink (/var/run -> /run: covered by /run) */
+            return 0;   /* absent, or a symlink (/var/run -> /run: covered by /run) */
         fail("mount-tmpfs", ENOTDIR);
     }
     snprintf(opts, sizeof opts, "mode=%s,size=%lld,nr_inodes=%lld", mode, size,
              size / 4096 + 64);
     if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0)
         fail("mount-tmpfs", errno);
+    return 1;
 }
 
 /* Whether uid/gid (no supplementary groups) may search every directory from / down to
@@ -238,12 +233,20 @@ static int hold_home(const char *home, uid_t uid, gid_t gid)
     return open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
 }
 
-/* Bind the held home back at its path inside the run's fresh tmpfs (mkdir -p as root). */
-static void bind_home(int held)
+/* What run_mounts() mounted, for undo_run_mounts(). */
+struct run_mounts {
+    int shm;                    /* /dev/shm got a tmpfs */
+    char home[PATH_MAX];        /* where the home was bound back, "" when it wasn't */
+};
+
+/* Bind the held home back at its path inside the run's fresh tmpfs (mkdir -p as root);
+ * the path goes to `bound` ("" when there is none). */
+static void bind_home(int held, char *bound)
 {
     char real[PATH_MAX], from[64];
     ssize_t n;
 
+    bound[0] = '\0';
     if (held < 0)
         return;
     snprintf(from, sizeof from, "/proc/self/fd/%d", held);
@@ -263,20 +266,38 @@ static void bind_home(int held)
     if (mount(from, real, NULL, MS_BIND, NULL) != 0)
         fail("home-bind", errno);
     close(held);
+    memcpy(bound, real, (size_t) n + 1);
 }
 
-/* The run's own view: nothing of the host's /tmp, /dev/shm, /proc (but its home). (/ is
- * private and /run, /var/run are an empty read-only tmpfs already: the spawner's own
- * mount namespace, copied by CLONE_NEWNS, see spawner_mounts().) */
-static void private_mounts(long long tmp_bytes, const char *home, uid_t uid, gid_t gid)
+/* One run's private view: a fresh /tmp and /dev/shm, nothing of the host's but its home.
+ * (/ is private and /run, /var/run an empty read-only tmpfs already: the spawner's own
+ * mount namespace, copied into the slot's, see spawner_mounts(); /proc is the slot's,
+ * see slot_mounts().) */
+static void run_mounts(struct run_mounts *m, long long tmp_bytes, const char *home,
+                       uid_t uid, gid_t gid)
 {
     int held = hold_home(home, uid, gid);
 
     mount_tmpfs("/tmp", "1777", tmp_bytes, 0);
-    mount_tmpfs("/dev/shm", "1777", tmp_bytes, 1);
-    bind_home(held);
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
-        fail("mount-proc", errno);
+    m->shm = mount_tmpfs("/dev/shm", "1777", tmp_bytes, 1);
+    bind_home(held, m->home);
+}
+
+/* Back to the slot's clean state once every process of the run is gone: the home, then
+ * the run's /dev/shm and /tmp. Returns 0, or -1 (the slot must not serve again). */
+static int undo_run_mounts(const struct run_mounts *m)
+{
+    if (m->home[0] && umount2(m->home, MNT_DETACH) != 0)
+        return -1;
+    if (m->shm && umount2("/dev/shm", MNT_DETACH) != 0)
+        return -1;
+    return umount2("/tmp", MNT_DETACH);
+}
+
+/* Once per slot, in its new PID namespace: a procfs that shows only this namespace. */
+static int slot_mounts(void)
+{
+    return mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
 /* An empty, read-only tmpfs over `dir` when it is a real directory (not a symlink). */
@@ -304,14 +325,24 @@ static int spawner_mounts(void)
     return 0;
 }
 
-/* Close fds >= 3 except the listed ones (each may be -1). */
-static void close_other_fds(int keep_a, int keep_b)
+#define MAX_KEEP_FDS 8
+
+static int cmp_int(const void *a, const void *b)
 {
-    int lo = keep_a < keep_b ? keep_a : keep_b, hi = keep_a < keep_b ? keep_b : keep_a;
-    int keep[2] = {lo, hi};
+    return (*(const int *) a > *(const int *) b) - (*(const int *) a < *(const int *) b);
+}
+
+/* Close every fd >= 3 except the `n` listed ones (entries below 3 are ignored). */
+static void close_fds_except(const int *fds, int n)
+{
+    int keep[MAX_KEEP_FDS];
     unsigned int low = 3;
 
-    for (int i = 0; i < 2; i++) {
+    if (n > MAX_KEEP_FDS)
+        fail("close_range", EINVAL);
+    memcpy(keep, fds, (size_t) n * sizeof *keep);
+    qsort(keep, (size_t) n, sizeof *keep, cmp_int);
+    for (int i = 0; i < n; i++) {
         if (keep[i] < (int) low)
             continue;
         if ((unsigned int) keep[i] > low
@@ -327,16 +358,13 @@ struct child_recipe {
     uid_t uid;
     gid_t gid;
     struct child_limits limits;
-    long long tmp_bytes;        /* size of the private /tmp and /dev/shm */
-    int netns_fd;               /* -1: stay in the spawner's (the shared empty one) */
-    int spawner_pidfd;          /* readable once the spawner has exited */
     const char *home;
     int exec_fd;                /* the program, opened by the executor */
     char *const *argv;
     char *const *envp;
 };
 
-/* The program's own steps, in the namespace's pid 2: from setsid to fexecve. */
+/* The program's own steps, in a process the slot made: from setsid to fexecve. */
 __attribute__((noreturn))
 static void become_program(const struct child_recipe *r)
 {
@@ -357,65 +385,11 @@ static void become_program(const struct child_recipe *r)
     if (chdir(r->home) != 0 && chdir("/tmp") != 0)
         fail("chdir", errno);
 
-    close_other_fds(r->exec_fd, status_fd);
+    close_fds_except((int[]) {r->exec_fd, status_fd}, 2);
     set_cloexec(r->exec_fd, !is_script, "exec-fd");
 
     fexecve(r->exec_fd, r->argv, r->envp);
     fail("exec", errno);
-}
-
-/* pid 1 of the run: reap everything, and when the program ends report its wait status on
- * the status fd and exit - the kernel then kills whatever else is left in the namespace. */
-__attribute__((noreturn))
-static void be_init(pid_t program)
-{
-    char msg[32];
-    int status, len;
-    pid_t pid;
-
-    close_other_fds(status_fd, -1);
-    /* the pipes are the program's: stdin's writer must see EPIPE when it stops reading */
-    close(0);
-    close(1);
-    close(2);
-    for (;;) {
-        pid = wait(&status);
-        if (pid == program)
-            break;
-        if (pid < 0 && errno != EINTR)
-            _exit(126);     /* never seen: the program is our child */
-    }
-    len = snprintf(msg, sizeof msg, "status %d\n", status);
-    if (write(status_fd, msg, (size_t) len) != len)
-        _exit(126);
-    _exit(0);
-}
-
-__attribute__((noreturn))
-static void run_child_recipe(const struct child_recipe *r)
-{
-    struct pollfd gone = {.fd = r->spawner_pidfd, .events = POLLIN};
-    pid_t program;
-
-    refuse_root_ids(r->uid, r->gid);
-    /* Armed first, then make sure the spawner did not die before: its pidfd turns
-     * readable once it has exited. From here on its death kills this pid 1 and with it
-     * the whole PID namespace. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-        fail("pdeathsig", errno);
-    if (poll(&gone, 1, 0) != 0)
-        fail("spawner-gone", ESRCH);
-    if (r->netns_fd >= 0 && setns(r->netns_fd, CLONE_NEWNET) != 0)
-        fail("setns", errno);
-    private_mounts(r->tmp_bytes, r->home, r->uid, r->gid);
-    /* vfork: no copy of the page tables (measured ~0.06 ms less per run than fork).
-     * The child only makes syscalls and execs or _exits; every limit it sets is its own. */
-    program = vfork();
-    if (program < 0)
-        fail("fork", errno);
-    if (program == 0)
-        become_program(r);
-    be_init(program);
 }
 
 #endif

@@ -1,17 +1,22 @@
-"""Namespaces of a run: which network it gets, and the per-run PID and mount namespaces.
+"""Namespaces of a run: which network it gets, and the PID and mount namespaces of its slot.
 
-What each run gets (made by the spawner's child, ``child_recipe.h``)
-    - Its own PID namespace (clone3 ``CLONE_NEWPID``) whose pid 1 is the spawner's
-      child (root, it only reaps) and the program pid 2: when the program ends, or
-      the pid 1 is killed, every process of the run dies, ``setsid`` double-fork
-      escapees included, on any kernel and in containers without a writable cgroup
-      tree. (Not the program as pid 1: an init ignores its own SIGTERM, abort(),
-      SIGPIPE and SIGXCPU, which would change what a program's failure looks like.)
-      A fresh ``/proc`` shows only the run: the executor's ``/proc/PID`` is not there.
-    - Its own mount namespace (``CLONE_NEWNS``), ``/`` made private first, then fresh
-      tmpfs on ``/tmp``, ``/run``, ``/var/run`` (when not a symlink to ``/run``) and
-      ``/dev/shm`` (1777, ``sandbox_tmp_bytes``): no host Unix socket (PostgreSQL's
-      ``/var/run/postgresql/.s.PGSQL.5432``, RabbitMQ's, an MTA's) can be named.
+What each run gets (spawner.c, its slots ``slot.h``, and ``child_recipe.h``)
+    - A PID namespace (clone3 ``CLONE_NEWPID``) whose pid 1 is a *slot* of the
+      spawner's (root, it only reaps) and the program its child: when the program
+      ends, the slot kills every process left in the namespace, ``setsid``
+      double-fork escapees included, before it reports the run done; when the slot
+      is killed (timeout) they all die with it, on any kernel and in containers
+      without a writable cgroup tree. (Not the program as pid 1: an init ignores its
+      own SIGTERM, abort(), SIGPIPE and SIGXCPU, which would change what a program's
+      failure looks like.) The slot's ``/proc`` shows only it and the run: the
+      executor's ``/proc/PID`` is not there. A slot serves one run at a time and is
+      reused: a new PID and mount namespace per run cost ~0.17 ms of CPU a run.
+    - A mount namespace (``CLONE_NEWNS``, the slot's), copied from the spawner's,
+      where ``/`` is private and ``/run``, ``/var/run`` (when not a symlink to
+      ``/run``) an empty read-only tmpfs; each run then gets a fresh tmpfs on
+      ``/tmp`` and ``/dev/shm`` (1777, ``sandbox_tmp_bytes``), unmounted after it: no
+      host Unix socket (PostgreSQL's ``/var/run/postgresql/.s.PGSQL.5432``,
+      RabbitMQ's, an MTA's) can be named, and nothing of an earlier run is left.
     - A network namespace chosen per run (:data:`NETWORKS`): ``none`` is one empty
       namespace made here at start (``lo`` left down: runs can't even reach each
       other over loopback; they do share its *abstract* Unix socket namespace),

@@ -15,7 +15,7 @@ Defends against (test)
       (test_sandbox: test_sleep_forever_is_killed_by_the_timeout).
     - Launch errors posing as program output: they come from the status pipe
       (test_spawner: test_launch_errors_come_from_the_status_pipe_not_output).
-    - A forged exit status: the status pipe is written only by the run's pid 1
+    - A forged exit status: the status pipe is written only by the slot's pid 1
       (root) and by the child before exec (close-on-exec: the program never holds it).
 
 Does not
@@ -135,7 +135,7 @@ class RunIO:
     """Stdin, output and exit of one running program, driven by loop callbacks.
 
     ``exited`` resolves to the wait status the spawner reports; ``kill`` asks for
-    the run's pid 1 to be SIGKILLed (its whole PID namespace goes with it).
+    the run's slot's pid 1 to be SIGKILLed (its whole PID namespace goes with it).
     """
 
     def __init__(
@@ -244,7 +244,7 @@ class RunIO:
         exit_status = signum = None
         launch = None
         for line in report.splitlines():
-            if line.startswith(b"status "):  # the program's own, from the run's pid 1
+            if line.startswith(b"status "):  # the program's own, from its slot's pid 1
                 status = int(line[7:])
             elif line.strip():
                 launch = launch or parse_launch_error(line)
@@ -265,9 +265,9 @@ class RunIO:
 
 
 def read_status_pipe(status_r: int) -> bytes:
-    """What the run's pid 1 and the program's child wrote: "<step> <errno>" lines for a
-    failure before exec, then "status <wait status>" when the program ended (absent
-    when the pid 1 was killed: timeout, cancellation)."""
+    """What the run's slot and the program's process wrote: "<step> <errno>" lines for
+    a failure before exec, then "status <wait status>" when the program ended (absent
+    when the slot was killed: timeout, cancellation)."""
     os.set_blocking(status_r, False)
     try:
         return os.read(status_r, 512)

@@ -2,7 +2,7 @@
 
 Runs a ``#!/bin/sh`` probe as uid 65534 through :class:`Sandbox` and reports what
 actually held: privilege drop, no_new_privs, umask, the network namespace, the PID
-namespace (the probe is pid 2 under the run's own pid 1, ``/proc`` shows nothing else), the private /tmp
+namespace (the probe is a child of its slot's pid 1, ``/proc`` shows nothing else), the private /tmp
 and /run, and whether a ``setsid`` escapee it leaves behind was killed.
 Trusts nothing the probe prints beyond its own run; the escapee is looked for in
 the executor's ``/proc`` and killed if found.
@@ -80,8 +80,9 @@ async def async_self_check(settings: Settings, sandbox: Sandbox | None = None
     report["umask"] = lines.get("umask") == "0077"
     report["netns"] = lines.get("ifaces", "").split() == ["lo"] if settings.sandbox_network \
         else None
-    # pid 2 under our pid 1, and /proc lists the run and nothing else
-    report["pid_namespace"] = lines.get("pid") == "2" and int(lines.get("procs") or 99) < 8
+    # a child of its slot's pid 1 (never pid 1 itself), and /proc lists the run and nothing else
+    report["pid_namespace"] = (lines.get("pid", "1").isdigit() and lines.get("pid") != "1"
+                               and int(lines.get("procs") or 99) < 8)
     report["private_tmp"] = lines.get("tmp") == "0 0"
     for _ in range(40):  # a SIGKILLed escapee disappears once reaped
         if not (leftovers := _escapees()):

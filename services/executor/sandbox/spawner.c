@@ -23,8 +23,17 @@
  *
  *      Mounts: at start the spawner makes its own mount namespace, "/" private,
  *      /run and /var/run an empty read-only tmpfs (child_recipe.h,
- *      spawner_mounts()); each run copies it and adds its own /tmp, /dev/shm,
- *      /proc. Insecure-mode programs can therefore not live under /run.
+ *      spawner_mounts()); each slot copies it and adds its own /proc, each run
+ *      its own /tmp and /dev/shm. Insecure-mode programs can therefore not live
+ *      under /run.
+ *
+ *      Slots (slot.h): runs do not get a new PID and mount namespace each (that
+ *      cost ~0.17 ms of CPU per run); the spawner keeps a pool of slots, each
+ *      the root pid 1 of its own PID and mount namespace, and gives every run
+ *      to an idle one (a new one when none is idle, so there are as many as
+ *      runs were ever in flight at once). A slot runs one program at a time and
+ *      kills every process of its namespace and unmounts the run's /tmp,
+ *      /dev/shm and home before it reports the run ended and takes another.
  *
  * TRUSTS
  *      Its parent (the executor, PID) only to the extent of the requests
@@ -39,6 +48,8 @@
  *      a program outliving its delivery or the         test_containment: test_killing_the_
  *        executor (kill -9 under load)                   executor_leaves_no_program
  *      runs reaching host sockets, /proc of others     child_recipe.h
+ *      a run seeing what an earlier one left in the    slot.h
+ *        same slot
  *      fds landing on 0-2, oversized/truncated         test_containment: test_spawner_refuses_
  *        requests                                        malformed_requests
  *      a hijacked spawner using more privilege than    test_privsep: test_spawner_keeps_
@@ -50,12 +61,12 @@
  *      SPAWN: struct req_spawn, then three NUL-terminated strings home, argv0,
  *             TZ value; SCM_RIGHTS fds in this order: exec fd, stdin (pipe read
  *             end), output (pipe write end), status (CLOEXEC pipe write end),
- *             [cgroup v2 directory]. clone3(CLONE_NEWPID | CLONE_NEWNS |
- *             CLONE_PIDFD [| CLONE_INTO_CGROUP]): the child is pid 1 of the
- *             run's own PID namespace and forks the program as pid 2
- *             (child_recipe.h); killing the pid 1 ends every process of the run.
- *      KILL:  struct req_spawn with only op and id: SIGKILL that run's pid 1
- *             if it is still ours (timeouts).
+ *             [cgroup v2 directory]. Checked here, then forwarded as is to an
+ *             idle slot, which clone3s the program [CLONE_INTO_CGROUP]
+ *             (slot.h); killing the slot's pid 1 ends every process of the run.
+ *      KILL:  struct req_spawn with only op and id: SIGKILL the pid 1 of the
+ *             slot running that run, if it still is (timeouts); the slot is
+ *             not reused.
  *      OPEN:  struct req_spawn with op, id, uid, gid, then one NUL-terminated
  *             absolute path (insecure mode's program): a forked child drops to
  *             uid/gid (same refusals as SPAWN) and opens it read-only with
@@ -64,26 +75,29 @@
  *             anything but a regular file (a device node is never opened as
  *             root, nor as the user: fstat comes after an O_PATH open).
  *      Replies (struct reply):
- *        SPAWNED id pid 0    + the child's pidfd via SCM_RIGHTS;
+ *        SPAWNED id pid 0    + the slot's pidfd via SCM_RIGHTS (pid: the slot's
+ *                              pid 1; SIGKILL to it ends the run);
  *        SPAWNED id -1 errno   nothing runs: EPERM = refused identity,
  *                              ENONET = no such network namespace, else
- *                              clone3's own error;
- *        EXITED  id pid wait-status of the run's pid 1, once reaped (by then the
- *               kernel has killed every process of its PID namespace); the
- *               program's own wait status is on the status pipe ("status N").
+ *                              clone3's own error (no slot could be made);
+ *        EXITED  id pid wait-status, once every process of the run is gone: the
+ *               program's own wait status when its slot reported the run done,
+ *               else the slot's pid 1's (killed, or a step before the program
+ *               failed: the reason is on the status pipe). The program's own
+ *               wait status is on the status pipe too ("status N").
  *        OPENED  id 0 0 + the fd, or id -1 errno (ENOEXEC: not a regular file);
  *               sent by the opening child itself.
  *        READY   0 pid 0, once, when the set-up is done; a spawner that can't set
  *               up says why on stderr and exits, and the executor refuses to start.
  *
  * DEATH, EITHER SIDE
- *      EOF on the socket (executor gone or closing): SIGKILL every live run and
- *      exit. PR_SET_PDEATHSIG kills the spawner with the executor; each run's
- *      pid 1 has PR_SET_PDEATHSIG(SIGKILL) armed on the spawner (child_recipe.h
- *      step 10), so the death of the spawner, by any cause, SIGKILLs every run
- *      - and a PID namespace dies with its init. There is no window in which a
- *      program survives both: the child checks, after arming, that the
- *      spawner is still alive (its pidfd).
+ *      EOF on the socket (executor gone or closing): SIGKILL every slot and
+ *      exit. PR_SET_PDEATHSIG kills the spawner with the executor; each slot's
+ *      pid 1 has PR_SET_PDEATHSIG(SIGKILL) armed on the spawner (slot.h), so
+ *      the death of the spawner, by any cause, SIGKILLs every slot - and a PID
+ *      namespace dies with its init. There is no window in which a program
+ *      survives both: the slot checks, after arming, that the spawner is still
+ *      alive (its pidfd), before it takes any run.
  *
  * DOES NOT
  *      Enforce the timeout, stream stdin, read output, manage cgroups, look up
@@ -109,7 +123,6 @@
 #include <unistd.h>
 
 #include "capset.h"
-#include "child_recipe.h"
 
 #define OP_SPAWN 1
 #define OP_KILL 2
@@ -134,10 +147,18 @@ struct reply {                  /* keep in sync with _REPLY in spawner.py */
     int32_t pid, value;
 };
 
-struct live { pid_t pid; uint32_t id; int is_open; };
+#include "slot.h"           /* needs struct req_spawn */
 
-static struct live *runs;
-static size_t nruns, cap;
+/* An OPEN child (insecure mode), until it has replied and been reaped. */
+struct opening { pid_t pid; uint32_t id; };
+
+/* A run slot (slot.h): busy while it runs request `id`. */
+struct slot { pid_t pid; int sock, pidfd, busy, doomed; uint32_t id; };
+
+static struct opening *openings;
+static size_t nopenings, openings_cap;
+static struct slot *slots;
+static size_t nslots, slots_cap;
 static int SOCK_FD = -1;
 static int SELF_PIDFD = -1;
 static int netns_fds[MAX_NETNS];
@@ -145,34 +166,6 @@ static int n_netns;
 static unsigned long min_uid = 1;
 static unsigned long forbidden[MAX_FORBIDDEN];
 static int n_forbidden;
-
-/* ---- child side: runs between clone3 and fexecve, no return ---- */
-
-static void child(const struct req_spawn *rq, const char *home, const char *argv0,
-                  const char *tz, int exec_fd, int in_fd, int out_fd)
-{
-    char tzvar[300], *argv[2] = {(char *) argv0, NULL};
-    char *envp[3] = {tzvar, "AGENT=mailexec", NULL};
-    sigset_t none;
-
-    sigemptyset(&none);
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL);   /* errors for KILL/STOP and RT internals are harmless */
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
-        fail("dup2", errno);
-    if ((size_t) snprintf(tzvar, sizeof tzvar, "TZ=%s", tz) >= sizeof tzvar)
-        fail("tz", ENAMETOOLONG);
-    run_child_recipe(&(struct child_recipe) {
-        .uid = (uid_t) rq->uid, .gid = (gid_t) rq->gid,
-        .limits = {.cpu = rq->cpu, .as = rq->as, .nproc = rq->nproc, .fsize = rq->fsize,
-                   .nofile = rq->nofile},
-        .tmp_bytes = rq->tmp_bytes,
-        .netns_fd = rq->netns == 0 ? -1 : netns_fds[rq->netns],
-        .spawner_pidfd = SELF_PIDFD,
-        .home = home, .exec_fd = exec_fd, .argv = argv, .envp = envp,
-    });
-}
 
 /* ---- spawner side ---- */
 
@@ -203,24 +196,88 @@ static void send_reply(uint32_t op, uint32_t id, int32_t pid, int32_t value, int
 
 static void kill_all_and_exit(int code)
 {
-    for (size_t i = 0; i < nruns; i++)
-        kill(runs[i].pid, SIGKILL);     /* pid 1 of its namespace: the whole run */
+    for (size_t i = 0; i < nslots; i++)
+        kill(slots[i].pid, SIGKILL);    /* pid 1 of its namespace: its run dies with it */
+    for (size_t i = 0; i < nopenings; i++)
+        kill(openings[i].pid, SIGKILL);
     _exit(code);
 }
 
-/* Room for one more entry in runs[]; 0 when out of memory. */
-static int grow_runs(void)
+/* Room for one more element in an array of `size`-byte elements; 0 when out of memory. */
+static int grow(void **array, size_t used, size_t *cap, size_t size)
 {
-    if (nruns == cap) {
-        size_t ncap = cap ? cap * 2 : 64;
-        struct live *grown = realloc(runs, ncap * sizeof *runs);
+    if (used == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        void *grown = realloc(*array, ncap * size);
 
         if (grown == NULL)
             return 0;
-        runs = grown;
-        cap = ncap;
+        *array = grown;
+        *cap = ncap;
     }
     return 1;
+}
+
+/* A new, idle slot (slot.h), appended to slots[]; its index, or -1 with errno set. */
+static int new_slot(void)
+{
+    struct clone_args ca = {.flags = CLONE_PIDFD | CLONE_NEWPID | CLONE_NEWNS,
+                            .exit_signal = SIGCHLD};
+    int pair[2], pidfd = -1;
+    long pid;
+
+    if (!grow((void **) &slots, nslots, &slots_cap, sizeof *slots)) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
+        return -1;
+    ca.pidfd = (uint64_t) (uintptr_t) &pidfd;
+    pid = syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid == 0) {
+        close(pair[0]);
+        slot_main(&(struct slot_env) {.sock = pair[1], .spawner_pidfd = SELF_PIDFD,
+                                      .netns_fds = netns_fds, .n_netns = n_netns});
+    }
+    close(pair[1]);
+    if (pid < 0) {
+        int err = errno;
+
+        close(pair[0]);
+        errno = err;
+        return -1;
+    }
+    slots[nslots] = (struct slot) {.pid = (pid_t) pid, .sock = pair[0], .pidfd = pidfd};
+    return (int) nslots++;
+}
+
+/* An idle slot's index, made when none is idle; -1 with errno set. */
+static int idle_slot(void)
+{
+    for (size_t i = 0; i < nslots; i++)
+        if (!slots[i].busy)
+            return (int) i;
+    return new_slot();
+}
+
+/* Forward a checked request to slot `i`; 0, or -1 with errno set (the slot is dead). */
+static int forward(int i, const char *req, size_t len, const int *fds, int nfds)
+{
+    union { char buf[CMSG_SPACE(SLOT_MAX_FDS * sizeof(int))]; struct cmsghdr align; } u;
+    struct iovec iov = {(void *) req, len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                         .msg_controllen = CMSG_SPACE((size_t) nfds * sizeof(int))};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN((size_t) nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t) nfds * sizeof(int));
+    /* an idle slot is blocked in recvmsg: the socket has room, this never waits long */
+    while (sendmsg(slots[i].sock, &msg, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            return -1;
+    return 0;
 }
 
 /* Whatever the executor asks: never root, never below min_uid, never a forbidden uid. */
@@ -234,21 +291,19 @@ static int identity_allowed(uint32_t uid, uint32_t gid)
     return 1;
 }
 
-static void spawn(const struct req_spawn *rq, const char *strings, size_t len,
+static void spawn(const struct req_spawn *rq, const char *req, size_t len,
                   const int *fds, int nfds)
 {
-    const char *home = strings, *argv0, *tz;
-    struct clone_args ca = {.flags = CLONE_PIDFD | CLONE_NEWPID | CLONE_NEWNS,
-                            .exit_signal = SIGCHLD};
-    int pidfd = -1;
-    long pid;
+    const char *strings = req + sizeof *rq, *home = strings, *argv0, *tz;
+    size_t slen = len - sizeof *rq;
+    int i;
 
     /* three NUL-terminated strings, nothing else */
-    argv0 = memchr(home, 0, len) ? home + strlen(home) + 1 : NULL;
-    tz = argv0 && argv0 < strings + len && memchr(argv0, 0, (size_t) (strings + len - argv0))
+    argv0 = memchr(home, 0, slen) ? home + strlen(home) + 1 : NULL;
+    tz = argv0 && argv0 < strings + slen && memchr(argv0, 0, (size_t) (strings + slen - argv0))
         ? argv0 + strlen(argv0) + 1 : NULL;
-    if (tz == NULL || tz >= strings + len || !memchr(tz, 0, (size_t) (strings + len - tz))
-        || (nfds != 4 && nfds != 5) || rq->tmp_bytes < 4096) {
+    if (tz == NULL || tz >= strings + slen || !memchr(tz, 0, (size_t) (strings + slen - tz))
+        || (nfds != 4 && nfds != 5) || rq->tmp_bytes < 4096 || len > SLOT_MAX_MSG) {
         send_reply(OP_SPAWNED, rq->id, -1, EINVAL, -1);
         return;
     }
@@ -260,27 +315,25 @@ static void spawn(const struct req_spawn *rq, const char *strings, size_t len,
         send_reply(OP_SPAWNED, rq->id, -1, ENONET, -1);
         return;
     }
-    if (nfds == 5) {
-        ca.flags |= CLONE_INTO_CGROUP;
-        ca.cgroup = (uint64_t) fds[4];
+    /* a slot that died while idle fails the send: end it, try one new slot */
+    for (int attempt = 0; ; attempt++) {
+        i = idle_slot();
+        if (i < 0) {
+            send_reply(OP_SPAWNED, rq->id, -1, errno, -1);
+            return;
+        }
+        if (forward(i, req, len, fds, nfds) == 0)
+            break;
+        kill(slots[i].pid, SIGKILL);
+        slots[i].busy = slots[i].doomed = 1;   /* never used again; reap_children drops it */
+        if (attempt == 1) {
+            send_reply(OP_SPAWNED, rq->id, -1, EAGAIN, -1);
+            return;
+        }
     }
-    ca.pidfd = (uint64_t) (uintptr_t) &pidfd;
-    if (!grow_runs()) {
-        send_reply(OP_SPAWNED, rq->id, -1, ENOMEM, -1);
-        return;
-    }
-    pid = syscall(SYS_clone3, &ca, sizeof ca);
-    if (pid == 0) {
-        status_fd = fds[3];
-        child(rq, home, argv0, tz, fds[0], fds[1], fds[2]);
-    }
-    if (pid < 0) {
-        send_reply(OP_SPAWNED, rq->id, -1, errno, -1);
-        return;
-    }
-    runs[nruns++] = (struct live) {.pid = (pid_t) pid, .id = rq->id, .is_open = 0};
-    send_reply(OP_SPAWNED, rq->id, (int32_t) pid, 0, pidfd);
-    close(pidfd);
+    slots[i].busy = 1;
+    slots[i].id = rq->id;
+    send_reply(OP_SPAWNED, rq->id, (int32_t) slots[i].pid, 0, slots[i].pidfd);
 }
 
 /* The child of OPEN: drop to the account, open the path with its rights, regular files only. */
@@ -326,7 +379,7 @@ static void open_path(const struct req_spawn *rq, const char *path, size_t len)
         send_reply(OP_OPENED, rq->id, -1, EPERM, -1);
         return;
     }
-    if (!grow_runs()) {
+    if (!grow((void **) &openings, nopenings, &openings_cap, sizeof *openings)) {
         send_reply(OP_OPENED, rq->id, -1, ENOMEM, -1);
         return;
     }
@@ -342,14 +395,28 @@ static void open_path(const struct req_spawn *rq, const char *path, size_t len)
         send_reply(OP_OPENED, rq->id, -1, errno, -1);
         return;
     }
-    runs[nruns++] = (struct live) {.pid = pid, .id = rq->id, .is_open = 1};
+    openings[nopenings++] = (struct opening) {.pid = pid, .id = rq->id};
 }
 
+/* A timeout or a cancelled run: SIGKILL its slot's pid 1, and with it the namespace;
+ * reap_children reports the run ended. A run already reported ended is left alone. */
 static void kill_run(uint32_t id)
 {
-    for (size_t i = 0; i < nruns; i++)
-        if (runs[i].id == id && !runs[i].is_open)
-            kill(runs[i].pid, SIGKILL);     /* not reaped yet: the pid is still ours */
+    for (size_t i = 0; i < nslots; i++)
+        if (slots[i].busy && slots[i].id == id)
+            kill(slots[i].pid, SIGKILL);    /* not reaped yet: the pid is still ours */
+}
+
+/* Every "done" a slot has sent: the run ended and everything of it is gone. */
+static void slot_replies(size_t i)
+{
+    struct slot_done done;
+
+    while (recv(slots[i].sock, &done, sizeof done, MSG_DONTWAIT) == (ssize_t) sizeof done)
+        if (done.op == OP_DONE && slots[i].busy && !slots[i].doomed && done.id == slots[i].id) {
+            slots[i].busy = 0;
+            send_reply(OP_EXITED, done.id, slots[i].pid, done.status, -1);
+        }
 }
 
 /* Read every pending request; returns 0 on EOF. */
@@ -386,7 +453,7 @@ static int serve_requests(void)
         if ((size_t) n >= sizeof rq && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
             memcpy(&rq, buf, sizeof rq);
             if (rq.op == OP_SPAWN)
-                spawn(&rq, buf + sizeof rq, (size_t) n - sizeof rq, fds, nfds);
+                spawn(&rq, buf, (size_t) n, fds, nfds);
             else if (rq.op == OP_KILL)
                 kill_run(rq.id);
             else if (rq.op == OP_OPEN)
@@ -401,7 +468,8 @@ static int serve_requests(void)
     }
 }
 
-/* Reap every exited run and report its wait status. Its PID namespace died with it. */
+/* Reap every exited slot and OPEN child. A slot that dies mid-run (killed, or a step
+ * before the program failed) ends that run: its PID namespace died with it. */
 static void reap_children(void)
 {
     for (;;) {
@@ -410,13 +478,21 @@ static void reap_children(void)
 
         if (pid <= 0)
             return;
-        for (size_t i = 0; i < nruns; i++)
-            if (runs[i].pid == pid) {
-                if (!runs[i].is_open)
-                    send_reply(OP_EXITED, runs[i].id, pid, status, -1);
-                else if (status != 0)   /* it died before replying (drop failed, killed) */
-                    send_reply(OP_OPENED, runs[i].id, -1, EPERM, -1);
-                runs[i] = runs[--nruns];
+        for (size_t i = 0; i < nslots; i++)
+            if (slots[i].pid == pid) {
+                slot_replies(i);        /* a "done" it sent before dying counts */
+                if (slots[i].busy && !slots[i].doomed)
+                    send_reply(OP_EXITED, slots[i].id, pid, status, -1);
+                close(slots[i].sock);
+                close(slots[i].pidfd);
+                slots[i] = slots[--nslots];
+                break;
+            }
+        for (size_t i = 0; i < nopenings; i++)
+            if (openings[i].pid == pid) {
+                if (status != 0)    /* it died before replying (drop failed, killed) */
+                    send_reply(OP_OPENED, openings[i].id, -1, EPERM, -1);
+                openings[i] = openings[--nopenings];
                 break;
             }
     }
@@ -442,7 +518,9 @@ static int parse_ulong(const char *text, unsigned long *out)
 int main(int argc, char **argv)
 {
     sigset_t chld;
-    struct pollfd pfd[2];
+    struct pollfd *pfd = NULL;
+    size_t pfd_cap = 0;
+    int sigfd;
     unsigned long parent = 0, value;
 
     for (int i = 1; i < argc; i += 2) {
@@ -500,23 +578,36 @@ int main(int argc, char **argv)
     sigaddset(&chld, SIGCHLD);
     if (sigprocmask(SIG_BLOCK, &chld, NULL) != 0)
         return start_failed("sigprocmask");
-    pfd[0].fd = SOCK_FD;
-    pfd[0].events = POLLIN;
-    pfd[1].fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    pfd[1].events = POLLIN;
-    if (pfd[1].fd < 0)
+    sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sigfd < 0)
         return start_failed("signalfd");
     send_reply(OP_READY, 0, (int32_t) getpid(), 0, -1);
     for (;;) {
-        if (poll(pfd, 2, -1) < 0) {
+        size_t n = nslots;
+
+        if (pfd_cap < n + 2) {
+            pfd_cap = (n + 2) * 2;
+            pfd = realloc(pfd, pfd_cap * sizeof *pfd);
+            if (pfd == NULL)
+                kill_all_and_exit(1);
+        }
+        pfd[0] = (struct pollfd) {.fd = SOCK_FD, .events = POLLIN};
+        pfd[1] = (struct pollfd) {.fd = sigfd, .events = POLLIN};
+        for (size_t i = 0; i < n; i++)
+            pfd[i + 2] = (struct pollfd) {.fd = slots[i].sock, .events = POLLIN};
+        if (poll(pfd, (nfds_t) (n + 2), -1) < 0) {
             if (errno == EINTR)
                 continue;
             kill_all_and_exit(1);
         }
+        /* "done" first: a slot that finished and then died still counts as finished */
+        for (size_t i = 0; i < n; i++)
+            if (pfd[i + 2].revents)
+                slot_replies(i);
         if (pfd[1].revents) {
             struct signalfd_siginfo info;
 
-            while (read(pfd[1].fd, &info, sizeof info) > 0)
+            while (read(sigfd, &info, sizeof info) > 0)
                 ;
             reap_children();
         }

@@ -15,7 +15,7 @@ Defends against (test)
       :class:`IdentityRefused`, never retried as if temporary
       (test_containment: test_spawner_refuses_*, which speak to the socket directly).
     - The spawner dying: every run in flight fails with :class:`LaunchFailed`
-      (retryable); its runs die with it (PDEATHSIG in each run's pid 1)
+      (retryable); its runs die with it (PDEATHSIG in each slot's pid 1)
       (test_spawner: test_spawner_killed_mid_run_fails_retryably_and_restarts).
 
 Protocol
@@ -253,7 +253,8 @@ class SpawnerClient:
                     self._loop.remove_writer(sock.fileno())
 
     def kill(self, rid: int) -> bool:
-        """Ask the spawner to SIGKILL run ``rid``'s pid 1; False if it can't be asked."""
+        """Ask the spawner to SIGKILL the pid 1 of run ``rid``'s slot; False if it can't
+        be asked."""
         if self._sock is None:
             return False
         try:
