@@ -475,6 +475,16 @@ async def test_a_reused_slot_shows_nothing_of_the_previous_run() -> None:
         shell, *listed = procs.split()[1:]  # a glob: no process of its own
         assert listed == ["/proc/1", f"/proc/{shell}"], procs  # the slot's pid 1 and us
         assert mounts == "0", "the first run's home is no longer bound"
+        # the look run left /tmp empty: its tmpfs is kept for the next run of the slot,
+        # and a home under the host's /tmp is still found and bound back
+        pwd = sealed_memfd("pwd", b"#!/bin/sh\nreadlink /proc/self/ns/pid\npwd\n")
+        try:
+            seen = await box.run(pwd, "pwd", 64032, 64032, str(home), b"", b"", limits())
+            after = await box.run(pwd, "pwd", 64032, 64032, str(home), b"", b"", limits())
+        finally:
+            os.close(pwd)
+        assert seen.output.decode().split() == [ns, str(home)], seen
+        assert after.output.decode().split() == [ns, str(home)], after
         killed = await box.run(leave_fd, "leave", 64032, 64032, str(home), b"", b"",
                                limits(timeout_s=0.05))
         assert killed.timed_out

@@ -31,16 +31,19 @@
  * STEPS (in this order; any failure writes "<step> <errno>\n" to the status
  * fd and exits 127: it never shows up as program output)
  *      In the slot's pid 1, per run (run_mounts()):
- *      1. fresh tmpfs on /tmp and /dev/shm (1777, size-limited); a home under
- *         /tmp or /dev/shm that the account can reach on the host is bound back
- *         at its path, nothing else of the host's. The namespace copied from the
- *         spawner's has "/" private already (nothing propagates back to the
- *         host) and /run, /var/run (when a real directory) under an empty
- *         read-only tmpfs: the host's sockets under them vanish
- *         (spawner_mounts(), once at the spawner's start); /proc is the slot's
- *         own procfs (slot_mounts(), once per slot): it shows the slot's pid 1
- *         and this run's processes, nothing else. undo_run_mounts() takes the
- *         run's mounts away once every process of the run is gone.
+ *      1. an empty tmpfs on /tmp and /dev/shm (1777, size-limited): the one the
+ *         slot's previous run left empty, else a fresh one; a home under /tmp or
+ *         /dev/shm that the account can reach on the host is bound back at its
+ *         path, nothing else of the host's (a kept tmpfs is replaced first
+ *         unless the home plainly lies elsewhere: home_outside_covered()). The
+ *         namespace copied from the spawner's has "/" private already (nothing
+ *         propagates back to the host) and /run, /var/run (when a real
+ *         directory) under an empty read-only tmpfs: the host's sockets under
+ *         them vanish (spawner_mounts(), once at the spawner's start); /proc is
+ *         the slot's own procfs (slot_mounts(), once per slot): it shows the
+ *         slot's pid 1 and this run's processes, nothing else.
+ *         undo_run_mounts(), once every process of the run is gone, unbinds the
+ *         home and replaces /tmp and /dev/shm unless they are empty.
  *      In the program's process (slot.h dup2s the run's pipes onto fds 0-2 and
  *      enters the requested network namespace first), become_program():
  *      2. setsid(2): own session and process group;
@@ -233,10 +236,13 @@ static int hold_home(const char *home, uid_t uid, gid_t gid)
     return open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
 }
 
-/* What run_mounts() mounted, for undo_run_mounts(). */
+/* What a slot has mounted for its runs. The private /tmp and /dev/shm are kept for the
+ * next run while the last one left them empty (and the next run's home is not bound
+ * under them); anything left in one, and it is replaced by a fresh tmpfs. */
 struct run_mounts {
-    int shm;                    /* /dev/shm got a tmpfs */
-    char home[PATH_MAX];        /* where the home was bound back, "" when it wasn't */
+    long long tmp_bytes;        /* the size the kept tmpfs were made with */
+    int tmp, shm;               /* /tmp, /dev/shm carry a tmpfs of this slot's */
+    char home[PATH_MAX];        /* where this run's home is bound back, "" when it isn't */
 };
 
 /* Bind the held home back at its path inside the run's fresh tmpfs (mkdir -p as root);
@@ -269,29 +275,117 @@ static void bind_home(int held, char *bound)
     memcpy(bound, real, (size_t) n + 1);
 }
 
-/* One run's private view: a fresh /tmp and /dev/shm, nothing of the host's but its home.
+/* Whether `home` resolves the same with the host's /tmp and /dev/shm as with the slot's
+ * kept ones, to a place outside both (so it needs no bind): an absolute path of plain
+ * components ("", "." and ".." refused), not under /tmp/ or /dev/shm/, none of whose
+ * existing prefixes is a symlink (one could lead under them). */
+static int home_outside_covered(const char *home)
+{
+    char prefix[PATH_MAX];
+    size_t len = strlen(home);
+    struct stat st;
+
+    if (len == 0 || len >= sizeof prefix || home[0] != '/'
+        || !strncmp(home, "/tmp/", 5) || !strncmp(home, "/dev/shm/", 9))
+        return 0;
+    if (len == 1)
+        return 1;
+    for (size_t start = 1; start <= len; ) {
+        const char *slash = strchr(home + start, '/');
+        size_t end = slash ? (size_t) (slash - home) : len, n = end - start;
+
+        if (n == 0 || (n == 1 && home[start] == '.')
+            || (n == 2 && home[start] == '.' && home[start + 1] == '.'))
+            return 0;
+        memcpy(prefix, home, end);
+        prefix[end] = '\0';
+        if (lstat(prefix, &st) != 0)
+            return errno == ENOENT;     /* the rest is absent in both views */
+        if (S_ISLNK(st.st_mode))
+            return 0;
+        start = end + 1;
+    }
+    return 1;
+}
+
+/* Whether the directory holds nothing but "." and ".."; 0 when it can't be read. */
+static int dir_is_empty(const char *dir)
+{
+    char buf[256];
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), empty = 1;
+    long n;
+
+    if (fd < 0)
+        return 0;
+    while (empty && (n = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
+        for (long off = 0; off < n; ) {
+            const char *name = buf + off + 19;  /* struct linux_dirent64: d_name at 19 */
+            unsigned short reclen;
+
+            memcpy(&reclen, buf + off + 16, sizeof reclen);
+            if (strcmp(name, ".") != 0 && strcmp(name, "..") != 0)
+                empty = 0;
+            off += reclen;
+        }
+    close(fd);
+    return empty && n == 0;
+}
+
+static void unmount_or_fail(const char *dir, int *mounted)
+{
+    if (*mounted && umount2(dir, MNT_DETACH) != 0)
+        fail("umount", errno);
+    *mounted = 0;
+}
+
+/* One run's private view: an empty private /tmp and /dev/shm (kept from the slot's last
+ * run when it left them empty, else fresh), nothing of the host's but the run's home.
  * (/ is private and /run, /var/run an empty read-only tmpfs already: the spawner's own
  * mount namespace, copied into the slot's, see spawner_mounts(); /proc is the slot's,
  * see slot_mounts().) */
 static void run_mounts(struct run_mounts *m, long long tmp_bytes, const char *home,
                        uid_t uid, gid_t gid)
 {
-    int held = hold_home(home, uid, gid);
+    int held;
 
-    mount_tmpfs("/tmp", "1777", tmp_bytes, 0);
-    m->shm = mount_tmpfs("/dev/shm", "1777", tmp_bytes, 1);
+    if ((m->tmp || m->shm) && (m->tmp_bytes != tmp_bytes || !home_outside_covered(home))) {
+        unmount_or_fail("/tmp", &m->tmp);       /* the home must be found on the host's */
+        unmount_or_fail("/dev/shm", &m->shm);
+    }
+    held = m->tmp ? -1 : hold_home(home, uid, gid);
+    if (!m->tmp)
+        m->tmp = mount_tmpfs("/tmp", "1777", tmp_bytes, 0);
+    if (!m->shm)
+        m->shm = mount_tmpfs("/dev/shm", "1777", tmp_bytes, 1);
+    m->tmp_bytes = tmp_bytes;
     bind_home(held, m->home);
 }
 
-/* Back to the slot's clean state once every process of the run is gone: the home, then
- * the run's /dev/shm and /tmp. Returns 0, or -1 (the slot must not serve again). */
-static int undo_run_mounts(const struct run_mounts *m)
+/* After a run, once every process of it is gone: its home unbound, and /tmp and /dev/shm
+ * replaced unless they are empty (their times reset then). Returns 0, or -1 when the
+ * slot can't be made clean again and must not serve another run. */
+static int undo_run_mounts(struct run_mounts *m)
 {
-    if (m->home[0] && umount2(m->home, MNT_DETACH) != 0)
-        return -1;
-    if (m->shm && umount2("/dev/shm", MNT_DETACH) != 0)
-        return -1;
-    return umount2("/tmp", MNT_DETACH);
+    static const struct timespec now[2] = {{.tv_nsec = UTIME_NOW}, {.tv_nsec = UTIME_NOW}};
+
+    if (m->home[0]) {
+        if (umount2(m->home, MNT_DETACH) != 0
+            || (m->tmp && umount2("/tmp", MNT_DETACH) != 0))   /* mkdir'ed: never empty */
+            return -1;
+        m->home[0] = '\0';
+        m->tmp = 0;
+    }
+    if (m->tmp && (!dir_is_empty("/tmp") || utimensat(AT_FDCWD, "/tmp", now, 0) != 0)) {
+        if (umount2("/tmp", MNT_DETACH) != 0)
+            return -1;
+        m->tmp = 0;
+    }
+    if (m->shm && (!dir_is_empty("/dev/shm") || utimensat(AT_FDCWD, "/dev/shm", now, 0) != 0)) {
+        if (umount2("/dev/shm", MNT_DETACH) != 0)
+            return -1;
+        m->shm = 0;
+    }
+    return 0;
 }
 
 /* Once per slot, in its new PID namespace: a procfs that shows only this namespace. */

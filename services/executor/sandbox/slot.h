@@ -42,9 +42,10 @@
  * output, status[, cgroup]; any failure before the program starts writes
  * "<step> <errno>" to the status fd and ends the slot: the spawner reports the
  * run ended and makes a new slot when one is needed)
- *      1. a fresh size-limited tmpfs on /tmp and /dev/shm; the account's home, if
- *         it lies under them and the account can reach it on the host, bound
- *         back at its path (child_recipe.h, run_mounts());
+ *      1. an empty size-limited tmpfs on /tmp and /dev/shm (the one the slot's
+ *         last run left empty, else a fresh one); the account's home, if it lies
+ *         under them and the account can reach it on the host, bound back at its
+ *         path (child_recipe.h, run_mounts());
  *      2. clone3 the program (into the run's cgroup when there is one); it does
  *         child_recipe.h's program steps (setns for a network other than the
  *         shared empty one, setsid, rlimits, drop to the account, fexecve);
@@ -52,15 +53,18 @@
  *         "status <wait status>" to the status fd and closes it;
  *      4. kill(-1, SIGKILL) (from a namespace's init: every process in it but
  *         itself) and reaps until none is left;
- *      5. unmounts the home, /dev/shm and /tmp, and tells the spawner
- *         "done <id> <wait status>". Only then is the slot given another run.
+ *      5. unmounts the home, and /tmp and /dev/shm unless they are empty (kept
+ *         for the next run then, their times reset: a mount and an unmount less
+ *         per run), and tells the spawner "done <id> <wait status>". Only then is
+ *         the slot given another run.
  *      A timeout or a cancelled run is a SIGKILL of the slot itself (spawner.c
  *      kill_run): the namespace dies with it, and the next run gets a new slot.
  *
  * WHAT A RUN CAN TELL ABOUT EARLIER RUNS
- *      Pid numbers grow across the runs of a slot, so a program can count the
- *      processes started in its slot before it. Nothing else of them: no file,
- *      process, mount or fd survives step 5.
+ *      Pid numbers (and the kept tmpfs's inode numbers) grow across the runs of
+ *      a slot, so a program can count the processes (files) started in its slot
+ *      before it. Nothing else of them: no file, process, mount or fd survives
+ *      step 5.
  */
 #ifndef MAILEXEC_SLOT_H
 #define MAILEXEC_SLOT_H
@@ -138,17 +142,17 @@ static void slot_sweep(void)
 
 /* One run, steps 1-5 of the header; returns the program's wait status. Failures before
  * the program starts end the slot (fail()). */
-static int slot_run(const struct slot_env *env, const struct slot_request *q)
+static int slot_run(const struct slot_env *env, const struct slot_request *q,
+                    struct run_mounts *mounts)
 {
     struct clone_args ca = {.exit_signal = SIGCHLD};
-    struct run_mounts mounts;
     char msg[32];
     int status = 0, len;
     long program;
 
     status_fd = q->fds[3];
     refuse_root_ids(q->rq->uid, q->rq->gid);
-    run_mounts(&mounts, q->rq->tmp_bytes, q->home, (uid_t) q->rq->uid, (gid_t) q->rq->gid);
+    run_mounts(mounts, q->rq->tmp_bytes, q->home, (uid_t) q->rq->uid, (gid_t) q->rq->gid);
     if (q->fds[4] >= 0) {
         ca.flags |= CLONE_INTO_CGROUP;
         ca.cgroup = (uint64_t) q->fds[4];
@@ -178,7 +182,7 @@ static int slot_run(const struct slot_env *env, const struct slot_request *q)
     close(status_fd);
     status_fd = -1;
     slot_sweep();
-    if (undo_run_mounts(&mounts) != 0)
+    if (undo_run_mounts(mounts) != 0)
         _exit(125);     /* the slot can't be made clean again: the spawner replaces it */
     return status;
 }
@@ -230,6 +234,7 @@ static void slot_main(const struct slot_env *env)
 {
     struct pollfd gone = {.fd = env->spawner_pidfd, .events = POLLIN};
     _Alignas(struct req_spawn) char buf[SLOT_MAX_MSG + 1];
+    static struct run_mounts mounts;    /* what the slot keeps mounted between runs */
     int keep[MAX_KEEP_FDS], nkeep = 0;
     sigset_t none;
 
@@ -259,7 +264,7 @@ static void slot_main(const struct slot_env *env)
         if (!slot_receive(env->sock, buf, SLOT_MAX_MSG, &q))
             _exit(0);
         done.id = q.rq->id;
-        done.status = slot_run(env, &q);
+        done.status = slot_run(env, &q, &mounts);
         if (send(env->sock, &done, sizeof done, MSG_NOSIGNAL) != (ssize_t) sizeof done)
             _exit(0);
     }
