@@ -34,14 +34,14 @@ What it does not do
     Memory/pids cgroup limits, seccomp, a read-only root filesystem. Runs sharing a
     network namespace share its abstract Unix socket names.
 
-Cost (/bin/true through the spawner, 2,000 runs, executor + spawner + runs CPU, 2 cores)
-    Before the per-run namespaces: 0.75-0.94 ms per run with 16 in flight (2,000-2,530
-    runs/s), 0.93-1.04 ms one at a time. A new PID and mount namespace per run (the
-    first design) added +0.15-0.25 ms per run (clone3(NEWPID|NEWNS), a second process as
-    the run's pid 1, three mounts). Slots (slot.h) keep the namespaces and redo per run
-    only the private /tmp and /dev/shm: plain fork+exec of /bin/true 0.58 ms, per-run
-    namespaces 0.82 ms, a reused slot 0.67 ms (a stand-alone C loop on this machine;
-    the measurement through this class is in the closing note of issue 13).
+Cost (CPU per run of a static /bin/true-like program, 3,000 runs, 16 in flight, 2 cores;
+``bench/spawn_rate.py --helper``, three builds one after the other, three rounds)
+    A spawner without namespaces or per-run mounts: 0.86 ms machine-wide (0.63 ms the
+    spawner's tree). The first design, a new PID and mount namespace per run with three
+    mounts: 1.08 ms (+0.21). Slots (slot.h), which keep the namespaces and the run's
+    /tmp and /dev/shm while runs leave them empty: 0.91 ms (+0.05). Measured with the
+    program as pid 1 instead: ~0.1 ms less in the first design, but a namespace init
+    ignores its own SIGTERM, abort() and SIGPIPE (child_recipe.h).
 
 Settings
     ``sandbox_network``, ``sandbox_cgroup_root``, ``sandbox_tmp_bytes``,
