@@ -103,6 +103,9 @@ class PolicySettings(Contract):
     delay_warning_after_s: Annotated[int, Field(ge=1)] = 14400
     max_queue_lifetime_s: Annotated[int, Field(ge=1)] = 432000
     postmaster: AccountAddress | None = None
+    # envelopes, per-recipient outcomes, program runs and notifications: deleted this
+    # many days after the message became final (docs/admin-guide.md, retention)
+    record_retention_days: Annotated[int, Field(ge=1, le=36500)] = 30
 
     @model_validator(mode="after")
     def _lifetime_after_warning(self) -> PolicySettings:

@@ -247,6 +247,10 @@ class NoticeSettings:
     include_output: bool  # dsn_include_output
     postmaster: str  # the setting, else postmaster@<reporting MTA>
     delay_warning_after_s: int
+    record_retention_days: int
+    # False while these are the SPEC defaults because policy never answered: nothing is
+    # deleted by a guessed retention (the admin may have set a longer one)
+    from_policy: bool = True
 
 
 class NoticeSettingsReader:
@@ -258,13 +262,15 @@ class NoticeSettingsReader:
         self._client = PolicyClient(settings.policy_url, settings.service_token,
                                     timeout_s=3.0, connect_timeout_s=2.0, max_connections=4)
         self._default_postmaster = f"postmaster@{settings.reporting_mta}"
-        self._current = self._view(PolicySettings())
+        self._current = self._view(PolicySettings(), from_policy=False)
         self._quiet_until = 0.0
 
-    def _view(self, ps: PolicySettings) -> NoticeSettings:
+    def _view(self, ps: PolicySettings, *, from_policy: bool = True) -> NoticeSettings:
         return NoticeSettings(include_output=ps.dsn_include_output,
                               postmaster=ps.postmaster or self._default_postmaster,
-                              delay_warning_after_s=ps.delay_warning_after_s)
+                              delay_warning_after_s=ps.delay_warning_after_s,
+                              record_retention_days=ps.record_retention_days,
+                              from_policy=from_policy)
 
     async def get(self) -> NoticeSettings:
         now = time.monotonic()

@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     notifier_give_up_after_s: int = 432000
     notifier_smtp_timeout_s: float = 60.0
 
+    # Retention (services/ingest/retention.py, services/notifier/retention.py): how often
+    # each purger runs and how many rows one of its statements touches at most (small
+    # batches with SKIP LOCKED: a delivery never waits for a purge).
+    retention_interval_s: float = 60.0
+    retention_batch: int = 500
+
     log_level: str = "info"
 
 

@@ -1,4 +1,5 @@
-"""`mailexec messages show ID`: where a message is, per recipient and per program run."""
+"""`mailexec messages show ID`: where a message is, per recipient and per program run, and
+whether its body is still stored."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def render(msg: dict[str, Any]) -> None:
     for key in ("envid", "ret", "notify", "size", "received_at"):
         if key in env:
             head.add_row(key, Text(fmt(env[key])))
+    if "body_held" in msg:
+        head.add_row("body", "still stored" if msg["body_held"] else
+                     "deleted (records kept for record_retention_days)")
     out.print(head)
     t = Table(title="recipients and program runs")
     for col in (

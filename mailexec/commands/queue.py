@@ -127,6 +127,10 @@ def _act(path: str, token: str | None, json_out: bool, **params: Any) -> None:
     tail = "" if body.get("published", True) else " (queued by the relay shortly)"
     out.print(f"{body['action']}: {body['changed']} changed; audit #{body['audit_id']}{tail}",
               markup=False)
+    if "body_held" in body:
+        out.print("body: kept until the DSNs that quote it are rendered, or the recipients "
+                  "being delivered are done" if body["body_held"] else "body: deleted",
+                  markup=False)
 
 
 @app.command()
@@ -166,7 +170,9 @@ def delete(
         "--bounce", help="bounce to the sender with a DSN (5.0.0) instead of silently")] = False,
     recipient: RecipientOpt = None, json_out: JsonOpt = False, token: TokenOpt = None,
 ) -> None:
-    """Remove from the queue: silently (postsuper -d, exim -Mrm) or --bounce (exim -Mg)."""
+    """Remove from the queue: silently (postsuper -d, exim -Mrm) or --bounce (exim -Mg).
+    Without --recipient the message's body is deleted too (at once, or once the DSNs
+    that quote it are rendered), even when every recipient is final already."""
     _act(f"/v1/queue/{message_id}/delete", token, json_out, recipient=recipient,
          bounce="true" if bounce else None)
 

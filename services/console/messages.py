@@ -58,6 +58,7 @@ class MessageView:
     size: int | None
     recipients: list[RecipientView] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    body_held: bool | None = None  # None: ingest didn't say
     problem: str | None = None  # this message's details could not be loaded
     dsn_problem: str | None = None  # its DSNs could not be loaded
 
@@ -92,7 +93,8 @@ def to_run(run: dict[str, Any]) -> Run:
 def to_message(detail: dict[str, Any], account: str) -> MessageView:
     envelope = detail.get("envelope") or {}
     view = MessageView(id=str(detail.get("id")), sender=str(envelope.get("from") or ""),
-                       received_at=detail.get("received_at"), size=detail.get("size"))
+                       received_at=detail.get("received_at"), size=detail.get("size"),
+                       body_held=detail.get("body_held"))
     for rcpt in detail.get("recipients") or []:
         if rcpt.get("account") not in (None, account) and account:
             continue  # another recipient of the same message: not this account's business

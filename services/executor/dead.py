@@ -36,6 +36,7 @@ from services.executor.publishing import Publisher
 from services.executor.repo import MessageEnvelope, RecipientSnapshot, Repo
 from services.executor.verdict import DIAGNOSTICS
 from shared.errors import Unavailable
+from shared.notify import pending_kinds
 from shared.schemas import Event, EventEnvelope, EventRecipient, Job, Notice
 from shared.status import FailureKind, NoticeReason, Outcome, status_for
 
@@ -73,7 +74,9 @@ class DeadLetters:
 
     async def _poison(self, job: Job, reason: str) -> None:
         status, diag = poison_outcome(reason)
-        if not await self.repo.force_final(job.job_id, "bounced", status, diag):
+        events = poison_events(job, status, diag, datetime.now(UTC))
+        if not await self.repo.force_final(job.job_id, "bounced", status, diag,
+                                           pending_kinds(e for _, e in events)):
             # Recorded by a worker that could not announce it (its channel died between
             # the commit and the publish, and the redeliveries ran out): announce it
             # now, or the sender never hears of it.
@@ -83,7 +86,7 @@ class DeadLetters:
                      extra={"message_id": str(job.message_id), "recipient": job.recipient,
                             "events": sent})
             return
-        for key, event in poison_events(job, status, diag, datetime.now(UTC)):
+        for key, event in events:
             await self.pub.event(key, event)
         log.error("poison job bounced", extra={"message_id": str(job.message_id),
                                                "recipient": job.recipient, "outcome": "bounced",
@@ -96,8 +99,12 @@ class DeadLetters:
         snap = await self.repo.snapshot(job_id) if job_id else None
         env_row = await self.repo.envelope(snap.message_id) if snap else None
         report = corrupt_report(body, error, reason, snap, env_row, datetime.now(UTC))
+        # left pending only with the finalisation (a notice about a recipient that was
+        # final already may find the body gone: it says so instead of quoting headers)
+        pending = pending_kinds([report.bounce, report.notice] if report.bounce else [])
         if (report.bounce is not None and snap is not None
-                and await self.repo.force_final(snap.job_id, "bounced", report.status, report.diagnostic)):
+                and await self.repo.force_final(snap.job_id, "bounced", report.status,
+                                                report.diagnostic, pending)):
             await self.pub.event("bounce", report.bounce)
         await self.pub.event("admin_notice", report.notice)
         message_id = report.notice.message_id

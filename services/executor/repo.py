@@ -53,10 +53,16 @@ WITH u AS (
            final_at = CASE WHEN j.final THEN now() ELSE r.final_at END,
            delay_notified_at = CASE WHEN j.delay_notified
                                     THEN coalesce(r.delay_notified_at, now())
-                                    ELSE r.delay_notified_at END
+                                    ELSE r.delay_notified_at END,
+           notifier_pending = CASE WHEN j.pending = '' THEN r.notifier_pending
+                                   ELSE ARRAY(SELECT DISTINCT k FROM unnest(
+                                            coalesce(r.notifier_pending, '{}')
+                                            || string_to_array(j.pending, ',')) AS k
+                                        ORDER BY k) END
       FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-                  $8::bool[], $9::bool[])
-           AS j(id, expected, state, status, diagnostic, attempts, next_program, final, delay_notified)
+                  $8::bool[], $9::bool[], $20::text[])
+           AS j(id, expected, state, status, diagnostic, attempts, next_program, final, delay_notified,
+                pending)
      WHERE r.id = j.id AND r.state = 'running' AND r.attempts = j.expected
     RETURNING r.id
 ), ins AS (
@@ -115,6 +121,9 @@ class RecipientUpdate:
     final: bool
     delay_notified: bool = False
     runs: Sequence[RunRow] = field(default_factory=tuple)
+    # kinds of notification announced with this outcome that will read the message's
+    # body (shared.notify.pending_kinds): the body stays until the notifier handled them
+    notifier_pending: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -278,7 +287,7 @@ class Repo:
         return out
 
     async def _record_batch(self, ups: Sequence[RecipientUpdate]) -> list[bool]:
-        cols: list[list[Any]] = [[] for _ in range(19)]
+        cols: list[list[Any]] = [[] for _ in range(20)]
         v: Any
         for u in ups:
             for i, v in enumerate(
@@ -286,6 +295,7 @@ class Repo:
                  u.next_program, u.final, u.delay_notified)
             ):
                 cols[i].append(v)
+            cols[19].append(",".join(u.notifier_pending))
             for run in u.runs:
                 for i, v in enumerate(
                     (u.job_id, run.attempt, run.program, run.position, run.exit_status, run.signal,
@@ -383,16 +393,21 @@ class Repo:
         )
 
     async def force_final(
-        self, job_id: uuid.UUID, state: str, status: str, diagnostic: str
+        self, job_id: uuid.UUID, state: str, status: str, diagnostic: str,
+        notifier_pending: Sequence[str] = (),
     ) -> bool:
         """Record a final outcome for a job that can't run (poison, corrupt), if not final yet;
-        the row is marked dead-lettered (``mailexec queue dead`` lists it)."""
+        the row is marked dead-lettered (``mailexec queue dead`` lists it).
+        ``notifier_pending``: as :attr:`RecipientUpdate.notifier_pending`."""
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "UPDATE mail.recipients SET state = $2, status = $3, diagnostic = $4, "
-                "final_at = now(), updated_at = now(), dead_lettered_at = now() "
+                "final_at = now(), updated_at = now(), dead_lettered_at = now(), "
+                "notifier_pending = CASE WHEN cardinality($5::text[]) = 0 THEN notifier_pending "
+                "ELSE ARRAY(SELECT DISTINCT k FROM unnest(coalesce(notifier_pending, '{}') "
+                "|| $5::text[]) AS k ORDER BY k) END "
                 "WHERE id = $1 AND state NOT IN ('delivered', 'bounced', 'deleted') "
                 "AND state <> 'on_hold' RETURNING id",
-                job_id, state, status, diagnostic,
+                job_id, state, status, diagnostic, list(notifier_pending),
             )
         return row is not None

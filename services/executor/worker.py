@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,7 +65,8 @@ from services.executor.publishing import INFRA_RETRY_HEADER, Publisher
 from services.executor.repo import RecipientUpdate, Repo
 from services.executor.verdict import Verdict
 from shared.errors import Unavailable
-from shared.schemas import Job
+from shared.notify import pending_kinds
+from shared.schemas import Event, Job
 from shared.states import FINAL_STATES
 
 log = logging.getLogger("mailexec.executor")
@@ -159,8 +160,9 @@ class Worker:
         self, message: AbstractIncomingMessage, job: Job, v: Verdict, infra_retries: int,
         duration: float,
     ) -> None:
-        update = recipient_update(job, v)
-        attempts = update.attempts
+        events = events_for(job, v, job.attempt + (1 if v.counts_as_attempt else 0))
+        # built before the record: the same transaction says which of them need the body
+        update = recipient_update(job, v, [event for _, event in events])
         recorded = await self._record(update)
         if recorded is None:  # database still down after RECORD_RETRY_S: run again later
             await _settle(message, requeue=True)
@@ -179,7 +181,7 @@ class Worker:
             elif v.kind == "suspended":
                 await self.pub.hold(job)
                 self.held_since_drain = True
-            for key, event in events_for(job, v, attempts):
+            for key, event in events:
                 await self.pub.event(key, event)
         except Unavailable as exc:
             # Recorded but not announced: the redelivered job re-derives it (see module
@@ -288,14 +290,18 @@ def redelivery(headers: Mapping[str, object], redelivered: bool) -> tuple[int, b
     return (raw if isinstance(raw, int) else 0), redelivered or INFRA_RETRY_HEADER in headers
 
 
-def recipient_update(job: Job, v: Verdict) -> RecipientUpdate:
+def recipient_update(job: Job, v: Verdict, events: Sequence[Event] = ()) -> RecipientUpdate:
     """The row update that records ``v``: delivered, bounced and deferred count as an
-    attempt; a suspension or an outage does not."""
+    attempt; a suspension or an outage does not. ``events``: those announced with it;
+    the ones that will read the message's body are left pending in the same update
+    (:func:`shared.notify.pending_kinds`), so no purge can take the body before the
+    notifier has rendered them."""
     return RecipientUpdate(
         job_id=job.job_id, expected_attempts=job.attempt, state=v.state, status=v.status,
         diagnostic=v.diagnostic[:MAX_DIAGNOSTIC] or None,
         attempts=job.attempt + (1 if v.counts_as_attempt else 0),
         next_program=v.next_program, final=v.final, delay_notified=v.delay_warning, runs=v.runs,
+        notifier_pending=pending_kinds(events),
     )
 
 

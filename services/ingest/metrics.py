@@ -65,6 +65,13 @@ LMTP_REPLIES = Counter(
     ["stage", "code"],
 )
 
+# Retention (services/ingest/retention.py; the counters and the age gauge are
+# shared.retention_metrics', common to the notifier)
+BODIES_HELD = Gauge(
+    "mailexec_bodies_held", "Messages whose body is still stored",
+    multiprocess_mode="mostrecent",
+)
+
 
 # The states a recipient waits in (SPEC §2), each always present in the gauge.
 WAITING_STATES = NOT_FINAL_STATES

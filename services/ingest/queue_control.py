@@ -24,6 +24,12 @@ One action, in this order:
    twice runs once (the executor's claim), an event announced twice is sent once (its
    id is fixed in the audit row; the notifier's ``seen_events``).
 
+Deleting a whole message (``delete`` without ``recipient=``) also deletes its body:
+at once when no recipient is left to deliver and no notification needs it, else as soon
+as the notifier has rendered it (the retention purge's next pass); the rule is
+``retention.DISCARD``'s. It works on a message whose recipients are all final too
+(its body held for a dead letter or a DSN): that is the operator's "remove it now".
+
 Superseding: a job already waiting in a retry or held queue can't be taken back from
 RabbitMQ. The bumped ``generation`` makes it stale: the executor claims a job only
 while its ``generation`` equals the row's, and acks a stale copy without running it
@@ -54,8 +60,11 @@ import orjson
 from shared import topology
 from shared.amqp import Broker
 from shared.errors import Conflict, NotFound, Unavailable
+from shared.notify import pending_kinds
 from shared.schemas import Event, EventEnvelope, EventRecipient
+from shared.states import FINAL_STATES
 
+from . import retention
 from .publish_outbox import PUBLISH_TIMEOUT_S, job_body
 from .queue_rules import DELETED_DIAGNOSTIC, DELETED_STATUS, Action, decide, retry_all_states
 from .repo import MARK_PUBLISHED, Database
@@ -67,7 +76,7 @@ _SELECT = """
 SELECT r.id, r.message_id, r.address, r.orcpt, r.account, r.state, r.attempts,
        r.next_program, r.generation, r.dead_lettered_at IS NOT NULL AS dead,
        coalesce(r.notify, m.notify) AS notify, m.sender, m.envid, m.ret, m.size,
-       m.received_at
+       m.received_at, m.body IS NOT NULL AS body_held
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 """
 LOCK_MESSAGE = _SELECT + """
@@ -89,9 +98,15 @@ UPDATE mail.recipients AS r
        status = CASE WHEN x.final THEN x.status ELSE r.status END,
        diagnostic = CASE WHEN x.final THEN x.diagnostic ELSE r.diagnostic END,
        final_at = CASE WHEN x.final THEN now() ELSE NULL END,
-       dead_lettered_at = CASE WHEN x.requeue THEN NULL ELSE r.dead_lettered_at END
-  FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], $6::text[], $7::bool[])
-       AS x(id, state, publish, final, status, diagnostic, requeue)
+       dead_lettered_at = CASE WHEN x.requeue THEN NULL ELSE r.dead_lettered_at END,
+       notifier_pending = CASE WHEN x.pending = '' THEN r.notifier_pending
+                               ELSE ARRAY(SELECT DISTINCT k FROM unnest(
+                                        coalesce(r.notifier_pending, '{}')
+                                        || string_to_array(x.pending, ',')) AS k
+                                    ORDER BY k) END
+  FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], $6::text[], $7::bool[],
+              $8::text[])
+       AS x(id, state, publish, final, status, diagnostic, requeue, pending)
  WHERE r.id = x.id
 RETURNING r.id, r.generation
 """
@@ -174,9 +189,12 @@ class Done:
     audit_id: int | None = None
     jobs_published: bool = True
     events_published: bool = True
+    # a delete of the whole message: whether its body is still stored afterwards (a
+    # notification still needs it, or a recipient is still being delivered); else None
+    body_held: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "action": self.action,
             "message_id": str(self.message_id) if self.message_id else None,
             "recipients": [o.as_json() for o in self.outcomes],
@@ -185,6 +203,9 @@ class Done:
             # false: the relay publishes it within seconds (the change itself is stored)
             "published": self.jobs_published and self.events_published,
         }
+        if self.body_held is not None:
+            out["body_held"] = self.body_held
+        return out
 
 
 def bounce_event(row: asyncpg.Record | dict[str, Any], now: datetime) -> Event:
@@ -221,17 +242,24 @@ class QueueControl:
         """
         self._need_broker()
         done = Done(action, message_id)
+        # deleting a whole message also deletes its body, at once unless a notification
+        # still needs it (retention.DISCARD) — even when every recipient is final already
+        discard = action in ("delete", "delete_bounce") and account is None
         async with self.db.connection() as conn, conn.transaction():
             rows = await conn.fetch(LOCK_MESSAGE, message_id, account)
             if not rows:
                 what = f"no recipient {account} in message {message_id}" if account else \
                     f"no message {message_id} in the queue"
                 raise NotFound(what, code="message_not_found")
-            plans = [(r, decide(action, r["state"], dead_lettered=r["dead"])) for r in rows]
-            if all(rule.verdict == "conflict" for _, rule in plans):
+            plans = [(r, decide(action, r["state"], dead_lettered=r["dead"],
+                                body_held=r["body_held"])) for r in rows]
+            only_body = discard and rows[0]["body_held"] and all(
+                r["state"] in FINAL_STATES for r in rows)
+            if all(rule.verdict == "conflict" for _, rule in plans) and not only_body:
                 why = "; ".join(sorted({f"{r['address']}: {rule.why}" for r, rule in plans}))
                 raise Conflict(f"{action} not possible: {why}", code="queue_conflict")
-            jobs, events = await self._apply(conn, actor, action, plans, done, message_id)
+            jobs, events = await self._apply(conn, actor, action, plans, done, message_id,
+                                             discard=discard)
         await self._publish(done, jobs, events)
         return done
 
@@ -242,7 +270,8 @@ class QueueControl:
         states = list(retry_all_states()) if action == "retry" else ["bounced"]
         async with self.db.connection() as conn, conn.transaction():
             rows = await conn.fetch(LOCK_STATES, states, action == "requeue", RETRY_ALL_LIMIT)
-            plans = [(r, decide(action, r["state"], dead_lettered=r["dead"])) for r in rows]
+            plans = [(r, decide(action, r["state"], dead_lettered=r["dead"],
+                                body_held=r["body_held"])) for r in rows]
             jobs, events = await self._apply(conn, actor, f"{action}_all", plans, done, None)
         await self._publish(done, jobs, events)
         return done
@@ -257,22 +286,31 @@ class QueueControl:
     async def _apply(
         self, conn: asyncpg.Connection, actor: str, action: str,
         plans: Sequence[tuple[asyncpg.Record, Any]], done: Done, message_id: uuid.UUID | None,
+        *, discard: bool = False,
     ) -> tuple[list[tuple[uuid.UUID, bytes]], list[Event]]:
         now = datetime.now(UTC)
         changes = [(r, rule) for r, rule in plans if rule.verdict == "change"]
-        cols: list[list[Any]] = [[] for _ in range(7)]
+        # the bounces a delete --bounce owes, built first: the row update that finalises a
+        # recipient also says whether its DSN will read the body (shared.notify)
+        bounces = {r["id"]: bounce_event(r, now) for r, rule in changes if rule.to == "bounced"}
+        cols: list[list[Any]] = [[] for _ in range(8)]
         for r, rule in changes:
             final = rule.to in ("deleted", "bounced")
+            bounce = bounces.get(r["id"])
             for i, v in enumerate((
                 r["id"], rule.to, rule.publish, final,
                 DELETED_STATUS if rule.to == "bounced" else None,
                 DELETED_DIAGNOSTIC if final else None,
                 action.startswith("requeue"),
+                ",".join(pending_kinds([bounce] if bounce else [])),
             )):
                 cols[i].append(v)
         generations: dict[uuid.UUID, int] = {}
         if changes:
             generations = {row["id"]: row["generation"] for row in await conn.fetch(APPLY, *cols)}
+        if discard and message_id is not None:
+            held = await retention.discard(conn, message_id)
+            done.body_held = True if held is None else held
         jobs: list[tuple[uuid.UUID, bytes]] = []
         events: list[Event] = []
         for r, rule in plans:
@@ -282,14 +320,16 @@ class QueueControl:
                                              rule.to or r["state"], "changed", generation=gen))
                 if rule.publish and gen is not None:
                     jobs.append((r["id"], self._job(r, gen)))
-                if rule.to == "bounced":
-                    events.append(bounce_event(r, now))
+                if r["id"] in bounces:
+                    events.append(bounces[r["id"]])
             else:
                 done.outcomes.append(Outcome(r["address"], r["account"], r["state"], r["state"],
                                              "unchanged" if rule.verdict == "same" else "conflict",
                                              why=rule.why))
-        detail = {"results": [o.as_json() for o in done.outcomes[:1000]],
-                  "count": len(done.outcomes)}
+        detail: dict[str, Any] = {"results": [o.as_json() for o in done.outcomes[:1000]],
+                                  "count": len(done.outcomes)}
+        if done.body_held is not None:
+            detail["body_held"] = done.body_held
         events_json = (orjson.dumps([[e.kind, orjson.loads(e.to_json())] for e in events]).decode()
                        if events else None)
         row = await conn.fetchrow(

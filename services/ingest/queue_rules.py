@@ -16,7 +16,9 @@ the routes and the SQL only apply its verdicts. Per (action, state) a :class:`Ru
 ``postqueue -f`` leaves the hold queue alone. ``delete`` from any waiting state (held
 included) is ``deleted`` (silent) or ``bounced`` (``--bounce``: a DSN to the sender,
 status :data:`DELETED_STATUS`). ``requeue`` (dead letters) only applies to a bounced
-recipient the dead-letter handler finalised (``dead_lettered_at`` set).
+recipient the dead-letter handler finalised (``dead_lettered_at`` set). Nothing that
+queues a job applies once the message's body is deleted (retention keeps a dead
+letter's body until ``delete``, so that is the case after a delete).
 """
 
 from __future__ import annotations
@@ -87,14 +89,24 @@ def _table() -> dict[tuple[Action, str], Rule]:
 RULES: dict[tuple[Action, str], Rule] = _table()
 
 
-def decide(action: Action, state: str, *, dead_lettered: bool = False) -> Rule:
+BODY_GONE = Rule("conflict", why="the message's body has been deleted (queue delete or "
+                                 "retention): there is nothing left to deliver")
+
+
+def decide(action: Action, state: str, *, dead_lettered: bool = False,
+           body_held: bool = True) -> Rule:
     """The rule for ``action`` on a recipient in ``state`` (``dead_lettered``: finalised
-    by the executor's dead-letter handler, which only ``requeue`` cares about)."""
+    by the executor's dead-letter handler, which only ``requeue`` cares about;
+    ``body_held``: the message's body is still stored — no job is queued without it)."""
     if action == "requeue" and state == "bounced":
-        if dead_lettered:
-            return Rule("change", "queued", publish=True)
-        return Rule("conflict", why="not a dead letter: the recipient bounced on its own")
-    return RULES[action, state]
+        if not dead_lettered:
+            return Rule("conflict", why="not a dead letter: the recipient bounced on its own")
+        rule = Rule("change", "queued", publish=True)
+    else:
+        rule = RULES[action, state]
+    if rule.publish and not body_held:
+        return BODY_GONE
+    return rule
 
 
 def retry_all_states() -> tuple[str, ...]:

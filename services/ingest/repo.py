@@ -95,7 +95,8 @@ FOR UPDATE OF r SKIP LOCKED
 COUNT_UNPUBLISHED = "SELECT count(*) FROM mail.recipients WHERE NOT published"
 
 GET_MESSAGE = """
-SELECT id, sender, envid, ret, notify, size, received_at, idempotency_key
+SELECT id, sender, envid, ret, notify, size, received_at, idempotency_key,
+       body IS NOT NULL AS body_held
 FROM mail.messages WHERE id = $1
 """
 

@@ -1,5 +1,5 @@
-"""The long-lived parts of one ingest process: DB pool, broker, batcher, relay, and the
-LMTP listeners with their RCPT-time account check.
+"""The long-lived parts of one ingest process: DB pool, broker, batcher, relay, retention
+purge, and the LMTP listeners with their RCPT-time account check.
 
 Why a separate object: the lifespan starts it, the routes reach it through
 ``deps.RuntimeDep``, and tests of the batching can build one without HTTP.
@@ -27,6 +27,7 @@ from .publish_outbox import Outbox, Relay
 from .queue_control import QueueControl
 from .recipients import AccountCheck
 from .repo import Database
+from .retention import Purger
 
 log = logging.getLogger("mailexec.ingest")
 
@@ -50,6 +51,7 @@ class Runtime:
         self.queue = QueueControl(self.db, self.broker, inline_limit=settings.inline_body_bytes)
         self.relay = Relay(self.db, self.broker, inline_limit=settings.inline_body_bytes,
                            event_relay=self.queue.relay_events)
+        self.retention = Purger(self.db, settings)
         self._connector: asyncio.Task[None] | None = None
         self.accounts = AccountCheck(settings.policy_url, settings.service_token)
         self.lmtp: LMTPServer | None = None
@@ -62,6 +64,7 @@ class Runtime:
             self._connector = asyncio.create_task(self._connect_broker(), name="ingest-broker")
             self.outbox.start()
             self.relay.start()
+            self.retention.start()
             if self.lmtp is not None:
                 try:
                     await self.lmtp.start()
@@ -104,6 +107,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connector
         await self.relay.stop()
+        await self.retention.stop()
         await self.outbox.stop()
         with contextlib.suppress(Exception):
             await self.broker.close()

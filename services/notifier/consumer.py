@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -39,6 +39,7 @@ from services.notifier.notice_limits import (
 )
 from services.notifier.notice_render import render_admin_notice
 from shared.db import session_scope
+from shared.notify import reads_original
 from shared.policy_client import NoticeSettingsReader
 from shared.schemas import Event, EventRef
 from shared.settings import Settings
@@ -63,6 +64,15 @@ def _describe_invalid(exc: Exception) -> str:
             parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
         return "; ".join(parts)
     return str(exc)[:500]
+
+
+def pending_handled(events: Iterable[Event]) -> list[tuple[uuid.UUID, str, str]]:
+    """(message, recipient, kind) of the events whose finalisation left the message's
+    body held for them (:func:`shared.notify.reads_original`, the executor's rule): what
+    storing them takes off ``mail.recipients.notifier_pending``. Only events seen for
+    the first time: a duplicate must not release a body a newer event still needs."""
+    return [(e.message_id, r.address, e.kind) for e in events
+            if e.message_id is not None and reads_original(e) for r in e.recipients]
 
 
 def _event_ref(body: bytes) -> EventRef:
@@ -171,13 +181,15 @@ class EventConsumer:
             for e in unique:
                 if e.event_id in fresh:
                     groups.setdefault((e.message_id, e.kind), []).append(e)
+            # whatever becomes of them below, these no longer hold the message's body
+            await repo.handled(session, pending_handled(e for e in unique if e.event_id in fresh))
             merged = [(rules.merge(events), events) for events in groups.values()]
             delayed = [e.message_id for e, _ in merged if e.kind == "delayed" and e.message_id]
             if delayed:
                 since = now - timedelta(seconds=policy.delay_warning_after_s)
                 reports = await repo.delayed_reports_since_many(session, delayed, since)
                 merged = [
-                    (self._drop_warned(event, reports.get(event.message_id, [])), events)
+                    (self._drop_warned(event, reports.get(event.message_id, set())), events)
                     if event.kind == "delayed" and event.message_id else (event, events)
                     for event, events in merged
                 ]
@@ -203,6 +215,7 @@ class EventConsumer:
                     content=content,
                     message_id=event.message_id,
                     event_ids=[e.event_id for e in events],
+                    reported=[rules.reported_field(r.address) for r in event.recipients],
                 )
                 stored.append((row, event))
                 stored_events.update(e.event_id for e in events)
@@ -223,12 +236,9 @@ class EventConsumer:
             await settle(item.message, ack=True)
 
     @staticmethod
-    def _drop_warned(event: Event, earlier_reports: list[bytes]) -> Event:
-        """Delay warnings: once per recipient per ``delay_warning_after_s`` (the reports
-        passed are that message's delay warnings written within that time)."""
-        warned: set[str] = set()
-        for content in earlier_reports:
-            warned |= rules.reported_recipients(content)
+    def _drop_warned(event: Event, warned: set[str]) -> Event:
+        """Delay warnings: once per recipient per ``delay_warning_after_s`` (``warned``:
+        the recipients of that message's delay warnings written within that time)."""
         return rules.without_recipients(event, warned) if warned else event
 
     async def _drain_notices(self) -> None:
@@ -260,6 +270,8 @@ class EventConsumer:
             trial = self._limiter.copy()
             async with session_scope() as session:
                 fresh = await repo.mark_seen(session, [i.event.event_id for i in items])
+                await repo.handled(session, pending_handled(
+                    i.event for i in items if i.event.event_id in fresh))
                 heads: dict[uuid.UUID, bytes | None] = {}
                 done: set[uuid.UUID] = set()
                 for item in items:

@@ -1,7 +1,7 @@
 """RFC 3464 delivery status notifications, rendered from events.
 
 Pure rendering: no network, no database, no clock unless ``now`` is omitted. The
-consumer decides *whether* to notify (:func:`should_send_dsn` states the RFC 3461
+consumer decides *whether* to notify (:func:`shared.notify.should_send_dsn` states the RFC 3461
 rules) and stores what :func:`render_dsn_bytes` renders. Postmaster notices are
 rendered by :mod:`services.notifier.notice_render`, with the same helpers
 (:mod:`services.notifier.mime`) and this module's per-recipient wording.
@@ -79,7 +79,7 @@ def xtext(value: str) -> str:
     return "".join(out)
 
 
-def _recipient_field(address: str) -> str:
+def recipient_field(address: str) -> str:
     """``rfc822; addr``, or for an SMTPUTF8 address RFC 6533's ``utf-8; `` + addr-xtext."""
     if address.isascii():
         return f"rfc822; {address}"
@@ -238,20 +238,6 @@ def _advice(status: str, action: str, postmaster_host: str) -> str:
 # --- DSN ----------------------------------------------------------------------------------
 
 
-# The NOTIFY keyword (RFC 3461) that asks for a DSN of each kind.
-REQUIRED_NOTIFY: Final[dict[str, str]] = {
-    "bounce": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS"}
-
-
-def should_send_dsn(event: Event) -> bool:
-    """RFC 3461/SPEC §4: never to ``<>``, never for NOTIFY=NEVER, else per NOTIFY keyword."""
-    wanted = REQUIRED_NOTIFY.get(event.kind)
-    notify = event.envelope.notify
-    return bool(wanted) and event.envelope.sender != "" and "NEVER" not in notify and (
-        wanted in notify
-    )
-
-
 _INTROS: Final[dict[str, str]] = {
     "bounce": (
         "Your message could not be delivered to the {whom} listed below, and no "
@@ -333,7 +319,7 @@ def _delivery_status(event: Event, *, host: str, include_output: bool) -> str:
         if rcpt.orcpt:
             fields.append(fold("Original-Recipient", _orcpt_field(rcpt.orcpt)))
         fields += [
-            fold("Final-Recipient", _recipient_field(rcpt.address)),
+            fold("Final-Recipient", recipient_field(rcpt.address)),
             f"Action: {rcpt.action}",
             f"Status: {rcpt.status}",
             fold(
@@ -365,7 +351,7 @@ def render_dsn_bytes(
     returns the original (body capped), RET=HDRS its headers; without RET a bounce
     returns the original and delay/success reports only the headers (Postfix does the
     same). Raises ``ValueError`` for admin notices and a null sender: those never get
-    a DSN (check :func:`should_send_dsn` first).
+    a DSN (check :func:`shared.notify.should_send_dsn` first).
     """
     if event.kind not in SUBJECTS:
         raise ValueError(f"no DSN for {event.kind} events")

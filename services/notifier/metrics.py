@@ -22,3 +22,4 @@ EVENTS = Counter(
     "Events consumed from notifier.events, by kind and what became of them",
     ["kind", "result"],
 )
+

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from services.notifier.rules import reported_recipients
 
 DSN_KINDS = frozenset({"bounce", "delayed", "delivered"})
 NOTICE_KINDS = frozenset({"admin_notice", "postmaster_copy"})
@@ -88,6 +91,9 @@ class NewNotification:
     message_id: uuid.UUID | None
     event_ids: Sequence[uuid.UUID | str]
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # a DSN's Final-Recipient addresses, lower-cased (rules.reported_field): kept when the
+    # content is deleted, for a user's visibility and the once-per-window delay warnings
+    reported: Sequence[str] | None = None
 
 
 async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotification]) -> None:
@@ -96,11 +102,15 @@ async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotifica
         return
     await session.execute(
         text(
-            "INSERT INTO notifier.notifications (id, message_id, kind, rcpt, event_ids, content) "
-            "SELECT id, mid, kind, rcpt, string_to_array(events, ','), content FROM unnest("
+            "INSERT INTO notifier.notifications "
+            "(id, message_id, kind, rcpt, event_ids, content, reported) "
+            "SELECT id, mid, kind, rcpt, string_to_array(events, ','), content, "
+            "CASE WHEN reported IS NULL THEN NULL ELSE "
+            "ARRAY(SELECT jsonb_array_elements_text(CAST(reported AS jsonb))) END FROM unnest("
             "CAST(:ids AS uuid[]), CAST(:mids AS uuid[]), CAST(:kinds AS text[]), "
-            "CAST(:rcpts AS text[]), CAST(:events AS text[]), CAST(:contents AS bytea[])"
-            ") AS t(id, mid, kind, rcpt, events, content)"
+            "CAST(:rcpts AS text[]), CAST(:events AS text[]), CAST(:contents AS bytea[]), "
+            "CAST(:reported AS text[])"
+            ") AS t(id, mid, kind, rcpt, events, content, reported)"
         ),
         {
             "ids": [r.id for r in rows],
@@ -110,6 +120,9 @@ async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotifica
             # uuids never contain a comma; a 2-D array would need equal lengths
             "events": [",".join(str(e) for e in r.event_ids) for r in rows],
             "contents": [r.content for r in rows],
+            # addresses may contain commas (quoted local parts): one JSON array per row
+            "reported": [None if r.reported is None else orjson.dumps(list(r.reported)).decode()
+                         for r in rows],
         },
     )
 
@@ -128,52 +141,75 @@ async def load_originals(
         ),
         {"ids": ids, "limit": limit},
     )
-    return {r[0]: bytes(r[1]) for r in rows}
+    # a body already deleted (retention, ``mailexec queue delete``) is absent as well
+    return {r[0]: bytes(r[1]) for r in rows if r[1] is not None}
 
 
 async def delayed_reports_since_many(
     session: AsyncSession, message_ids: Iterable[uuid.UUID], since: datetime
-) -> dict[uuid.UUID, list[bytes]]:
-    """:func:`delayed_reports_since` for many messages at once."""
+) -> dict[uuid.UUID, set[str]]:
+    """The recipients (lower-cased) reported by the ``delayed`` DSNs written for each of
+    these messages since ``since``."""
     ids = list(dict.fromkeys(message_ids))
     if not ids:
         return {}
     rows = await session.execute(
         text(
-            "SELECT message_id, content FROM notifier.notifications "
+            "SELECT message_id, reported, CASE WHEN reported IS NULL THEN content END "
+            "FROM notifier.notifications "
             "WHERE message_id = ANY(CAST(:mids AS uuid[])) AND kind = 'delayed' AND created_at >= :since"
         ),
         {"mids": ids, "since": since},
     )
-    found: dict[uuid.UUID, list[bytes]] = {}
+    found: dict[uuid.UUID, set[str]] = {}
     for r in rows:
-        found.setdefault(r[0], []).append(bytes(r[1]))
+        found.setdefault(r[0], set()).update(reported_of(r[1], r[2]))
     return found
 
 
+def reported_of(reported: Sequence[str] | None, content: bytes | None) -> set[str]:
+    """A stored DSN's reported recipients: its ``reported`` column, or for a row written
+    before it existed (migration 0008) what its content says."""
+    if reported is not None:
+        return set(reported)
+    if content is None:
+        return set()
+    return reported_recipients(bytes(content))
+
+
 async def load_original(session: AsyncSession, message_id: uuid.UUID, limit: int) -> bytes | None:
-    """The first ``limit`` bytes of the stored message (None when ingest has no such message)."""
+    """The first ``limit`` bytes of the stored message (None when ingest has no such
+    message, or its body was deleted)."""
     row = (
         await session.execute(
             text("SELECT substring(body FROM 1 FOR :limit) FROM mail.messages WHERE id = :id"),
             {"id": message_id, "limit": limit},
         )
     ).first()
-    return None if row is None else bytes(row[0])
+    return None if row is None or row[0] is None else bytes(row[0])
 
 
-async def delayed_reports_since(
-    session: AsyncSession, message_id: uuid.UUID, since: datetime
-) -> list[bytes]:
-    """Contents of the ``delayed`` DSNs written for a message since ``since``."""
-    rows = await session.execute(
+async def handled(session: AsyncSession, done: Iterable[tuple[uuid.UUID, str, str]]) -> None:
+    """The notifications of these (message, recipient address, kind) are stored (or were
+    decided against): take them off ``mail.recipients.notifier_pending`` (migration 0008),
+    in the transaction that stores them, so ingest may delete the message's body once
+    nothing else needs it."""
+    rows = list(dict.fromkeys(done))
+    if not rows:
+        return
+    await session.execute(
         text(
-            "SELECT content FROM notifier.notifications "
-            "WHERE message_id = :mid AND kind = 'delayed' AND created_at >= :since"
+            "UPDATE mail.recipients AS r SET notifier_pending = nullif(ARRAY("
+            " SELECT k FROM unnest(r.notifier_pending) AS k WHERE NOT (k = ANY(t.kinds))"
+            "), '{}') "
+            "FROM (SELECT mid, addr, array_agg(kind) AS kinds FROM unnest("
+            " CAST(:mids AS uuid[]), CAST(:addrs AS text[]), CAST(:kinds AS text[])"
+            ") AS x(mid, addr, kind) GROUP BY mid, addr) AS t "
+            "WHERE r.message_id = t.mid AND r.address = t.addr AND r.notifier_pending IS NOT NULL"
         ),
-        {"mid": message_id, "since": since},
+        {"mids": [m for m, _, _ in rows], "addrs": [a for _, a, _ in rows],
+         "kinds": [k for _, _, k in rows]},
     )
-    return [bytes(r[0]) for r in rows]
 
 
 # A notification being sent is held by a session-level advisory lock on its id (the
@@ -294,7 +330,8 @@ async def list_notifications(
     with_content: bool = False,
 ) -> list[dict[str, Any]]:
     """Newest first; ``after`` is the (created_at, id) of the last row of the previous page.
-    ``kinds`` keeps only those kinds; ``with_content`` adds each row's ``content``."""
+    ``kinds`` keeps only those kinds; ``with_content`` adds each row's ``content`` and
+    ``reported`` (what a user's visibility reads)."""
     where: list[str] = []
     params: dict[str, Any] = {"limit": limit}
     if message_id is not None:
@@ -309,7 +346,7 @@ async def list_notifications(
     if after is not None:
         where.append("(created_at, id) < (:after_at, :after_id)")
         params["after_at"], params["after_id"] = after
-    columns = _SUMMARY_COLUMNS + (", content" if with_content else "")
+    columns = _SUMMARY_COLUMNS + (", content, reported" if with_content else "")
     sql = f"SELECT {columns} FROM notifier.notifications"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -321,7 +358,8 @@ async def list_notifications(
 async def get_notification(session: AsyncSession, nid: uuid.UUID) -> dict[str, Any] | None:
     row = (
         await session.execute(
-            text(f"SELECT {_SUMMARY_COLUMNS}, event_ids, content FROM notifier.notifications WHERE id = :id"),
+            text(f"SELECT {_SUMMARY_COLUMNS}, event_ids, content, reported "
+                 "FROM notifier.notifications WHERE id = :id"),
             {"id": nid},
         )
     ).first()

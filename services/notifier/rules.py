@@ -1,7 +1,8 @@
 """Which events become a DSN (RFC 3461 §4.1, SPEC §4), merging aggregated events, and
 which recipients a message's earlier delay warnings already covered.
 
-The yes/no rule itself is :func:`services.notifier.dsn.should_send_dsn`; this module
+The yes/no rule itself is :func:`shared.notify.should_send_dsn` (the executor flags a
+message's body as still needed by the same rule); this module
 only names the reason for the log and the metrics.
 """
 
@@ -11,7 +12,8 @@ from email import policy as email_policy
 from email.message import Message
 from email.parser import BytesParser
 
-from services.notifier.dsn import REQUIRED_NOTIFY, should_send_dsn
+from services.notifier.dsn import recipient_field
+from shared.notify import REQUIRED_NOTIFY, should_send_dsn
 from shared.schemas import Event, EventRecipient
 
 
@@ -44,6 +46,13 @@ def merge(events: list[Event]) -> Event:
             "occurred_at": max(e.occurred_at for e in events),
         }
     )
+
+
+def reported_field(address: str) -> str:
+    """The recipient ``address`` as :func:`reported_recipients` reads it back from a DSN
+    that reports it: what ``notifier.notifications.reported`` keeps, so a DSN's
+    recipients are known without its (deleted) content."""
+    return recipient_field(address).split(";", 1)[-1].strip().lower()
 
 
 def reported_recipients(dsn: bytes) -> set[str]:

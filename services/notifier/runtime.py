@@ -1,4 +1,5 @@
-"""The notifier's moving parts in one event loop: the event consumer and the sender.
+"""The notifier's moving parts in one event loop: the event consumer, the sender and the
+retention purge.
 
 ``start`` returns at once; the broker connection is (re)established in the background,
 so the process comes up and answers ``/readyz`` (503 until connected) even while
@@ -16,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.exceptions import AMQPError
 
 from services.notifier.consumer import PREFETCH, EventConsumer
+from services.notifier.retention import Purger
 from services.notifier.smtp import SmtpTarget, parse_smtp_url
 from services.notifier.smtp_outbox import Sender
 from shared import topology
@@ -37,6 +39,7 @@ class Runtime:
         self.policy = NoticeSettingsReader(settings)
         self.sender = Sender(settings, self.policy, self.target)
         self.consumer = EventConsumer(settings, self.policy, on_stored=self.sender.wake)
+        self.retention = Purger(settings, self.policy)
         self.broker: Broker | None = None
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -45,6 +48,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.sender.start()
+        self.retention.start()
         self._connect_task = asyncio.create_task(self._connect())
         log.info(
             "notifier started",
@@ -103,6 +107,7 @@ class Runtime:
         except TimeoutError:
             self.consumer.cancel_notices()
         await self.sender.stop()
+        await self.retention.stop()
         if self.broker is not None:
             await self.broker.close()
         self.broker = None

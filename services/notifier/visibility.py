@@ -2,7 +2,8 @@
 
 The admin reads every notification. A ``user`` token (bound to one account) reads a
 notification only when it is a DSN (``bounce``, ``delayed``, ``delivered``) and every
-recipient it reports (its ``Final-Recipient`` fields, :func:`rules.reported_recipients`)
+recipient it reports (its ``Final-Recipient`` fields: the ``reported`` column, or
+:func:`rules.reported_recipients` of an older row's content)
 belongs to that account (:func:`shared.addresses.normalize_account` of the address).
 
 What it guarantees: a user never reads an admin notice or a postmaster copy (they carry
@@ -17,10 +18,9 @@ DSN says, so rows written before this rule are covered too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from services.notifier.repo import DSN_KINDS
-from services.notifier.rules import reported_recipients
+from services.notifier.repo import DSN_KINDS, reported_of
 from shared.addresses import AddressError, normalize_account
 
 
@@ -38,8 +38,11 @@ def concerns_only(kind: str, reported: Iterable[str], account: str) -> bool:
     return accounts == {account}
 
 
-def user_may_read(kind: str, content: bytes, account: str | None) -> bool:
-    """:func:`concerns_only` for a stored notification's bytes; False without an account."""
+def user_may_read(kind: str, content: bytes | None, account: str | None,
+                  reported: Sequence[str] | None = None) -> bool:
+    """:func:`concerns_only` for a stored notification: its ``reported`` recipients
+    (migration 0008), or for an older row what its content says; False without an
+    account, and for an old row whose content is deleted (the admin still reads it)."""
     if not account or kind not in DSN_KINDS:
         return False
-    return concerns_only(kind, reported_recipients(content), account)
+    return concerns_only(kind, reported_of(reported, content), account)

@@ -62,6 +62,7 @@ class SettingsPatch(Strict):
     delay_warning_after_s: int | None = None
     max_queue_lifetime_s: int | None = None
     postmaster: AccountAddress | None = None
+    record_retention_days: int | None = None
 
 
 # --- programs --------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from flufl.bounce import scan_message
 
-from services.notifier.dsn import render_dsn_bytes, should_send_dsn
+from services.notifier.dsn import render_dsn_bytes
 from services.notifier.mime import to_bytes
 from services.notifier.notice_render import render_admin_notice, render_undeliverable_dsn_notice
+from shared.notify import should_send_dsn
 from shared.schemas import Event, EventEnvelope
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -76,6 +76,9 @@ async def get_message(message_id: str, principal: ReaderDep, runtime: RuntimeDep
             },
             "size": msg["size"],
             "received_at": _iso(msg["received_at"]),
+            # false once retention (or a queue delete) deleted the body; the records stay
+            # for record_retention_days
+            "body_held": msg["body_held"],
             "recipients": [
                 {
                     "address": r["address"],

@@ -51,7 +51,8 @@ class NotificationPage(BaseModel):
 
 class NotificationDetail(NotificationOut):
     event_ids: list[str]
-    content: str
+    # the rendered message; null once deleted (after it was sent, or failed for good)
+    content: str | None
 
 
 def _encode_cursor(row: dict[str, Any]) -> str:
@@ -96,7 +97,8 @@ async def list_notifications(
                 after=after, kinds=repo.DSN_KINDS, with_content=True,
             )
             rows = [r for r in scanned
-                    if user_may_read(r["kind"], bytes(r.pop("content")), principal.account)]
+                    if user_may_read(r["kind"], _bytes(r.pop("content")), principal.account,
+                                     r.pop("reported"))]
             rows = rows[: limit + 1]
         else:
             rows = await repo.list_notifications(
@@ -115,7 +117,13 @@ async def get_notification(principal: ReaderDep, notification_id: uuid.UUID) -> 
     async with session_scope() as session:
         row = await repo.get_notification(session, notification_id)
     if row is None or (principal.role == "user" and not user_may_read(
-            row["kind"], bytes(row["content"]), principal.account)):
+            row["kind"], _bytes(row["content"]), principal.account, row["reported"])):
         raise NotFound(f"no notification {notification_id}", code="notification_not_found")
-    content = bytes(row.pop("content")).decode("utf-8", "replace")
+    row.pop("reported")
+    raw = _bytes(row.pop("content"))
+    content = None if raw is None else raw.decode("utf-8", "replace")
     return NotificationDetail(**row, content=content)
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)

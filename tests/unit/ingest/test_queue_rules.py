@@ -61,3 +61,13 @@ def test_requeue_only_takes_dead_letters() -> None:
     assert decide("requeue", "bounced", dead_lettered=True).publish
     assert decide("requeue", "bounced").verdict == "conflict"
     assert decide("requeue", "delivered", dead_lettered=True).verdict == "conflict"
+
+
+@pytest.mark.parametrize(("action", "state", "dead"), [
+    ("requeue", "bounced", True), ("retry", "deferred", False), ("release", "on_hold", False)])
+def test_nothing_is_queued_once_the_body_is_deleted(action: str, state: str, dead: bool) -> None:
+    assert decide(action, state, dead_lettered=dead).publish  # type: ignore[arg-type]
+    rule = decide(action, state, dead_lettered=dead, body_held=False)  # type: ignore[arg-type]
+    assert rule.verdict == "conflict" and "body has been deleted" in rule.why
+    # what queues nothing still applies (a held recipient of a bodiless message is deleted)
+    assert decide("delete", "on_hold", body_held=False).verdict == "change"

@@ -51,7 +51,7 @@ def test_settings_defaults_are_specs() -> None:
                          "/usr/bin/ksh"],
         "program_timeout_s": 60, "max_output_bytes": 65536, "tempfail_exit_codes": [71, 75],
         "dsn_include_output": True, "delay_warning_after_s": 14400,
-        "max_queue_lifetime_s": 432000, "postmaster": None,
+        "max_queue_lifetime_s": 432000, "postmaster": None, "record_retention_days": 30,
     }
     assert parse(PolicySettings, {}) == PolicySettings()
 

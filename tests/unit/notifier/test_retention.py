@@ -1,0 +1,40 @@
+"""What the notifier's retention keeps without the content: how long, and the recipients a
+DSN reported (read back exactly as they were from the content)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from services.notifier.dsn import render_dsn_bytes
+from services.notifier.retention import windows
+from services.notifier.rules import reported_field, reported_recipients
+from shared.schemas import Event, EventEnvelope, EventRecipient
+
+NOW = datetime(2026, 12, 6, 5, 0, tzinfo=UTC)
+
+
+def test_records_are_kept_the_retention_and_delay_warnings_their_window() -> None:
+    keep = windows(30, 14400)
+    assert keep.notifications_s == keep.seen_events_s == 30 * 86400
+    # a delay warning's record must outlive delay_warning_after_s, or it repeats
+    longer = windows(1, 3 * 86400)
+    assert (longer.notifications_s, longer.seen_events_s) == (3 * 86400, 86400)
+
+
+@pytest.mark.parametrize("addresses", [
+    ["bob@example.org"],
+    ["Bob.Smith@Example.ORG", "carol@example.org"],
+    ["jörg@bücher.example", '"a,b"@example.org'],  # SMTPUTF8; a comma in a quoted local part
+])
+def test_the_reported_column_is_what_the_content_says(addresses: list[str]) -> None:
+    event = Event(
+        kind="bounce", event_id=uuid.uuid4(), message_id=uuid.uuid4(), occurred_at=NOW,
+        envelope=EventEnvelope(sender="alice@example.net", arrival_date=NOW),
+        recipients=[EventRecipient(address=a, action="failed", status="5.3.0", last_attempt=NOW)
+                    for a in addresses])
+    content = render_dsn_bytes(event, None, reporting_mta="mx.example.org",
+                               max_returned_body_bytes=1000, include_output=True, now=NOW)
+    assert reported_recipients(content) == {reported_field(a) for a in addresses}
