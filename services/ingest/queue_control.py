@@ -76,7 +76,7 @@ _SELECT = """
 SELECT r.id, r.message_id, r.address, r.orcpt, r.account, r.state, r.attempts,
        r.next_program, r.generation, r.dead_lettered_at IS NOT NULL AS dead,
        coalesce(r.notify, m.notify) AS notify, m.sender, m.envid, m.ret, m.size,
-       m.received_at, m.body IS NOT NULL AS body_held
+       m.received_at, m.body IS NOT NULL AS body_held, m.discarded_at IS NOT NULL AS discarded
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 """
 LOCK_MESSAGE = _SELECT + """
@@ -253,8 +253,10 @@ class QueueControl:
                 raise NotFound(what, code="message_not_found")
             plans = [(r, decide(action, r["state"], dead_lettered=r["dead"],
                                 body_held=r["body_held"])) for r in rows]
-            only_body = discard and rows[0]["body_held"] and all(
-                r["state"] in FINAL_STATES for r in rows)
+            # every recipient final: deleting is about the body (409 once it is gone, or
+            # deleted already and only waiting for a DSN to be rendered)
+            only_body = (discard and rows[0]["body_held"] and not rows[0]["discarded"]
+                         and all(r["state"] in FINAL_STATES for r in rows))
             if all(rule.verdict == "conflict" for _, rule in plans) and not only_body:
                 why = "; ".join(sorted({f"{r['address']}: {rule.why}" for r, rule in plans}))
                 raise Conflict(f"{action} not possible: {why}", code="queue_conflict")

@@ -19,6 +19,7 @@ DEFAULTS = {
     "delay_warning_after_s": 14400,
     "max_queue_lifetime_s": 432000,
     "postmaster": None,
+    "record_retention_days": 30,
 }
 
 
@@ -44,6 +45,7 @@ async def test_patch_every_field(client: httpx.AsyncClient, admin_headers: dict[
         "delay_warning_after_s": 60,
         "max_queue_lifetime_s": 120,
         "postmaster": "Postmaster@Example.org",
+        "record_retention_days": 90,
     }
     r = await client.patch("/v1/settings", json=patch, headers=admin_headers)
     assert r.status_code == 200, r.text
@@ -83,6 +85,8 @@ async def test_patch_every_field(client: httpx.AsyncClient, admin_headers: dict[
         ({"delay_warning_after_s": 500000}, "delay_warning_after_s"),
         ({"postmaster": "not an address"}, "postmaster"),
         ({"postmaster": "a@b\r\nBcc: x@y"}, "postmaster"),
+        ({"record_retention_days": 0}, "record_retention_days"),
+        ({"record_retention_days": "30"}, "record_retention_days"),
     ],
 )
 async def test_bad_settings_refused_naming_the_field(
