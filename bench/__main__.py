@@ -75,6 +75,11 @@ def table(res: dict[str, Any]) -> str:
     pf = res.get("postfix", {})
     L.append(row("Postfix pipe(8), 1 KiB x 1 (smtp-source)", pf.get("deliveries_per_s"), unit="deliveries/s"))
     L.append(row("Postfix CPU per delivery (master's tree)", pf.get("cpu_s_per_delivery"), 1e3, 3, "ms"))
+    pfl = pf.get("large", {})
+    L.append(row("Postfix pipe(8), 1 MiB x 1 (smtp-source)", pfl.get("deliveries_per_s"),
+                 unit="deliveries/s"))
+    L.append(row("Postfix CPU per 1 MiB delivery (master's tree)", pfl.get("cpu_s_per_delivery"),
+                 1e3, 3, "ms"))
     mx = res.get("mailexec", {}).get("scenarios", {})
     names = {"1k_x1": "1 KiB x 1", "1k_x10": "1 KiB x 10 rcpts", "1m_x1": "1 MiB x 1",
              "latency_half_peak": "half peak rate (paced)"}

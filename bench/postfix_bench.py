@@ -62,77 +62,87 @@ def run(cfg: Config, uid: int, gid: int) -> dict[str, Any]:
         inst.start()
         say(f"private postfix {_version()} on 127.0.0.1:{inst.port} (config {inst.config})")
         counter = Counter(counter_path)
-        n = cfg.n
         sessions = min(cfg.concurrency, 20) if cfg.concurrency else 20
         # warm-up: processes forked, caches hot
-        _inject(inst, min(200, n), sessions)
-        counter.wait_for(min(200, n), 60)
-        rates, cpus, cpus_machine, loads, fails = [], [], [], [], 0
-        for rep in range(cfg.reps):
-            counter.reset()
-            master = inst.master_pid()
-            cpu0, m0, t0 = tree_cpu_s([master]), machine_cpu_s(), time.monotonic()
-            src = _inject_async(inst, n, sessions)
-            t_end = counter.wait_for(n, cfg.timeout_s)
-            src.wait()
-            cpu1, m1 = tree_cpu_s([master]), machine_cpu_s()
-            seen = counter.poll()
-            if t_end is None:
-                fails += n - seen
-                say(f"postfix rep {rep + 1}: only {seen}/{n} runs after {cfg.timeout_s}s\n{inst.log_tail()}")
-                continue
-            el = t_end - t0
-            rates.append(n / el)
-            cpus.append((cpu1 - cpu0) / n)
-            cpus_machine.append((m1 - m0) / n)
-            loads.append(loadavg())
-            say(f"postfix pipe(8) rep {rep + 1}: {n / el:.0f} deliveries/s, "
-                f"{(cpu1 - cpu0) / n * 1e3:.3f} ms CPU/delivery in postfix's tree "
-                f"(machine-wide {(m1 - m0) / n * 1e3:.3f} ms), load {loads[-1]:.1f}")
-            deadline = time.monotonic() + 30
-            while not inst.queue_empty() and time.monotonic() < deadline:
-                time.sleep(0.1)
-        return {
-            "version": _version(),
-            "n": n,
-            "smtp_sessions": sessions,
-            "deliveries_per_s": summary(rates),
-            "cpu_s_per_delivery": summary(cpus),
-            "machine_cpu_s_per_delivery": summary(cpus_machine),
-            "loadavg": summary(loads),
-            "failures": fails,
-            "note": "CPU of the postfix master's process tree (smtpd, cleanup, qmgr, pipe and "
-                    "the programs they reaped); smtp-source (the client) not included",
-        }
+        _inject(inst, min(200, cfg.n), sessions)
+        counter.wait_for(min(200, cfg.n), 60)
+        result = _measure(cfg, inst, counter, cfg.n, sessions, 1024)
+        # 1 MiB x 1 beside mailexec's 1m_x1 (same count, same sessions as mailexec's 16)
+        result["large"] = _measure(cfg, inst, counter, cfg.n_large, min(16, sessions), 1 << 20)
+        return result
     finally:
         if inst is not None:
             inst.stop()
         wd.cleanup()
 
 
+def _measure(cfg: Config, inst: PrivatePostfix, counter: Counter, n: int, sessions: int,
+             size: int) -> dict[str, Any]:
+    """``cfg.reps`` rounds of ``n`` messages of ``size`` bytes through the pipe(8) service."""
+    rates, cpus, cpus_machine, loads, fails = [], [], [], [], 0
+    label = "1 KiB" if size == 1024 else f"{size >> 20} MiB"
+    for rep in range(cfg.reps):
+        counter.reset()
+        master = inst.master_pid()
+        cpu0, m0, t0 = tree_cpu_s([master]), machine_cpu_s(), time.monotonic()
+        src = _inject_async(inst, n, sessions, size)
+        t_end = counter.wait_for(n, cfg.timeout_s)
+        src.wait()
+        cpu1, m1 = tree_cpu_s([master]), machine_cpu_s()
+        seen = counter.poll()
+        if t_end is None:
+            fails += n - seen
+            say(f"postfix {label} rep {rep + 1}: only {seen}/{n} runs after {cfg.timeout_s}s\n"
+                f"{inst.log_tail()}")
+            continue
+        el = t_end - t0
+        rates.append(n / el)
+        cpus.append((cpu1 - cpu0) / n)
+        cpus_machine.append((m1 - m0) / n)
+        loads.append(loadavg())
+        say(f"postfix pipe(8) {label} x 1 rep {rep + 1}: {n / el:.0f} deliveries/s, "
+            f"{(cpu1 - cpu0) / n * 1e3:.3f} ms CPU/delivery in postfix's tree "
+            f"(machine-wide {(m1 - m0) / n * 1e3:.3f} ms), load {loads[-1]:.1f}")
+        deadline = time.monotonic() + 30
+        while not inst.queue_empty() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return {
+        "version": _version(),
+        "n": n,
+        "size": size,
+        "smtp_sessions": sessions,
+        "deliveries_per_s": summary(rates),
+        "cpu_s_per_delivery": summary(cpus),
+        "machine_cpu_s_per_delivery": summary(cpus_machine),
+        "loadavg": summary(loads),
+        "failures": fails,
+        "note": "CPU of the postfix master's process tree (smtpd, cleanup, qmgr, pipe and "
+                "the programs they reaped); smtp-source (the client) not included",
+    }
+
+
 def source_cmd(port: int, n: int, sessions: int, *, to: str = "bench@bench.example",
-               numbered: bool = True, lmtp: bool = False, reuse: bool = False) -> list[str]:
-    """smtp-source: n messages of 1 KiB over ``sessions`` parallel sessions; ``numbered``
-    (-N) makes every recipient distinct (``<seq>bench@…``: no 100% resolve-cache hits),
-    ``lmtp`` (-L) speaks LMTP, ``reuse`` (-d) keeps each connection for the next message."""
-    return ["smtp-source", "-s", str(sessions), "-m", str(n), "-l", "1024",
+               numbered: bool = True, lmtp: bool = False, reuse: bool = False,
+               size: int = 1024) -> list[str]:
+    """smtp-source: n messages of ``size`` bytes over ``sessions`` parallel sessions;
+    ``numbered`` (-N) makes every recipient distinct (``<seq>bench@…``: no 100%
+    resolve-cache hits), ``lmtp`` (-L) speaks LMTP, ``reuse`` (-d) keeps each connection
+    for the next message."""
+    return ["smtp-source", "-s", str(sessions), "-m", str(n), "-l", str(size),
             "-f", "sender@bench.example", "-t", to,
             *(["-N"] if numbered else []), *(["-L"] if lmtp else []), *(["-d"] if reuse else []),
             f"127.0.0.1:{port}"]
 
 
-def _source_cmd(inst: PrivatePostfix, n: int, sessions: int) -> list[str]:
-    return source_cmd(inst.port, n, sessions)
-
-
 def _inject(inst: PrivatePostfix, n: int, sessions: int) -> None:
-    subprocess.run(_source_cmd(inst, n, sessions), check=False, capture_output=True)
+    subprocess.run(source_cmd(inst.port, n, sessions), check=False, capture_output=True)
 
 
-def _inject_async(inst: PrivatePostfix, n: int, sessions: int) -> subprocess.Popen[bytes]:
+def _inject_async(inst: PrivatePostfix, n: int, sessions: int,
+                  size: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        _source_cmd(inst, n, sessions), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+        source_cmd(inst.port, n, sessions, size=size), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
 
 
 def _version() -> str:
