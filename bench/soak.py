@@ -8,7 +8,8 @@ open-loop load generator as ``bench/mailexec_bench.py``), paced at ``SOAK_RATE``
 messages/s — default 0.8 x the median 1 KiB x 1 peak in ``bench/results/latest.json``
 (run ``make bench`` first), else 400 — for ``SOAK_MINUTES`` (10). Every
 ``SOAK_SAMPLE_S`` (30) seconds it prints RSS of each service, PostgreSQL connections to
-the bench database, queue depths, the backlog (recipients not final yet) and the
+the bench database, queue depths, the backlog (recipients not final yet), the
+database's size with the mail and notifier schemas' (tables, TOAST, indexes) and the
 program runs counted so far; at the end start vs end, and, for each figure, whether it
 still grew over the last third of the run (more than 10 % of its start value, or, for
 the backlog and queues, more than 2 seconds' worth of messages). Writes
@@ -44,11 +45,23 @@ def _sample(p: Any, t0: float) -> dict[str, Any]:
 
     rows = pg("SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1) AS conns, "
               "(SELECT count(*) FROM mail.recipients WHERE state NOT IN ('delivered', 'bounced'))"
-              " AS backlog", DB, fetch=True)
+              " AS backlog, pg_database_size($1) AS db_bytes, "
+              "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+              " JOIN pg_namespace n ON n.oid = c.relnamespace "
+              " WHERE n.nspname = 'mail' AND c.relkind IN ('r', 'm')) AS mail_bytes, "
+              "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+              " JOIN pg_namespace n ON n.oid = c.relnamespace "
+              " WHERE n.nspname = 'notifier' AND c.relkind IN ('r', 'm')) AS notifier_bytes",
+              DB, fetch=True)
     return {
         "t": round(time.monotonic() - t0),
         "rss_mib": {name: round(rss_mib(pid), 1) for name, pid in p.service_pids().items()},
         "db_connections": int(rows[0]["conns"]),
+        # the database's size on disk, and the mail and notifier schemas' (tables with
+        # their TOAST and indexes): bounded storage means these level off under load
+        "db_mib": round(int(rows[0]["db_bytes"]) / 2**20, 1),
+        "mail_mib": round(int(rows[0]["mail_bytes"]) / 2**20, 1),
+        "notifier_mib": round(int(rows[0]["notifier_bytes"]) / 2**20, 1),
         "backlog": int(rows[0]["backlog"]),
         "queues": queue_depths(VHOST),
         "program_runs": p.counter.poll(),
@@ -75,6 +88,9 @@ def verdict(samples: list[dict[str, Any]], rate: float) -> dict[str, Any]:
             grows.append(f"RSS {name}")
     if last["db_connections"] - third["db_connections"] > max(2, 0.1 * first["db_connections"]):
         grows.append("DB connections")
+    # storage: flat within 5 % over the last third (issue 17's target)
+    if "db_mib" in third and last["db_mib"] - third["db_mib"] > 0.05 * third["db_mib"]:
+        grows.append("database size")
     slack = 2 * rate  # two seconds' worth of messages
     if last["backlog"] - third["backlog"] > slack:
         grows.append("backlog")
@@ -160,6 +176,9 @@ def main() -> int:
         say(f"RSS {name}: {s['rss_mib'][name]} MiB at start, {e['rss_mib'].get(name)} MiB at the end"
             " of the load")
     say(f"DB connections: {s['db_connections']} at start, {e['db_connections']} at the end")
+    say("database size MiB (mail, notifier) over the load: " + "; ".join(
+        f"{x['t']}s {x['db_mib']} ({x['mail_mib']}, {x['notifier_mib']})"
+        for x in result["samples"]))
     say(f"backlog at the end of the load: {e['backlog']} (queues {e['queues']}); "
         f"after draining: {result['drained']['backlog']}")
     say(f"accepted {result['accepted']} of {n} at {result['accepted_per_s']:.0f}/s, delivered "
