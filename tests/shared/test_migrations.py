@@ -92,3 +92,13 @@ async def test_least_privilege_roles_exist_with_narrow_grants(scratch_db: str) -
     assert {p for g, t, p in grants if t == "policy.console_sessions"
             and g == "mailexec_policy"} == {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert {g for g, t, _ in grants if t == "policy.console_sessions"} == {"mailexec_policy"}
+    # retention (0008): the notifier may change one column of mail.recipients, no more;
+    # ingest may delete the queue actions it purges
+    columns = {(r["grantee"], r["t"], r["privilege_type"]) for r in await _fetch(
+        scratch_db,
+        "SELECT grantee, table_schema || '.' || table_name || '.' || column_name AS t, "
+        "privilege_type FROM information_schema.column_privileges "
+        "WHERE grantee = 'mailexec_notifier' AND privilege_type = 'UPDATE' "
+        "AND table_schema = 'mail'")}
+    assert columns == {("mailexec_notifier", "mail.recipients.notifier_pending", "UPDATE")}
+    assert ("mailexec_ingest", "mail.queue_actions", "DELETE") in grants
