@@ -284,3 +284,33 @@ async def test_every_purge_statement_walks_an_index(conn: asyncpg.Connection) ->
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
         assert "Seq Scan on messages" not in plan, f"{name}:\n{plan}"
         assert "Seq Scan on recipients" not in plan, f"{name}:\n{plan}"
+
+
+async def test_the_purges_run_with_their_services_least_privilege_roles(
+        conn: asyncpg.Connection) -> None:
+    """Every purge statement, and the notifier's hand-over, works under the role of the
+    service that runs it (the grants of 0001 and 0008; the cascade to recipients and
+    program runs runs as the table owner)."""
+    from sqlalchemy import text
+
+    from services.notifier import retention as notifier_retention
+
+    mid = await message(conn, {"state": "bounced", "final_days_ago": 40, "pending": ["bounce"]},
+                        received_days_ago=41)
+    async with session_scope() as session:
+        await session.execute(text("SET LOCAL ROLE mailexec_notifier"))
+        await notifier_repo.handled(session, [(mid, "r0@example.org", "bounce")])
+        for sql in (notifier_retention._CONTENT_VICTIMS, notifier_retention._DELETE_NOTIFICATIONS,
+                    notifier_retention._DELETE_SEEN, notifier_retention._OLDEST):
+            await session.execute(text(sql), {"batch": 10, "keep_s": 86400})
+        await session.execute(text(notifier_retention._CLEAR_CONTENT),
+                              {"ids": [uuid.uuid4()], "reported": [None]})
+    assert await conn.fetchval("SELECT notifier_pending FROM mail.recipients "
+                               "WHERE message_id = $1", mid) is None
+    for sql, args in [(retention.RELEASE_BODIES, ([mid],)), (retention.DISCARD, (mid,)),
+                      (retention.DELETE_RECORDS, ([mid], 30)),
+                      (retention.DELETE_UNBOUND_ACTIONS, (30, 10)), (retention.GAUGES, ())]:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE mailexec_ingest")
+            await conn.fetch(sql, *args)
+    assert await conn.fetchval("SELECT count(*) FROM mail.messages") == 0
