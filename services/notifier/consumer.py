@@ -181,8 +181,6 @@ class EventConsumer:
             for e in unique:
                 if e.event_id in fresh:
                     groups.setdefault((e.message_id, e.kind), []).append(e)
-            # whatever becomes of them below, these no longer hold the message's body
-            await repo.handled(session, pending_handled(e for e in unique if e.event_id in fresh))
             merged = [(rules.merge(events), events) for events in groups.values()]
             delayed = [e.message_id for e, _ in merged if e.kind == "delayed" and e.message_id]
             if delayed:
@@ -220,6 +218,9 @@ class EventConsumer:
                 stored.append((row, event))
                 stored_events.update(e.event_id for e in events)
             await repo.insert_notifications(session, [row for row, _ in stored])
+            # rendered (or found not to be wanted after all): these no longer hold the
+            # message's body — last, so the recipients' rows are locked only for the commit
+            await repo.handled(session, pending_handled(e for e in unique if e.event_id in fresh))
         for row, event in stored:
             metrics.DSNS.labels(kind=event.kind, state="pending").inc()
             log.info(
@@ -270,8 +271,6 @@ class EventConsumer:
             trial = self._limiter.copy()
             async with session_scope() as session:
                 fresh = await repo.mark_seen(session, [i.event.event_id for i in items])
-                await repo.handled(session, pending_handled(
-                    i.event for i in items if i.event.event_id in fresh))
                 heads: dict[uuid.UUID, bytes | None] = {}
                 done: set[uuid.UUID] = set()
                 for item in items:
@@ -310,6 +309,9 @@ class EventConsumer:
                             event_ids=[event.event_id],
                         )
                     outcomes.append((item, key, decision, nid))
+                # stored or rate-limited: these notices no longer hold the message's body
+                await repo.handled(session, pending_handled(
+                    i.event for i in items if i.event.event_id in fresh))
             self._limiter = trial  # committed: the decisions stand
         stored = False
         for item, key, outcome, nid in outcomes:
