@@ -28,6 +28,7 @@ import pytest
 
 from services.ingest.publish_outbox import job_body
 from shared import topology
+from tests.cli.helpers import mx
 from tests.conftest import db_conn
 from tests.executor.helpers import ADMIN, MTA, Homes, Pipeline, message
 from tests.notifier.conftest import SmtpSink
@@ -91,6 +92,8 @@ async def test_a_delivered_message_keeps_its_records_not_its_body(
     assert rcpt["state"] == "delivered"
     msg = await wait_body(pipe, mid, held=False)
     assert msg["size"] == len(body) and msg["recipients"][0]["programs"][0]["exit_status"] == 0
+    shown = mx(pipe.env, "messages", "show", mid)
+    assert shown.returncode == 0 and re.search(r"body\s+.*deleted", shown.stdout), shown.stdout
     assert await metric(ingest, "mailexec_retention_purged_total", '{kind="body"}') > before
     async with httpx.AsyncClient(timeout=5) as c:
         assert re.search(r"^mailexec_bodies_held \S+$", (await c.get(ingest + "/metrics")).text,
@@ -199,9 +202,10 @@ async def delete_while_suspended(pipe: Pipeline, address: str) -> None:
             await conn.close()
         await asyncio.sleep(1.0)
         assert (await pipe.message(dead))["body_held"] is True
-        r = await c.post(f"/v1/queue/{dead}/delete")
-        assert r.status_code == 200, r.text
-        assert r.json()["body_held"] is False and r.json()["changed"] == 0
+        cli = mx(pipe.env, "queue", "delete", dead)
+        assert cli.returncode == 0 and "body: deleted" in cli.stdout, cli.stdout
+        audit = (await c.get("/v1/queue/actions", params={"message_id": dead})).json()
+        assert audit["actions"][0]["detail"]["body_held"] is False
         r = await c.post(f"/v1/queue/dead/{dead}/requeue")
         assert r.status_code == 409 and "body has been deleted" in r.text
         r = await c.post(f"/v1/queue/{dead}/delete")
