@@ -205,6 +205,27 @@ class Broker:
         self.exchanges = {}
 
 
+CANCEL_TIMEOUT_S = 2.0
+
+
+async def cancel_consumer(queue: Any, tag: str, timeout: float = CANCEL_TIMEOUT_S) -> None:
+    """Stop a consumer at shutdown without ever hanging on it.
+
+    After the connection was lost and restored, basic.cancel on the restored channel can
+    wait for a CancelOk that never comes: a graceful stop then hung until it was killed
+    (15 s in the tests, ``terminationGracePeriodSeconds`` in Kubernetes). Giving up is
+    safe: closing the connection next ends the consumer, and every unacknowledged job
+    goes back to its queue.
+    """
+    try:
+        await asyncio.wait_for(queue.cancel(tag), timeout)
+    except TimeoutError:
+        log.warning("the broker did not confirm the consumer's cancel in time; closing "
+                    "the connection ends it", extra={"timeout_s": timeout})
+    except (AMQPError, RuntimeError, OSError) as exc:
+        log.warning("could not cancel the consumer", extra={"error": str(exc)[:300]})
+
+
 def redact(url: str) -> str:
     """A URL with its password replaced, for logs and errors."""
     if "@" not in url or "://" not in url:

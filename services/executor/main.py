@@ -55,7 +55,7 @@ from services.executor.repo import Repo
 from services.executor.sandbox import Sandbox
 from services.executor.worker import Worker
 from shared import topology
-from shared.amqp import Broker
+from shared.amqp import Broker, cancel_consumer
 from shared.httpapp import create_app
 from shared.policy_client import PolicyClient
 from shared.service import http_server, listen, refuse, run_service
@@ -200,10 +200,7 @@ async def serve(settings: Settings, store: ProgramStore, sandbox: Sandbox) -> in
 
     await stop.wait()
     log.info("executor stopping: no new jobs; waiting for the ones running")
-    try:
-        await jobs_q.cancel(jobs_tag)
-    except Exception:
-        pass
+    await cancel_consumer(jobs_q, jobs_tag)
     await worker.drain(SHUTDOWN_GRACE_S)
     server.should_exit = True
     await asyncio.gather(http_task, return_exceptions=True)

@@ -21,7 +21,7 @@ from services.notifier.retention import Purger
 from services.notifier.smtp import SmtpTarget, parse_smtp_url
 from services.notifier.smtp_outbox import Sender
 from shared import topology
-from shared.amqp import Broker, redact
+from shared.amqp import Broker, cancel_consumer, redact
 from shared.db import ping
 from shared.errors import Unavailable
 from shared.policy_client import NoticeSettingsReader
@@ -94,10 +94,7 @@ class Runtime:
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except (AMQPError, RuntimeError, OSError) as exc:
-                log.warning("could not cancel the consumer", extra={"error": str(exc)[:300]})
+            await cancel_consumer(self._queue, self._consumer_tag)
         try:
             await asyncio.wait_for(self.consumer.aggregator.flush_all(), timeout=10.0)
         except TimeoutError:
