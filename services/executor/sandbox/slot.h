@@ -187,6 +187,29 @@ static int slot_run(const struct slot_env *env, const struct slot_request *q,
     return status;
 }
 
+/* The fds a received message carries (SCM_RIGHTS), at most `max` into `fds` (any more
+ * are closed); returns how many. Shared by the spawner and its slots. */
+static int received_fds(struct msghdr *msg, int *fds, int max)
+{
+    int n = 0;
+
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int count = (int) ((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+            for (int i = 0; i < count; i++) {
+                int fd;
+
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (n < max)
+                    fds[n++] = fd;
+                else
+                    close(fd);
+            }
+        }
+    return n;
+}
+
 /* Read one forwarded request; 0 on EOF (the spawner is gone or closing). */
 static int slot_receive(int sock, char *buf, size_t size, struct slot_request *q)
 {
@@ -194,7 +217,7 @@ static int slot_receive(int sock, char *buf, size_t size, struct slot_request *q
     struct iovec iov = {buf, size};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
                          .msg_control = u.buf, .msg_controllen = sizeof u.buf};
-    int nfds = 0;
+    int nfds;
     ssize_t n;
 
     do
@@ -204,20 +227,7 @@ static int slot_receive(int sock, char *buf, size_t size, struct slot_request *q
         return 0;
     for (int i = 0; i < SLOT_MAX_FDS; i++)
         q->fds[i] = -1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int count = (int) ((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-            for (int i = 0; i < count; i++) {
-                int fd;
-
-                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (nfds < SLOT_MAX_FDS)
-                    q->fds[nfds++] = fd;
-                else
-                    close(fd);
-            }
-        }
+    nfds = received_fds(&msg, q->fds, SLOT_MAX_FDS);
     /* the spawner sends exactly this shape; anything else means it is not the spawner */
     if ((size_t) n < sizeof *q->rq || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfds < 4)
         _exit(124);

@@ -428,7 +428,7 @@ static int serve_requests(void)
         struct iovec iov = {buf, sizeof buf};
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
                              .msg_control = u.buf, .msg_controllen = sizeof u.buf};
-        int fds[MAX_FDS], nfds = 0;
+        int fds[MAX_FDS], nfds;
         struct req_spawn rq;
         ssize_t n = recvmsg(SOCK_FD, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 
@@ -436,20 +436,7 @@ static int serve_requests(void)
             return errno == EAGAIN || errno == EINTR ? 1 : 0;
         if (n == 0)
             return 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-                int count = (int) ((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-                for (int i = 0; i < count; i++) {
-                    int fd;
-
-                    memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                    if (nfds < MAX_FDS)
-                        fds[nfds++] = fd;
-                    else
-                        close(fd);
-                }
-            }
+        nfds = received_fds(&msg, fds, MAX_FDS);
         if ((size_t) n >= sizeof rq && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
             memcpy(&rq, buf, sizeof rq);
             if (rq.op == OP_SPAWN)
