@@ -39,6 +39,7 @@ from services.notifier.notice_limits import (
 )
 from services.notifier.notice_render import render_admin_notice
 from shared.db import session_scope
+from shared.errors import Unavailable
 from shared.notify import reads_original
 from shared.policy_client import NoticeSettingsReader
 from shared.schemas import Event, EventRef
@@ -73,6 +74,22 @@ def pending_handled(events: Iterable[Event]) -> list[tuple[uuid.UUID, str, str]]
     the first time: a duplicate must not release a body a newer event still needs."""
     return [(e.message_id, r.address, e.kind) for e in events
             if e.message_id is not None and reads_original(e) for r in e.recipients]
+
+
+async def clear_pending_later(done: list[tuple[uuid.UUID, str, str]]) -> None:
+    """:func:`repo.handled` in transactions of its own, after the notifications were
+    stored without it (their rows were busy). A few tries; then the flags stay and the
+    bodies with them until ingest purges the messages' records."""
+    for attempt in range(1, 4):
+        try:
+            async with session_scope() as session:
+                if await repo.handled(session, done):
+                    return
+        except Unavailable:
+            pass
+        await asyncio.sleep(0.2 * attempt)
+    log.warning("notifications stored, but their messages' bodies stay marked as needed "
+                "until the records' retention", extra={"recipients": len(done)})
 
 
 def _event_ref(body: bytes) -> EventRef:
@@ -220,7 +237,8 @@ class EventConsumer:
             await repo.insert_notifications(session, [row for row, _ in stored])
             # rendered (or found not to be wanted after all): these no longer hold the
             # message's body — last, so the recipients' rows are locked only for the commit
-            await repo.handled(session, pending_handled(e for e in unique if e.event_id in fresh))
+            released = pending_handled(e for e in unique if e.event_id in fresh)
+            cleared = await repo.handled(session, released)
         for row, event in stored:
             metrics.DSNS.labels(kind=event.kind, state="pending").inc()
             log.info(
@@ -231,6 +249,8 @@ class EventConsumer:
             )
         if stored:
             self._on_stored()
+        if not cleared:
+            await clear_pending_later(released)
         for item in items:
             result = "stored" if item.event.event_id in stored_events else "duplicate_or_covered"
             metrics.EVENTS.labels(kind=item.event.kind, result=result).inc()
@@ -310,8 +330,8 @@ class EventConsumer:
                         )
                     outcomes.append((item, key, decision, nid))
                 # stored or rate-limited: these notices no longer hold the message's body
-                await repo.handled(session, pending_handled(
-                    i.event for i in items if i.event.event_id in fresh))
+                released = pending_handled(i.event for i in items if i.event.event_id in fresh)
+                cleared = await repo.handled(session, released)
             self._limiter = trial  # committed: the decisions stand
         stored = False
         for item, key, outcome, nid in outcomes:
@@ -331,5 +351,7 @@ class EventConsumer:
                 metrics.EVENTS.labels(kind="admin_notice", result="duplicate").inc()
         if stored:
             self._on_stored()
+        if not cleared:
+            await clear_pending_later(released)
         for item, *_ in outcomes:
             await settle(item.message, ack=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.notifier.rules import reported_recipients
@@ -189,27 +190,70 @@ async def load_original(session: AsyncSession, message_id: uuid.UUID, limit: int
     return None if row is None or row[0] is None else bytes(row[0])
 
 
-async def handled(session: AsyncSession, done: Iterable[tuple[uuid.UUID, str, str]]) -> None:
+# The rows are locked in one order (message, address, id: ingest's queue control locks a
+# message's recipients in the same) before they change, so two of these never deadlock.
+_HANDLED = """
+WITH t AS (
+    SELECT mid, addr, array_agg(kind) AS kinds
+    FROM unnest(CAST(:mids AS uuid[]), CAST(:addrs AS text[]), CAST(:kinds AS text[]))
+         AS x(mid, addr, kind)
+    GROUP BY mid, addr
+), target AS (
+    SELECT r.id, t.kinds FROM mail.recipients r
+    JOIN t ON r.message_id = t.mid AND r.address = t.addr
+    WHERE r.notifier_pending IS NOT NULL
+    ORDER BY r.message_id, r.address, r.id
+    FOR UPDATE OF r
+)
+UPDATE mail.recipients AS r
+   SET notifier_pending = nullif(ARRAY(SELECT k FROM unnest(r.notifier_pending) AS k
+                                       WHERE NOT (k = ANY(target.kinds))), '{}')
+  FROM target
+ WHERE r.id = target.id
+"""
+# deadlock_detected, lock_not_available (lock_timeout): another transaction held the rows
+_LOCK_CONFLICTS = frozenset({"40P01", "55P03"})
+
+
+async def handled(session: AsyncSession, done: Iterable[tuple[uuid.UUID, str, str]]) -> bool:
     """The notifications of these (message, recipient address, kind) are stored (or were
     decided against): take them off ``mail.recipients.notifier_pending`` (migration 0008),
     in the transaction that stores them, so ingest may delete the message's body once
-    nothing else needs it."""
+    nothing else needs it.
+
+    Under a savepoint with a short ``lock_timeout``: when the rows can't be had (a
+    deadlock with the executor's batched statements, which may hold a deferred
+    recipient's row), nothing changes here and False says so — the caller stores its
+    DSNs anyway and clears the flags in a transaction of its own. A flag left set only
+    keeps a body longer, it never loses a DSN."""
     rows = list(dict.fromkeys(done))
     if not rows:
-        return
-    await session.execute(
-        text(
-            "UPDATE mail.recipients AS r SET notifier_pending = nullif(ARRAY("
-            " SELECT k FROM unnest(r.notifier_pending) AS k WHERE NOT (k = ANY(t.kinds))"
-            "), '{}') "
-            "FROM (SELECT mid, addr, array_agg(kind) AS kinds FROM unnest("
-            " CAST(:mids AS uuid[]), CAST(:addrs AS text[]), CAST(:kinds AS text[])"
-            ") AS x(mid, addr, kind) GROUP BY mid, addr) AS t "
-            "WHERE r.message_id = t.mid AND r.address = t.addr AND r.notifier_pending IS NOT NULL"
-        ),
-        {"mids": [m for m, _, _ in rows], "addrs": [a for _, a, _ in rows],
-         "kinds": [k for _, _, k in rows]},
-    )
+        return True
+    try:
+        async with session.begin_nested():
+            await session.execute(text("SET LOCAL lock_timeout = '500ms'"))
+            await session.execute(
+                text(_HANDLED),
+                {"mids": [m for m, _, _ in rows], "addrs": [a for _, a, _ in rows],
+                 "kinds": [k for _, _, k in rows]},
+            )
+    except DBAPIError as exc:
+        if _sqlstate(exc) not in _LOCK_CONFLICTS:
+            raise
+        return False
+    return True
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        state = getattr(err, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        err = getattr(err, "orig", None) or err.__cause__
+    return None
 
 
 # A notification being sent is held by a session-level advisory lock on its id (the

@@ -112,6 +112,39 @@ async def test_a_purge_between_finalisation_and_rendering_keeps_the_returned_con
         await db.close()
 
 
+async def test_a_busy_recipient_row_never_holds_up_the_dsn(
+        conn: asyncpg.Connection, sink: SmtpSink, notifier: StartNotifier,
+        publish: Publish) -> None:
+    """The row whose flag the notifier clears is locked elsewhere (a deadlock-prone
+    moment): the DSN is stored and sent all the same, and the flag comes off once the row
+    is free — never the other way round."""
+    mid, rid = uuid.uuid4(), uuid.uuid4()
+    await store_message(mid, sender="alice@example.net", ret="FULL")
+    await conn.execute("INSERT INTO mail.recipients (id, message_id, address, account, state, "
+                       "final_at, notifier_pending) VALUES ($1, $2, $3, $3, 'bounced', now(), "
+                       "'{bounce}')", rid, mid, BOB)
+    locker = await db_conn()
+    tx = locker.transaction()
+    await tx.start()
+    try:
+        await locker.execute("SELECT 1 FROM mail.recipients WHERE id = $1 FOR UPDATE", rid)
+        await notifier(sink.url, **QUIET)
+        await publish(make_event("bounce", mid, [recipient(BOB)], ret="FULL"))
+        await wait_for(lambda: sink.received, what="the DSN, its row busy")
+        assert b"BODY-MARKER-LINE" in sink.received[0].data
+        assert await conn.fetchval("SELECT notifier_pending FROM mail.recipients WHERE id = $1",
+                                   rid) == ["bounce"]
+    finally:
+        await tx.rollback()
+        await locker.close()
+
+    async def cleared() -> bool:
+        return await conn.fetchval("SELECT notifier_pending IS NULL FROM mail.recipients "
+                                   "WHERE id = $1", rid)  # type: ignore[no-any-return]
+
+    await wait_for(cleared, timeout=5, what="the flag cleared once the row was free")
+
+
 async def test_content_goes_once_sent_and_stays_while_a_send_is_retried(
         conn: asyncpg.Connection, sink: SmtpSink, notifier: StartNotifier,
         publish: Publish) -> None:
