@@ -7,7 +7,8 @@ Why ingest: it owns ``mail``. The decision "may this body go" is made here and o
 **Bodies** go as soon as nobody needs them: every recipient is final (delivered,
 bounced, deleted) and none has a notification pending (``notifier_pending``: set in
 the transaction that made it final, by ``shared.notify``'s rule, and cleared by the
-notifier in the transaction that stores the DSN or notice it rendered — so a purge
+notifier in the transaction that stores the DSN or notice it rendered, or right after it
+when those rows are busy (``services/notifier/repo.py`` ``handled``) — so a purge
 that runs between the two finds the flag and keeps the body, and a DSN's returned
 content is never lost; an outcome that owes no DSN sets nothing, so its body goes at the
 next pass). One exception: a recipient the dead-letter handler ended keeps its message's
