@@ -245,6 +245,13 @@ class Transaction:
     data: bytes = b""
 
 
+class _ReusableTCPServer(socketserver.ThreadingTCPServer):
+    """SO_REUSEADDR: a test binds the same fixed port again right after closing it, while
+    the previous session's socket may still be in TIME_WAIT (seen in CI: EADDRINUSE)."""
+
+    allow_reuse_address = True
+
+
 class LmtpServer:
     """Records what the MTA sends. RCPT replies by local part: gone@ 550 5.1.1, down@ 451 4.3.0."""
 
@@ -260,7 +267,7 @@ class LmtpServer:
         if unix_path is not None:
             self.server = socketserver.ThreadingUnixStreamServer(str(unix_path), Handler)
         else:
-            self.server = socketserver.ThreadingTCPServer(("127.0.0.1", tcp_port or 0), Handler)
+            self.server = _ReusableTCPServer(("127.0.0.1", tcp_port or 0), Handler)
         self.server.daemon_threads = True  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
