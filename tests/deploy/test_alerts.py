@@ -26,6 +26,7 @@ ALERT_NAMES = {
     "MailexecExecutorDown",
     "MailexecSandboxFailing",
     "MailexecDsnOutboxStuck",
+    "MailexecRetentionFailing",
 }
 # Metrics from outside mailexec: RabbitMQ's prometheus plugin (per-object) and Prometheus.
 FOREIGN = {"rabbitmq_queue_messages_ready", "rabbitmq_queue_consumers", "up"}
@@ -48,7 +49,7 @@ def test_one_source_for_prometheus_and_the_chart() -> None:
 def exported_metrics() -> set[str]:
     """Names the services register (prometheus_client collectors, custom collectors)."""
     names: set[str] = set()
-    for path in [*ROOT.glob("services/*/metrics.py"), ROOT / "shared" / "metrics.py"]:
+    for path in [*ROOT.glob("services/*/metrics.py"), *ROOT.glob("shared/*metrics.py")]:
         if path.exists():
             names |= set(re.findall(r"\"(mailexec_[a-z_]+)\"", path.read_text()))
     return names
