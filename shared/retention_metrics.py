@@ -9,7 +9,12 @@ Imported only by the purgers, so never before ingest's supervisor has set
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import Counter, Gauge
+
+from shared.periodic import Periodic
 
 RETENTION_PURGED = Counter(
     "mailexec_retention_purged_total",
@@ -33,3 +38,24 @@ RETENTION_RUNS = Counter(
     "Retention purge passes, by result (ok; error: logged, tried again next interval)",
     ["result"],
 )
+
+
+def purge_task(name: str, step: Callable[[], Awaitable[object]], interval_s: float) -> Periodic:
+    """The background task of a service's purge: ``step`` every ``interval_s``, a failed
+    pass counted as ``error`` (and logged by :class:`Periodic`)."""
+    return Periodic(name, step, interval_s,
+                    on_error=lambda _: RETENTION_RUNS.labels("error").inc())
+
+
+async def finish_pass(done: dict[str, int], refresh: Callable[[], Awaitable[None]],
+                      log: logging.Logger) -> None:
+    """The end of a pass: its rows per kind counted, the age gauges refreshed, the pass
+    counted ``ok`` (a failed refresh fails the pass, its rows stay counted), logged when it
+    purged anything."""
+    for kind, n in done.items():
+        if n:
+            RETENTION_PURGED.labels(kind).inc(n)
+    await refresh()
+    RETENTION_RUNS.labels("ok").inc()
+    if any(done.values()):
+        log.info("retention purge", extra={"purged": done})

@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 
-from shared.periodic import Periodic
 from shared.policy_client import PolicyClient, PolicyUnavailable
-from shared.retention_metrics import RETENTION_OLDEST, RETENTION_PURGED, RETENTION_RUNS
+from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task
 from shared.settings import Settings
 from shared.states import FINAL_STATES
 
@@ -166,9 +166,8 @@ class Purger:
         self.retention_days: int | None = None  # the last value policy gave
         self.bodies = Sweep()
         self.records = Sweep()
-        self.periodic = Periodic("ingest retention", self.run_once,
-                                 settings.retention_interval_s,
-                                 on_error=lambda _: RETENTION_RUNS.labels("error").inc())
+        self.periodic = purge_task("ingest retention", self.run_once,
+                                   settings.retention_interval_s)
 
     def start(self) -> None:
         self.periodic.start()
@@ -183,13 +182,7 @@ class Purger:
         days = await self._retention_days()
         if days is not None:
             done["message"], done["queue_action"] = await self.purge_records(days)
-        for kind, n in done.items():
-            if n:
-                RETENTION_PURGED.labels(kind).inc(n)
-        await self.refresh_gauges()
-        RETENTION_RUNS.labels("ok").inc()
-        if any(done.values()):
-            log.info("retention purge", extra={"purged": done})
+        await finish_pass(done, self.refresh_gauges, log)
         return done
 
     async def _retention_days(self) -> int | None:
@@ -203,38 +196,21 @@ class Purger:
 
     async def release_bodies(self) -> int:
         """Delete every body nobody needs any more (:data:`RELEASABLE`)."""
-        total = 0
-        for _ in range(MAX_WINDOWS):
-            async with self.db.connection() as conn:
-                window = await conn.fetch(BODY_CANDIDATES, *self.bodies.at, self.batch)
-                if window:
-                    async with conn.transaction():
-                        await conn.execute(LOCK_TIMEOUT)
-                        gone = await conn.fetch(RELEASE_BODIES, [r["id"] for r in window])
-                    total += len(gone)
-            if len(window) < self.batch:
-                self.bodies.reset()
-                break
-            self.bodies.at = (window[-1]["received_at"], window[-1]["id"])
+        async def release(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> tuple[int, ...]:
+            return (len(await conn.fetch(RELEASE_BODIES, ids)),)
+
+        (total,) = await self._walk(self.bodies, BODY_CANDIDATES, (), release)
         return total
 
     async def purge_records(self, days: int) -> tuple[int, int]:
         """Delete the records of messages final for more than ``days`` days, and the old
         queue actions bound to no message; (messages, queue actions) deleted."""
-        messages = actions = 0
-        for _ in range(MAX_WINDOWS):
-            async with self.db.connection() as conn:
-                window = await conn.fetch(RECORD_CANDIDATES, days, *self.records.at, self.batch)
-                if window:
-                    async with conn.transaction():
-                        await conn.execute(LOCK_TIMEOUT)
-                        row = await conn.fetchrow(DELETE_RECORDS, [r["id"] for r in window], days)
-                    messages += int(row["messages"])
-                    actions += int(row["actions"])
-            if len(window) < self.batch:
-                self.records.reset()
-                break
-            self.records.at = (window[-1]["received_at"], window[-1]["id"])
+        async def delete(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> tuple[int, ...]:
+            row = await conn.fetchrow(DELETE_RECORDS, ids, days)
+            return int(row["messages"]), int(row["actions"])
+
+        messages, actions = await self._walk(self.records, RECORD_CANDIDATES, (days,), delete,
+                                             counts=2)
         for _ in range(MAX_WINDOWS):
             async with self.db.connection() as conn, conn.transaction():
                 await conn.execute(LOCK_TIMEOUT)
@@ -243,6 +219,28 @@ class Purger:
             if n < self.batch:
                 break
         return messages, actions
+
+    async def _walk(
+        self, sweep: Sweep, candidates: str, args: tuple[object, ...],
+        act: Callable[[asyncpg.Connection, list[uuid.UUID]], Awaitable[tuple[int, ...]]],
+        counts: int = 1,
+    ) -> tuple[int, ...]:
+        """Walk one kind's candidates from ``sweep`` a window at a time, each window acted
+        on in a short transaction of its own; the sums of what ``act`` counted."""
+        totals = [0] * counts
+        for _ in range(MAX_WINDOWS):
+            async with self.db.connection() as conn:
+                window = await conn.fetch(candidates, *args, *sweep.at, self.batch)
+                if window:
+                    async with conn.transaction():
+                        await conn.execute(LOCK_TIMEOUT)
+                        done = await act(conn, [r["id"] for r in window])
+                    totals = [t + n for t, n in zip(totals, done, strict=True)]
+            if len(window) < self.batch:
+                sweep.reset()
+                break
+            sweep.at = (window[-1]["received_at"], window[-1]["id"])
+        return tuple(totals)
 
     async def refresh_gauges(self) -> None:
         async with self.db.connection() as conn:

@@ -40,9 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier.repo import DSN_KINDS, reported_of
 from shared.db import session_scope
-from shared.periodic import Periodic
 from shared.policy_client import NoticeSettingsReader
-from shared.retention_metrics import RETENTION_OLDEST, RETENTION_PURGED, RETENTION_RUNS
+from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task
 from shared.settings import Settings
 
 log = logging.getLogger("mailexec.notifier.retention")
@@ -118,9 +117,8 @@ class Purger:
     def __init__(self, settings: Settings, policy: NoticeSettingsReader) -> None:
         self.batch = max(1, settings.retention_batch)
         self.policy = policy
-        self.periodic = Periodic("notifier retention", self.run_once,
-                                 settings.retention_interval_s,
-                                 on_error=lambda _: RETENTION_RUNS.labels("error").inc())
+        self.periodic = purge_task("notifier retention", self.run_once,
+                                   settings.retention_interval_s)
 
     def start(self) -> None:
         self.periodic.start()
@@ -139,13 +137,7 @@ class Purger:
                 lambda s: self._delete(s, _DELETE_NOTIFICATIONS, keep.notifications_s))
             done["seen_event"] = await self._batches(
                 lambda s: self._delete(s, _DELETE_SEEN, keep.seen_events_s))
-        for kind, n in done.items():
-            if n:
-                RETENTION_PURGED.labels(kind).inc(n)
-        await self.refresh_oldest()
-        RETENTION_RUNS.labels("ok").inc()
-        if any(done.values()):
-            log.info("retention purge", extra={"purged": done})
+        await finish_pass(done, self.refresh_oldest, log)
         return done
 
     async def refresh_oldest(self) -> None:
