@@ -116,7 +116,9 @@ async def list_actions(
     principal: AdminDep,
     runtime: RuntimeDep,
     message_id: Annotated[str | None, Query()] = None,
-    before: Annotated[int | None, Query(description="id: the next page")] = None,
+    # an action's id (bigserial): anything outside int8 is a client's mistake, not a 500
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                                        description="id: the next page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Response:
     rows = await runtime.queue.actions(
