@@ -264,7 +264,7 @@ class Pipeline:
 
     def reset(self) -> None:
         """Empty the mail tables and the counter between runs (the pipeline is idle)."""
-        pg("TRUNCATE mail.messages, mail.recipients, mail.program_runs, "
+        pg("TRUNCATE mail.messages, mail.bodies, mail.recipients, mail.program_runs, "
            "notifier.notifications, notifier.seen_events CASCADE")
         self.counter.reset()
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge
 
 from shared.periodic import Periodic
+from shared.settings import get_settings
 
 RETENTION_PURGED = Counter(
     "mailexec_retention_purged_total",
@@ -59,3 +60,11 @@ async def finish_pass(done: dict[str, int], refresh: Callable[[], Awaitable[None
     RETENTION_RUNS.labels("ok").inc()
     if any(done.values()):
         log.info("retention purge", extra={"purged": done})
+
+
+def record_keep_s(record_retention_days: int) -> float:
+    """Seconds a final message's records (and the notifier's records) are kept: the
+    policy's ``record_retention_days``, or ``MAILEXEC_RECORD_RETENTION_S`` where a test
+    install set it (shared/settings.py)."""
+    override = get_settings().record_retention_s
+    return float(override) if override is not None else record_retention_days * 86400.0

@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     # batches with SKIP LOCKED: a delivery never waits for a purge).
     retention_interval_s: float = 60.0
     retention_batch: int = 500
+    # Test installs only (``make soak``): keep records this many seconds instead of the
+    # policy's record_retention_days (1 day at least), so that a run of minutes sees
+    # records expire and the database reach its steady size. Unset in production.
+    record_retention_s: float | None = None
 
     log_level: str = "info"
 

@@ -121,7 +121,7 @@ async def _truncate() -> None:
     try:
         await conn.execute(
             "TRUNCATE policy.programs, policy.accounts, policy.tokens, policy.audit, "
-            "mail.messages, mail.recipients, mail.program_runs, mail.queue_actions, "
+            "mail.messages, mail.bodies, mail.recipients, mail.program_runs, mail.queue_actions, "
             "notifier.notifications, "
             "notifier.seen_events CASCADE; UPDATE policy.settings SET data = '{}'::jsonb"
         )

@@ -80,6 +80,9 @@ SELECT id FROM u
 """
 
 
+BODY_CHUNKS = "SELECT chunk FROM mail.bodies WHERE message_id = $1 ORDER BY off"
+
+
 @dataclass(frozen=True)
 class ClaimRequest:
     job_id: uuid.UUID
@@ -309,6 +312,8 @@ class Repo:
         return [u.job_id in done for u in ups]
 
     # --- message bodies, shared by concurrent jobs of one message ------------------------
+    # (mail.bodies, migration 0009: the chunk rows of a body in offset order, joined here
+    # rather than by string_agg in PostgreSQL, which would copy the body once more there)
 
     @contextlib.asynccontextmanager
     async def message_body(self, message_id: uuid.UUID, size: int) -> AsyncIterator[bytes]:
@@ -321,12 +326,11 @@ class Repo:
             try:
                 self._budget[message_id] = await self.body_budget.acquire(size)
                 async with self._conn() as conn:
-                    body = await conn.fetchval(
-                        "SELECT body FROM mail.messages WHERE id = $1", message_id
-                    )
-                if body is None:
+                    rows = await conn.fetch(BODY_CHUNKS, message_id)
+                if not rows:
                     raise Unavailable(f"message {message_id} has no stored body", code="no_body")
-                fut.set_result(bytes(body))
+                fut.set_result(b"".join([r[0] for r in rows]))
+                del rows
             except BaseException as exc:
                 fut.set_exception(exc)
                 fut.exception()  # the budget, if granted, is released below with the last ref

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -194,13 +195,14 @@ def parse_envelope(
     )
 
 
-def content_hash(envelope: Envelope, body: bytes) -> str:
+def content_hash(envelope: Envelope, body: Sequence[bytes]) -> str:
     """SHA-256 (hex) of everything a submission asks for: the key an Idempotency-Key is bound to.
 
     Covers the sender, every recipient with its NOTIFY and ORCPT, RET, ENVID, the
     message's NOTIFY and the body; recipients in address order (the same set given in
     another order is the same message). The envelope part is length-prefixed JSON, so
-    no two different submissions encode alike.
+    no two different submissions encode alike. ``body``: its pieces, as they arrived (the
+    same bytes in other pieces hash alike).
     """
     recipients = sorted(
         ([r.address, list(r.notify) if r.notify is not None else None, r.orcpt]
@@ -211,5 +213,6 @@ def content_hash(envelope: Envelope, body: bytes) -> str:
                          list(envelope.notify)])
     digest = hashlib.sha256(len(head).to_bytes(8, "big"))
     digest.update(head)
-    digest.update(body)
+    for piece in body:
+        digest.update(piece)
     return digest.hexdigest()

@@ -122,8 +122,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, read as it streams in; 411 without a length, 413 at ``limit``."""
+async def read_body(request: Request, limit: int) -> list[bytes]:
+    """The body, read as it streams in, in the pieces it arrived in (the one copy ingest
+    holds: they are stored as they are, never joined); 411 without a length, 413 at
+    ``limit``."""
     declared = request.headers.get("content-length")
     chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
     if declared is None and not chunked:
@@ -145,7 +147,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
     if size == 0:
         raise BadRequest("empty message body", code="empty_message")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks
 
 
 def _idempotency_key(raw: str | None) -> str | None:

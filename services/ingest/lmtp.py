@@ -642,7 +642,7 @@ class Session(asyncio.Protocol):
         self._flush()
         self.busy = True
         try:
-            accepted = await self.server.outbox.submit(envelope, unstuff(raw), None)
+            accepted = await self.server.outbox.submit(envelope, [unstuff(raw)], None)
         except Exception as exc:
             reason = exc.message if isinstance(exc, MailexecError) else "internal error"
             if not isinstance(exc, MailexecError):

@@ -188,8 +188,10 @@ class Outbox:
         if self._marker is not None:
             await asyncio.gather(self._marker, return_exceptions=True)
 
-    async def submit(self, envelope: Envelope, body: bytes, idempotency_key: str | None) -> Accepted:
-        """Store and queue one message; returns once every job is confirmed (or raises)."""
+    async def submit(self, envelope: Envelope, body: Sequence[bytes],
+                     idempotency_key: str | None) -> Accepted:
+        """Store and queue one message (``body``: its bytes in the pieces they arrived in,
+        never joined); returns once every job is confirmed (or raises)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Accepted] = loop.create_future()
         digest = content_hash(envelope, body) if idempotency_key is not None else None
@@ -232,14 +234,14 @@ class Outbox:
             if self._queue.qsize() < MAX_BATCH_MESSAGES - 1:
                 await asyncio.sleep(BATCH_LINGER_S)
             await self._slots.acquire()
-            batch, size = [first], len(first.message.body)
+            batch, size = [first], first.message.size
             while len(batch) < MAX_BATCH_MESSAGES and size < MAX_BATCH_BYTES:
                 try:
                     sub = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
                 batch.append(sub)
-                size += len(sub.message.body)
+                size += sub.message.size
             task = asyncio.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._batch_done)
@@ -286,12 +288,15 @@ class Outbox:
         jobs: list[tuple[_Submission, uuid.UUID, bytes]] = []
         for sub in batch:
             m = sub.message
+            size = m.size
+            inline = m.body_bytes() if size <= self.inline_limit else None
             for rid, address, notify, orcpt in zip(m.recipient_ids, m.addresses, m.notifies,
                                                    m.orcpts, strict=True):
                 body = job_body(
                     job_id=rid, message_id=m.id, recipient=address, sender=m.sender,
                     envid=m.envid, ret=m.ret, notify=notify.split(",") if notify else m.notify,
-                    arrival=m.received_at, size=len(m.body), body=m.body,
+                    arrival=m.received_at, size=size,
+                    body=inline,
                     inline_limit=self.inline_limit, orcpt=orcpt,
                 )
                 jobs.append((sub, rid, body))
@@ -331,7 +336,7 @@ class Outbox:
             if err is None:
                 metrics.MESSAGES_ACCEPTED.inc()
                 log.info("accepted", extra={"message_id": str(m.id), "sender": m.sender,
-                                            "recipients": list(m.addresses), "size": len(m.body)})
+                                            "recipients": list(m.addresses), "size": m.size})
                 self._finish(sub, Accepted(m.id, tuple(m.addresses)))
                 continue
             metrics.MESSAGES_REJECTED.labels(reason="broker").inc()

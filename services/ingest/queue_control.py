@@ -76,7 +76,7 @@ _SELECT = """
 SELECT r.id, r.message_id, r.address, r.orcpt, r.account, r.state, r.attempts,
        r.next_program, r.generation, r.dead_lettered_at IS NOT NULL AS dead,
        coalesce(r.notify, m.notify) AS notify, m.sender, m.envid, m.ret, m.size,
-       m.received_at, m.body IS NOT NULL AS body_held, m.discarded_at IS NOT NULL AS discarded
+       m.received_at, m.body_held, m.discarded_at IS NOT NULL AS discarded
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 """
 LOCK_MESSAGE = _SELECT + """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,9 @@ class NewMessage:
     envid: str | None
     ret: str | None
     notify: Sequence[str]
-    body: bytes
+    # the body as it arrived, in pieces (the HTTP request's chunks, an LMTP DATA): never
+    # joined into one more copy; :func:`body_rows` cuts them into mail.bodies rows
+    body: Sequence[bytes]
     idempotency_key: str | None
     received_at: datetime
     recipient_ids: Sequence[uuid.UUID]
@@ -45,19 +47,49 @@ class NewMessage:
     # envelope.content_hash of the submission when it has an Idempotency-Key, else None
     idempotency_hash: str | None = None
 
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.body)
+
+    def body_bytes(self) -> bytes:
+        """The body in one piece: a copy unless it arrived in one (small bodies only)."""
+        return self.body[0] if len(self.body) == 1 else b"".join(self.body)
+
+
+# Bytes of one mail.bodies row (migration 0009's CHUNK): the most a heap row holds
+# inline on an 8 KiB page, so a body is never TOASTed (nor compressed).
+BODY_CHUNK = 8000
+
+
+def body_rows(pieces: Sequence[bytes]) -> Iterator[tuple[int, memoryview]]:
+    """(byte offset, chunk) rows of a body given in pieces: views into the pieces, at
+    most :data:`BODY_CHUNK` bytes each, no copy (asyncpg encodes any buffer)."""
+    off = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), BODY_CHUNK):
+            part = view[start:start + BODY_CHUNK]
+            yield off, part
+            off += len(part)
+
 
 INSERT_BATCH = """
 WITH m AS (
     INSERT INTO mail.messages
-        (id, sender, envid, ret, notify, size, body, idempotency_key, received_at,
+        (id, sender, envid, ret, notify, size, idempotency_key, received_at,
          idempotency_hash)
-    SELECT x.id, x.sender, x.envid, x.ret, string_to_array(x.notify, ','), x.size, x.body,
+    SELECT x.id, x.sender, x.envid, x.ret, string_to_array(x.notify, ','), x.size,
            x.ikey, x.received_at, x.ihash
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                $7::bytea[], $8::text[], $9::timestamptz[], $16::text[])
-         AS x(id, sender, envid, ret, notify, size, body, ikey, received_at, ihash)
+                $8::text[], $9::timestamptz[], $16::text[])
+         AS x(id, sender, envid, ret, notify, size, ikey, received_at, ihash)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
+), b AS (
+    INSERT INTO mail.bodies (message_id, off, chunk)
+    SELECT z.message_id, z.off, z.chunk
+    FROM unnest($7::uuid[], $17::bigint[], $18::bytea[]) AS z(message_id, off, chunk)
+    JOIN m ON m.id = z.message_id
 ), r AS (
     INSERT INTO mail.recipients (id, message_id, address, account, notify, orcpt)
     SELECT y.id, y.message_id, y.address, y.account, string_to_array(y.notify, ','), y.orcpt
@@ -70,7 +102,14 @@ SELECT id FROM m
 
 MARK_PUBLISHED = "UPDATE mail.recipients SET published = true WHERE id = ANY($1::uuid[]) AND NOT published"
 
-DELETE_MESSAGES = "DELETE FROM mail.messages WHERE id = ANY($1::uuid[])"
+DELETE_MESSAGES = """
+WITH b AS (DELETE FROM mail.bodies WHERE message_id = ANY($1::uuid[]))
+DELETE FROM mail.messages WHERE id = ANY($1::uuid[])
+"""
+
+# A message's body in one piece (small ones only: the relay's inline jobs)
+JOINED_BODY = """(SELECT string_agg(b.chunk, ''::bytea ORDER BY b.off)
+                  FROM mail.bodies b WHERE b.message_id = m.id)"""
 
 FIND_BY_KEY = """
 SELECT m.id, m.idempotency_hash, coalesce(bool_and(r.published), true) AS all_published,
@@ -84,7 +123,7 @@ GROUP BY m.id, m.idempotency_hash
 RELAY_SELECT = """
 SELECT r.id, r.message_id, r.address, r.orcpt, r.state, r.attempts, r.next_program,
        r.generation, m.sender, m.envid, m.ret, coalesce(r.notify, m.notify) AS notify, m.size, m.received_at,
-       CASE WHEN m.size <= $2 THEN m.body END AS body
+       CASE WHEN m.size <= $2 AND m.body_held THEN """ + JOINED_BODY + """ END AS body
 FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id
 WHERE NOT r.published AND r.created_at < now() - make_interval(secs => $1)
 ORDER BY r.created_at
@@ -95,8 +134,7 @@ FOR UPDATE OF r SKIP LOCKED
 COUNT_UNPUBLISHED = "SELECT count(*) FROM mail.recipients WHERE NOT published"
 
 GET_MESSAGE = """
-SELECT id, sender, envid, ret, notify, size, received_at, idempotency_key,
-       body IS NOT NULL AS body_held
+SELECT id, sender, envid, ret, notify, size, received_at, idempotency_key, body_held
 FROM mail.messages WHERE id = $1
 """
 
@@ -230,13 +268,18 @@ class Database:
 
         A message whose Idempotency-Key already exists is skipped (with its recipients).
         """
-        cols: list[list[Any]] = [[] for _ in range(16)]
+        cols: list[list[Any]] = [[] for _ in range(18)]
         for m in messages:
             for i, v in enumerate(
-                (m.id, m.sender, m.envid, m.ret, ",".join(m.notify), len(m.body), m.body,
-                 m.idempotency_key, m.received_at)
+                (m.id, m.sender, m.envid, m.ret, ",".join(m.notify), m.size)
             ):
                 cols[i].append(v)
+            cols[7].append(m.idempotency_key)
+            cols[8].append(m.received_at)
+            for off, chunk in body_rows(m.body):  # $7: the chunk's message, $17, $18
+                cols[6].append(m.id)
+                cols[16].append(off)
+                cols[17].append(chunk)
             cols[9].extend(m.recipient_ids)
             cols[10].extend([m.id] * len(m.recipient_ids))
             cols[11].extend(m.addresses)

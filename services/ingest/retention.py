@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from shared.policy_client import PolicyClient, PolicyUnavailable
-from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task
+from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task, record_keep_s
 from shared.settings import Settings
 from shared.states import FINAL_STATES
 
@@ -75,33 +75,43 @@ RELEASABLE = _nobody_needs_body(dead_letters_hold=True)
 # and its body goes now unless a notification still needs it (then at the purge's next
 # pass after the notifier rendered it). Nothing when a recipient is still running.
 DISCARD = f"""
-UPDATE mail.messages AS m
-   SET discarded_at = coalesce(m.discarded_at, now()),
-       body = CASE WHEN {_nobody_needs_body(dead_letters_hold=False)} THEN NULL ELSE m.body END
- WHERE m.id = $1
-   AND NOT EXISTS (SELECT 1 FROM mail.recipients r
-                   WHERE r.message_id = m.id AND r.state NOT IN {_FINAL})
-RETURNING m.body IS NOT NULL AS body_held
+WITH d AS (
+    UPDATE mail.messages AS m
+       SET discarded_at = coalesce(m.discarded_at, now()),
+           body_held = m.body_held AND NOT {_nobody_needs_body(dead_letters_hold=False)}
+     WHERE m.id = $1
+       AND NOT EXISTS (SELECT 1 FROM mail.recipients r
+                       WHERE r.message_id = m.id AND r.state NOT IN {_FINAL})
+    RETURNING m.id, m.body_held
+), b AS (
+    DELETE FROM mail.bodies WHERE message_id IN (SELECT id FROM d WHERE NOT body_held)
+)
+SELECT body_held FROM d
 """
 
 BODY_CANDIDATES = """
 SELECT id, received_at FROM mail.messages
-WHERE body IS NOT NULL AND (received_at, id) > ($1, $2)
+WHERE body_held AND (received_at, id) > ($1, $2)
 ORDER BY received_at, id
 LIMIT $3
 """
 
 RELEASE_BODIES = f"""
-UPDATE mail.messages SET body = NULL
-WHERE id IN (SELECT m.id FROM mail.messages m
-             WHERE m.id = ANY($1::uuid[]) AND m.body IS NOT NULL AND {RELEASABLE}
-             FOR UPDATE OF m SKIP LOCKED)
-RETURNING id
+WITH released AS (
+    UPDATE mail.messages SET body_held = false
+    WHERE id IN (SELECT m.id FROM mail.messages m
+                 WHERE m.id = ANY($1::uuid[]) AND m.body_held AND {RELEASABLE}
+                 FOR UPDATE OF m SKIP LOCKED)
+    RETURNING id
+), b AS (
+    DELETE FROM mail.bodies WHERE message_id IN (SELECT id FROM released)
+)
+SELECT id FROM released
 """
 
 RECORD_CANDIDATES = """
 SELECT id, received_at FROM mail.messages
-WHERE received_at < now() - make_interval(days => $1) AND (received_at, id) > ($2, $3)
+WHERE received_at < now() - make_interval(secs => $1) AND (received_at, id) > ($2, $3)
 ORDER BY received_at, id
 LIMIT $4
 """
@@ -115,10 +125,12 @@ WITH victims AS (
       AND NOT EXISTS (SELECT 1 FROM mail.recipients r
                       WHERE r.message_id = m.id
                         AND (r.state NOT IN {_FINAL} OR r.final_at IS NULL
-                             OR r.final_at >= now() - make_interval(days => $2)))
+                             OR r.final_at >= now() - make_interval(secs => $2)))
     FOR UPDATE OF m SKIP LOCKED
 ), gone AS (
     DELETE FROM mail.messages WHERE id IN (SELECT id FROM victims) RETURNING id
+), b AS (  -- none normally: a body goes long before its records
+    DELETE FROM mail.bodies WHERE message_id IN (SELECT id FROM victims)
 ), actions AS (
     DELETE FROM mail.queue_actions WHERE message_id IN (SELECT id FROM gone) RETURNING id
 )
@@ -130,7 +142,7 @@ DELETE_UNBOUND_ACTIONS = """
 DELETE FROM mail.queue_actions WHERE id IN (
     SELECT id FROM mail.queue_actions
     WHERE message_id IS NULL AND NOT events_pending
-      AND at < now() - make_interval(days => $1)
+      AND at < now() - make_interval(secs => $1)
     ORDER BY at
     LIMIT $2
     FOR UPDATE SKIP LOCKED)
@@ -138,9 +150,9 @@ DELETE FROM mail.queue_actions WHERE id IN (
 
 # each reads one index (messages_body_held, messages_received)
 GAUGES = """
-SELECT (SELECT count(*) FROM mail.messages WHERE body IS NOT NULL) AS bodies,
+SELECT (SELECT count(*) FROM mail.messages WHERE body_held) AS bodies,
        (SELECT extract(epoch FROM now() - min(received_at)) FROM mail.messages
-         WHERE body IS NOT NULL) AS body,
+         WHERE body_held) AS body,
        (SELECT extract(epoch FROM now() - min(received_at)) FROM mail.messages) AS message
 """
 
@@ -205,16 +217,18 @@ class Purger:
     async def purge_records(self, days: int) -> tuple[int, int]:
         """Delete the records of messages final for more than ``days`` days, and the old
         queue actions bound to no message; (messages, queue actions) deleted."""
+        keep_s = record_keep_s(days)
+
         async def delete(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> tuple[int, ...]:
-            row = await conn.fetchrow(DELETE_RECORDS, ids, days)
+            row = await conn.fetchrow(DELETE_RECORDS, ids, keep_s)
             return int(row["messages"]), int(row["actions"])
 
-        messages, actions = await self._walk(self.records, RECORD_CANDIDATES, (days,), delete,
+        messages, actions = await self._walk(self.records, RECORD_CANDIDATES, (keep_s,), delete,
                                              counts=2)
         for _ in range(MAX_WINDOWS):
             async with self.db.connection() as conn, conn.transaction():
                 await conn.execute(LOCK_TIMEOUT)
-                n = _count(await conn.execute(DELETE_UNBOUND_ACTIONS, days, self.batch))
+                n = _count(await conn.execute(DELETE_UNBOUND_ACTIONS, keep_s, self.batch))
             actions += n
             if n < self.batch:
                 break

@@ -128,6 +128,11 @@ async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotifica
     )
 
 
+# The first :limit bytes of a body (mail.bodies, migration 0009): only the chunks that
+# start before the limit are read (``off < :limit``), and joined in offset order.
+_FIRST_BYTES = "substring(string_agg(chunk, ''::bytea ORDER BY off) FROM 1 FOR :limit)"
+
+
 async def load_originals(
     session: AsyncSession, message_ids: Iterable[uuid.UUID], limit: int
 ) -> dict[uuid.UUID, bytes]:
@@ -137,8 +142,8 @@ async def load_originals(
         return {}
     rows = await session.execute(
         text(
-            "SELECT id, substring(body FROM 1 FOR :limit) FROM mail.messages "
-            "WHERE id = ANY(CAST(:ids AS uuid[]))"
+            "SELECT message_id, " + _FIRST_BYTES + " FROM mail.bodies "
+            "WHERE message_id = ANY(CAST(:ids AS uuid[])) AND off < :limit GROUP BY message_id"
         ),
         {"ids": ids, "limit": limit},
     )
@@ -183,7 +188,8 @@ async def load_original(session: AsyncSession, message_id: uuid.UUID, limit: int
     message, or its body was deleted)."""
     row = (
         await session.execute(
-            text("SELECT substring(body FROM 1 FOR :limit) FROM mail.messages WHERE id = :id"),
+            text("SELECT " + _FIRST_BYTES + " FROM mail.bodies "
+                 "WHERE message_id = :id AND off < :limit"),
             {"id": message_id, "limit": limit},
         )
     ).first()

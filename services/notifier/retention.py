@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
 import orjson
 from sqlalchemy import text
@@ -41,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.notifier.repo import DSN_KINDS, reported_of
 from shared.db import session_scope
 from shared.policy_client import NoticeSettingsReader
-from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task
+from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task, record_keep_s
 from shared.settings import Settings
 
 log = logging.getLogger("mailexec.notifier.retention")
@@ -108,7 +107,7 @@ class Windows:
 
 def windows(record_retention_days: int, delay_warning_after_s: int) -> Windows:
     """The keep times the purge applies (module docstring)."""
-    records = timedelta(days=record_retention_days).total_seconds()
+    records = record_keep_s(record_retention_days)
     return Windows(notifications_s=max(records, float(delay_warning_after_s)),
                    seen_events_s=records)
 

@@ -133,7 +133,7 @@ def test_each_service_logs_in_with_its_own_password_and_only_its_grants(
         finally:
             await conn.close()
 
-    # (role, statement, expected) from migration 0001's grants.
+    # (role, statement, expected) from the migrations' grants (0001, 0009).
     cases = [
         ("mailexec_ingest", "SELECT count(*) FROM mail.messages", "ok"),
         ("mailexec_ingest", "SELECT count(*) FROM policy.accounts", "denied"),
@@ -147,6 +147,13 @@ def test_each_service_logs_in_with_its_own_password_and_only_its_grants(
         ("mailexec_policy", "SELECT count(*) FROM notifier.notifications", "denied"),
         ("mailexec_policy", "SELECT count(*) FROM mail.messages", "denied"),
         ("mailexec_policy", "SELECT count(*) FROM policy.accounts", "ok"),
+        # message bodies (0009): ingest writes and deletes them, the others only read
+        ("mailexec_ingest", "DELETE FROM mail.bodies WHERE false", "ok"),
+        ("mailexec_executor", "SELECT count(*) FROM mail.bodies", "ok"),
+        ("mailexec_executor", "DELETE FROM mail.bodies", "denied"),
+        ("mailexec_notifier", "SELECT count(*) FROM mail.bodies", "ok"),
+        ("mailexec_notifier", "DELETE FROM mail.bodies", "denied"),
+        ("mailexec_policy", "SELECT count(*) FROM mail.bodies", "denied"),
         # None of them may change the schema.
         ("mailexec_policy", "CREATE TABLE policy.evil (x int)", "denied"),
         ("mailexec_ingest", "DROP TABLE mail.program_runs", "denied"),

@@ -14,6 +14,7 @@ import aio_pika
 import httpx
 import orjson
 
+from testing.mailrows import BODY_OF_M
 from tests.conftest import db_conn, free_port
 from tests.executor.helpers import EventTap, Homes, Pipeline, message
 from tests.helpers import TcpProxy
@@ -28,7 +29,7 @@ async def job_json(mid: str) -> bytes:
     conn = await db_conn()
     try:
         r = await conn.fetchrow(
-            "SELECT r.id, r.address, m.sender, m.notify, m.received_at, m.size, m.body "
+            f"SELECT r.id, r.address, m.sender, m.notify, m.received_at, m.size, {BODY_OF_M} AS body "
             "FROM mail.recipients r JOIN mail.messages m ON m.id = r.message_id "
             "WHERE m.id = $1", uuid.UUID(mid))
     finally:

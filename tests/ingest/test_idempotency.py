@@ -144,6 +144,6 @@ async def test_the_hash_is_stored_with_the_key(client: httpx.AsyncClient, clean_
     finally:
         await conn.close()
     envelope = parse_envelope("a@example.net", ["b@example.org", "c@example.org"])
-    assert rows[r.json()["id"]] == content_hash(envelope, MSG)
+    assert rows[r.json()["id"]] == content_hash(envelope, [MSG])
     assert rows[plain.json()["id"]] is None  # no key, no hash to compute
     await drain_jobs(jobs_queue, expect=4, timeout=1)

@@ -33,6 +33,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from shared.auth import BAD_TOKEN_LIMIT
+from testing.mailrows import BODY_OF_M
 from tests.conftest import ADMIN_TOKEN, MTA_TOKEN, ServiceProcess, db_conn, free_port
 from tests.ingest.conftest import drain_jobs
 from tests.ingest.lmtp_client import LMTPClient
@@ -129,7 +130,7 @@ async def stored() -> list[dict[str, Any]]:
     conn = await db_conn()
     try:
         rows = await conn.fetch(
-            "SELECT m.id, m.body, m.envid, m.ret, r.address, r.notify, r.orcpt "
+            f"SELECT m.id, {BODY_OF_M} AS body, m.envid, m.ret, r.address, r.notify, r.orcpt "
             "FROM mail.messages m JOIN mail.recipients r ON r.message_id = m.id ORDER BY r.address")
         return [dict(r) for r in rows]
     finally:

@@ -26,6 +26,7 @@ from services.ingest.retention import Purger
 from services.notifier import repo as notifier_repo
 from shared.db import asyncpg_dsn, session_scope
 from shared.settings import get_settings
+from testing.mailrows import store_body
 from tests.conftest import db_conn, free_port
 
 BODY = b"From: a@example.net\r\nSubject: keep me?\r\n\r\nBODY-LINE\r\n"
@@ -37,10 +38,11 @@ async def message(conn: asyncpg.Connection, *recipients: dict[str, Any],
     ``final_days_ago``, ``pending``, ``dead``)."""
     mid = uuid.uuid4()
     await conn.execute(
-        "INSERT INTO mail.messages (id, sender, ret, notify, size, body, received_at) "
-        "VALUES ($1, 'alice@example.net', 'FULL', '{FAILURE,DELAY}', $2, $3, "
-        "now() - make_interval(secs => $4))",
-        mid, len(BODY), BODY, received_days_ago * 86400)
+        "INSERT INTO mail.messages (id, sender, ret, notify, size, received_at) "
+        "VALUES ($1, 'alice@example.net', 'FULL', '{FAILURE,DELAY}', $2, "
+        "now() - make_interval(secs => $3))",
+        mid, len(BODY), received_days_ago * 86400)
+    await store_body(conn, mid, BODY)
     for i, r in enumerate(recipients):
         state = r.get("state", "delivered")
         final = state in ("delivered", "bounced", "deleted")
@@ -56,8 +58,14 @@ async def message(conn: asyncpg.Connection, *recipients: dict[str, Any],
 
 
 async def body_held(conn: asyncpg.Connection, mid: uuid.UUID) -> bool | None:
-    value = await conn.fetchval("SELECT body IS NOT NULL FROM mail.messages WHERE id = $1", mid)
-    return None if value is None else bool(value)
+    """The message's flag, checked against its rows in mail.bodies (held iff it has them)."""
+    row = await conn.fetchrow(
+        "SELECT body_held, EXISTS (SELECT 1 FROM mail.bodies WHERE message_id = $1) AS rows "
+        "FROM mail.messages WHERE id = $1", mid)
+    if row is None:
+        return None
+    assert row["body_held"] == row["rows"], "body_held disagrees with mail.bodies"
+    return bool(row["body_held"])
 
 
 @pytest.fixture
@@ -256,10 +264,12 @@ async def test_every_purge_statement_walks_an_index(conn: asyncpg.Connection) ->
     """EXPLAIN of each batch statement on tables large enough for the planner to choose:
     none reads mail.messages or mail.recipients whole."""
     await conn.execute("""
-        INSERT INTO mail.messages (id, sender, notify, size, body, received_at)
+        INSERT INTO mail.messages (id, sender, notify, size, body_held, received_at)
         SELECT gen_random_uuid(), 'a@example.net', '{FAILURE}', 10,
-               CASE WHEN g % 50 = 0 THEN 'x'::bytea END, now() - make_interval(mins => g)
+               g % 50 = 0, now() - make_interval(mins => g)
         FROM generate_series(1, 20000) AS g""")
+    await conn.execute("INSERT INTO mail.bodies (message_id, off, chunk) "
+                       "SELECT id, 0, 'x'::bytea FROM mail.messages WHERE body_held")
     await conn.execute("""
         INSERT INTO mail.recipients (id, message_id, address, account, state, final_at)
         SELECT gen_random_uuid(), id, 'r@example.org', 'r@example.org', 'delivered', received_at

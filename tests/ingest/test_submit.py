@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from services.ingest.repo import BODY_CHUNK
 from shared.auth import hash_token
+from testing.mailrows import BODY_OF_M, store_body
 from tests.conftest import db_conn
 from tests.ingest.conftest import MAX_BYTES, drain_jobs
 
@@ -55,7 +58,8 @@ async def test_accepted_message_is_stored_and_one_job_per_recipient_is_queued(
     ]
     conn = await db_conn()
     try:
-        msg = await conn.fetchrow("SELECT * FROM mail.messages WHERE id = $1", uuid.UUID(mid))
+        msg = await conn.fetchrow(f"SELECT *, {BODY_OF_M} AS body FROM mail.messages m "
+                                  "WHERE id = $1", uuid.UUID(mid))
         rcpts = await conn.fetch(
             "SELECT * FROM mail.recipients WHERE message_id = $1 ORDER BY address", uuid.UUID(mid)
         )
@@ -243,9 +247,14 @@ async def test_chunked_oversize_is_cut_off_while_streaming(
 async def test_chunked_body_within_limit_is_accepted(
     client: httpx.AsyncClient, clean_db: None, jobs_queue: str
 ) -> None:
+    """A chunked body of uneven pieces is stored byte for byte as mail.bodies rows of at
+    most BODY_CHUNK bytes at contiguous offsets (the pieces are cut, never joined)."""
+    pieces = [MSG, os.urandom(20_000), b"y" * 7_999, MSG]
+    sent = b"".join(pieces)
+
     async def gen() -> AsyncIterator[bytes]:
-        for _ in range(3):
-            yield MSG
+        for piece in pieces:
+            yield piece
 
     r = await client.post("/v1/messages", params={"from": "", "to": "b@example.org"},
                           content=gen(), headers=RFC822)
@@ -253,9 +262,14 @@ async def test_chunked_body_within_limit_is_accepted(
     conn = await db_conn()
     try:
         size = await conn.fetchval("SELECT size FROM mail.messages")
+        rows = await conn.fetch("SELECT off, chunk FROM mail.bodies ORDER BY off")
     finally:
         await conn.close()
-    assert size == 3 * len(MSG)
+    assert size == len(sent)
+    assert b"".join(r["chunk"] for r in rows) == sent
+    assert all(len(r["chunk"]) <= BODY_CHUNK for r in rows) and len(rows) >= 4
+    assert [r["off"] for r in rows] == [sum(len(x["chunk"]) for x in rows[:i])
+                                        for i in range(len(rows))]
 
 
 async def test_idempotency_key_gives_same_id_and_queues_once(
@@ -356,10 +370,11 @@ async def test_relay_publishes_rows_left_unpublished(
     conn = await db_conn()
     try:
         await conn.execute(
-            "INSERT INTO mail.messages (id, sender, notify, size, body, received_at) "
-            "VALUES ($1, 'a@example.net', '{FAILURE,DELAY}', $2, $3, now() - interval '1 minute')",
-            mid, len(MSG), MSG,
+            "INSERT INTO mail.messages (id, sender, notify, size, received_at) "
+            "VALUES ($1, 'a@example.net', '{FAILURE,DELAY}', $2, now() - interval '1 minute')",
+            mid, len(MSG),
         )
+        await store_body(conn, mid, MSG)
         await conn.execute(
             "INSERT INTO mail.recipients (id, message_id, address, account, created_at) "
             "VALUES ($1, $2, 'Zed@example.org', 'zed@example.org', now() - interval '1 minute')",

@@ -25,6 +25,7 @@ from shared.amqp import Broker
 from shared.schemas import Event, EventEnvelope, EventRecipient, Notice
 from shared.settings import Settings, get_settings
 from shared.status import NoticeReason
+from testing.mailrows import store_body
 from tests.conftest import db_conn, free_port
 
 REPORTING_MTA = "mx.test.example"
@@ -178,16 +179,16 @@ async def store_message(
     conn = await db_conn()
     try:
         await conn.execute(
-            "INSERT INTO mail.messages (id, sender, envid, ret, notify, size, body) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO mail.messages (id, sender, envid, ret, notify, size) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
             message_id,
             sender,
             envid,
             ret,
             list(notify),
             len(body),
-            body,
         )
+        await store_body(conn, message_id, body)
     finally:
         await conn.close()
 

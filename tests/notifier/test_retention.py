@@ -32,6 +32,7 @@ from services.notifier.visibility import user_may_read
 from shared.policy_client import NoticeSettings
 from shared.schemas import Job
 from shared.settings import get_settings
+from testing.mailrows import BODY_OF_M
 from tests.conftest import db_conn, free_port
 from tests.notifier.conftest import (
     ORIGINAL,
@@ -93,7 +94,8 @@ async def test_a_purge_between_finalisation_and_rendering_keeps_the_returned_con
     try:
         # as eager as a purge can be: the outcome is committed, no notifier has seen it yet
         assert await purger.release_bodies() == 0
-        assert await conn.fetchval("SELECT body FROM mail.messages WHERE id = $1", mid) == ORIGINAL
+        assert await conn.fetchval(f"SELECT {BODY_OF_M} FROM mail.messages m WHERE id = $1",
+                                   mid) == ORIGINAL
 
         await notifier(sink.url, **QUIET)
         for key, event in events:
@@ -105,8 +107,9 @@ async def test_a_purge_between_finalisation_and_rendering_keeps_the_returned_con
                                    rid) is None
         # rendered: the body goes at the next pass, the records stay
         assert await purger.release_bodies() == 1
-        row = await conn.fetchrow("SELECT body, size FROM mail.messages WHERE id = $1", mid)
-        assert row["body"] is None and row["size"] == len(ORIGINAL)
+        row = await conn.fetchrow(
+            f"SELECT {BODY_OF_M} AS body, body_held, size FROM mail.messages m WHERE id = $1", mid)
+        assert row["body"] is None and not row["body_held"] and row["size"] == len(ORIGINAL)
     finally:
         await purger.stop()
         await db.close()

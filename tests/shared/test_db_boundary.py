@@ -36,7 +36,7 @@ from tests.conftest import free_port
 def message() -> NewMessage:
     return NewMessage(
         id=uuid.uuid4(), sender="a@example.net", envid=None, ret=None,
-        notify=("FAILURE", "DELAY"), body=b"Subject: t\r\n\r\nbody\r\n", idempotency_key=None,
+        notify=("FAILURE", "DELAY"), body=[b"Subject: t\r\n\r\nbody\r\n"], idempotency_key=None,
         received_at=datetime.now(UTC), recipient_ids=[uuid.uuid4()],
         addresses=["bob@example.org"], accounts=["bob@example.org"], notifies=[None],
         orcpts=[None],
@@ -80,7 +80,7 @@ async def test_ingest_constraint_violation_answers_500_not_503(ingest_db: Databa
                         envid=None, ret="BOGUS", notify=("FAILURE", "DELAY"))
     try:
         with pytest.raises(MailexecError) as raised:
-            await outbox.submit(envelope, b"Subject: t\r\n\r\nbody\r\n", None)
+            await outbox.submit(envelope, [b"Subject: t\r\n\r\nbody\r\n"], None)
     finally:
         await outbox.stop()
     assert not isinstance(raised.value, Unavailable)

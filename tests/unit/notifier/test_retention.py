@@ -24,6 +24,26 @@ def test_records_are_kept_the_retention_and_delay_warnings_their_window() -> Non
     assert (longer.notifications_s, longer.seen_events_s) == (3 * 86400, 86400)
 
 
+def test_a_test_install_may_keep_records_seconds_instead_of_days(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAILEXEC_RECORD_RETENTION_S (make soak) replaces record_retention_days, for both
+    purgers (shared.retention_metrics.record_keep_s); unset, the days count."""
+    from shared.retention_metrics import record_keep_s
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("MAILEXEC_RECORD_RETENTION_S", "120")
+    get_settings.cache_clear()
+    try:
+        assert record_keep_s(30) == 120.0
+        assert windows(30, 60).seen_events_s == 120.0
+        assert windows(30, 14400).notifications_s == 14400  # still outlives the warning
+    finally:
+        monkeypatch.delenv("MAILEXEC_RECORD_RETENTION_S")
+        get_settings.cache_clear()
+    assert record_keep_s(30) == 30 * 86400
+
+
 @pytest.mark.parametrize("addresses", [
     ["bob@example.org"],
     ["Bob.Smith@Example.ORG", "carol@example.org"],

@@ -1,0 +1,128 @@
+"""``python -m bench.bodystore``: what storing a large body costs PostgreSQL, by layout —
+the measurement behind migration 0009 (issue 17).
+
+One backend, a throwaway database (``mailexec_bodystore``), ``BODYSTORE_N`` (150) bodies
+of ``BODYSTORE_KIB`` (1024) KiB of random bytes (attachments don't compress). For each
+layout it times, as CPU of the PostgreSQL backend (``/proc/PID/stat``, user + system, so
+WAL and data-file writes count), the four things a delivery does to a body: store it,
+read it back (the executor), delete it (retention) and vacuum what was deleted. Two
+rounds, interleaved, so neither layout gets the warm cache alone:
+
+- ``toast``: one ``bytea`` column, ``STORAGE EXTERNAL`` (0007): ~2 KiB TOAST chunks.
+- ``rows``: ``mail.bodies``-style rows of ``BODY_CHUNK`` bytes, ``STORAGE PLAIN`` (0009),
+  inserted through ``unnest`` arrays as ingest does.
+- ``largeobject``: ``lo_from_bytea`` / ``lo_get`` / ``lo_unlink`` (2 KiB pages).
+
+Run it on an otherwise idle machine, as any user that may create a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from bench.mailexec_bench import PG_ADMIN
+from services.ingest.repo import BODY_CHUNK, body_rows
+
+DB = "mailexec_bodystore"
+N = int(os.environ.get("BODYSTORE_N", "150"))
+SIZE = int(os.environ.get("BODYSTORE_KIB", "1024")) * 1024
+PHASES = ("store", "read", "delete", "vacuum")
+
+SCHEMA = f"""
+CREATE TABLE toast (id uuid PRIMARY KEY, body bytea);
+ALTER TABLE toast ALTER COLUMN body SET STORAGE EXTERNAL;
+CREATE TABLE rows (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (message_id, off));
+ALTER TABLE rows ALTER COLUMN chunk SET STORAGE PLAIN;
+CREATE TABLE largeobject (id uuid PRIMARY KEY, lo oid);
+-- {BODY_CHUNK}-byte rows fit a page: no TOAST table for "rows"
+"""
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Layout:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.c = conn
+
+    async def store(self, name: str, mid: uuid.UUID, body: bytes) -> None:
+        if name == "toast":
+            await self.c.execute("INSERT INTO toast SELECT * FROM unnest($1::uuid[], $2::bytea[])",
+                                 [mid], [body])
+        elif name == "rows":
+            rows = list(body_rows([body]))
+            await self.c.execute(
+                "INSERT INTO rows SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[])",
+                [mid] * len(rows), [o for o, _ in rows], [c for _, c in rows])
+        else:
+            await self.c.execute("INSERT INTO largeobject VALUES ($1, lo_from_bytea(0, $2))",
+                                 mid, body)
+
+    async def read(self, name: str, mid: uuid.UUID) -> int:
+        if name == "toast":
+            got = await self.c.fetchval("SELECT body FROM toast WHERE id = $1", mid)
+        elif name == "rows":
+            got = b"".join(r[0] for r in await self.c.fetch(
+                "SELECT chunk FROM rows WHERE message_id = $1 ORDER BY off", mid))
+        else:
+            got = await self.c.fetchval("SELECT lo_get(lo) FROM largeobject WHERE id = $1", mid)
+        return len(got)
+
+    async def delete(self, name: str, mid: uuid.UUID) -> None:
+        if name == "toast":
+            await self.c.execute("UPDATE toast SET body = NULL WHERE id = $1", mid)
+        elif name == "rows":
+            await self.c.execute("DELETE FROM rows WHERE message_id = $1", mid)
+        else:
+            await self.c.execute("SELECT lo_unlink(lo) FROM largeobject WHERE id = $1", mid)
+
+
+async def main() -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f"DROP DATABASE IF EXISTS {DB}")
+    await admin.execute(f"CREATE DATABASE {DB}")
+    conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{DB}")
+    try:
+        await conn.execute(SCHEMA)
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        lay = Layout(conn)
+        bodies = [os.urandom(SIZE) for _ in range(8)]
+        spent = {(name, ph): 0.0 for name in ("toast", "rows", "largeobject") for ph in PHASES}
+
+        async def timed(key: tuple[str, str], step: Callable[[], Awaitable[object]]) -> None:
+            t = _cpu_s(pid)
+            await step()
+            spent[key] += _cpu_s(pid) - t
+
+        for _ in range(2):
+            for name in ("toast", "rows", "largeobject"):
+                ids = [uuid.uuid4() for _ in range(N)]
+                for i, mid in enumerate(ids):
+                    await timed((name, "store"), lambda m=mid, b=bodies[i % 8]: lay.store(name, m, b))
+                for mid in ids:
+                    await timed((name, "read"), lambda m=mid: lay.read(name, m))
+                for mid in ids:
+                    await timed((name, "delete"), lambda m=mid: lay.delete(name, m))
+                table = "pg_largeobject" if name == "largeobject" else name
+                await timed((name, "vacuum"), lambda t=table: conn.execute(f"VACUUM {t}"))
+                await conn.execute("CHECKPOINT")
+        print(f"PostgreSQL backend CPU per {SIZE // 1024} KiB body, ms ({2 * N} bodies per layout)")
+        print(f"{'layout':12s}" + "".join(f"{ph:>9s}" for ph in PHASES) + f"{'total':>9s}")
+        for name in ("toast", "rows", "largeobject"):
+            ms = [1000 * spent[(name, ph)] / (2 * N) for ph in PHASES]
+            print(f"{name:12s}" + "".join(f"{v:9.2f}" for v in ms) + f"{sum(ms):9.2f}")
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE IF EXISTS {DB}")
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
