@@ -10,7 +10,9 @@ rounds, interleaved, so neither layout gets the warm cache alone:
 
 - ``toast``: one ``bytea`` column, ``STORAGE EXTERNAL`` (0007): ~2 KiB TOAST chunks.
 - ``rows``: ``mail.bodies``-style rows of ``BODY_CHUNK`` bytes, ``STORAGE PLAIN`` (0009),
-  inserted through ``unnest`` arrays as ingest does.
+  written by ``COPY`` as ingest does; ``rows_unnest``: the same rows through ``unnest``
+  arrays in one ``INSERT`` (what ingest tried first: dearer, the more so the larger the
+  batch, as PostgreSQL assembles the whole array in memory).
 - ``largeobject``: ``lo_from_bytea`` / ``lo_get`` / ``lo_unlink`` (2 KiB pages).
 
 Run it on an otherwise idle machine, as any user that may create a database.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import asyncpg
 
@@ -32,6 +34,7 @@ DB = "mailexec_bodystore"
 N = int(os.environ.get("BODYSTORE_N", "150"))
 SIZE = int(os.environ.get("BODYSTORE_KIB", "1024")) * 1024
 PHASES = ("store", "read", "delete", "vacuum")
+LAYOUTS = ("toast", "rows", "rows_unnest", "largeobject")
 
 SCHEMA = f"""
 CREATE TABLE toast (id uuid PRIMARY KEY, body bytea);
@@ -57,6 +60,9 @@ class Layout:
             await self.c.execute("INSERT INTO toast SELECT * FROM unnest($1::uuid[], $2::bytea[])",
                                  [mid], [body])
         elif name == "rows":
+            await self.c.copy_records_to_table(
+                "rows", records=((mid, o, c) for o, c in body_rows([body])))
+        elif name == "rows_unnest":
             rows = list(body_rows([body]))
             await self.c.execute(
                 "INSERT INTO rows SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[])",
@@ -68,7 +74,7 @@ class Layout:
     async def read(self, name: str, mid: uuid.UUID) -> int:
         if name == "toast":
             got = await self.c.fetchval("SELECT body FROM toast WHERE id = $1", mid)
-        elif name == "rows":
+        elif name.startswith("rows"):
             got = b"".join(r[0] for r in await self.c.fetch(
                 "SELECT chunk FROM rows WHERE message_id = $1 ORDER BY off", mid))
         else:
@@ -78,7 +84,7 @@ class Layout:
     async def delete(self, name: str, mid: uuid.UUID) -> None:
         if name == "toast":
             await self.c.execute("UPDATE toast SET body = NULL WHERE id = $1", mid)
-        elif name == "rows":
+        elif name.startswith("rows"):
             await self.c.execute("DELETE FROM rows WHERE message_id = $1", mid)
         else:
             await self.c.execute("SELECT lo_unlink(lo) FROM largeobject WHERE id = $1", mid)
@@ -94,28 +100,28 @@ async def main() -> None:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         lay = Layout(conn)
         bodies = [os.urandom(SIZE) for _ in range(8)]
-        spent = {(name, ph): 0.0 for name in ("toast", "rows", "largeobject") for ph in PHASES}
+        spent = {(name, ph): 0.0 for name in LAYOUTS for ph in PHASES}
 
-        async def timed(key: tuple[str, str], step: Callable[[], Awaitable[object]]) -> None:
+        async def timed(key: tuple[str, str], step: Awaitable[object]) -> None:
             t = _cpu_s(pid)
-            await step()
+            await step
             spent[key] += _cpu_s(pid) - t
 
         for _ in range(2):
-            for name in ("toast", "rows", "largeobject"):
+            for name in LAYOUTS:
                 ids = [uuid.uuid4() for _ in range(N)]
                 for i, mid in enumerate(ids):
-                    await timed((name, "store"), lambda m=mid, b=bodies[i % 8]: lay.store(name, m, b))
+                    await timed((name, "store"), lay.store(name, mid, bodies[i % 8]))
                 for mid in ids:
-                    await timed((name, "read"), lambda m=mid: lay.read(name, m))
+                    await timed((name, "read"), lay.read(name, mid))
                 for mid in ids:
-                    await timed((name, "delete"), lambda m=mid: lay.delete(name, m))
-                table = "pg_largeobject" if name == "largeobject" else name
-                await timed((name, "vacuum"), lambda t=table: conn.execute(f"VACUUM {t}"))
+                    await timed((name, "delete"), lay.delete(name, mid))
+                table = {"largeobject": "pg_largeobject", "rows_unnest": "rows"}.get(name, name)
+                await timed((name, "vacuum"), conn.execute(f"VACUUM {table}"))
                 await conn.execute("CHECKPOINT")
         print(f"PostgreSQL backend CPU per {SIZE // 1024} KiB body, ms ({2 * N} bodies per layout)")
         print(f"{'layout':12s}" + "".join(f"{ph:>9s}" for ph in PHASES) + f"{'total':>9s}")
-        for name in ("toast", "rows", "largeobject"):
+        for name in LAYOUTS:
             ms = [1000 * spent[(name, ph)] / (2 * N) for ph in PHASES]
             print(f"{name:12s}" + "".join(f"{v:9.2f}" for v in ms) + f"{sum(ms):9.2f}")
     finally:
