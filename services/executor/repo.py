@@ -330,7 +330,7 @@ class Repo:
                 if not rows:
                     raise Unavailable(f"message {message_id} has no stored body", code="no_body")
                 fut.set_result(b"".join([r[0] for r in rows]))
-                del rows
+                del rows  # this frame lives on across the yield: don't hold the body twice
             except BaseException as exc:
                 fut.set_exception(exc)
                 fut.exception()  # the budget, if granted, is released below with the last ref

@@ -295,8 +295,7 @@ class Outbox:
                 body = job_body(
                     job_id=rid, message_id=m.id, recipient=address, sender=m.sender,
                     envid=m.envid, ret=m.ret, notify=notify.split(",") if notify else m.notify,
-                    arrival=m.received_at, size=size,
-                    body=inline,
+                    arrival=m.received_at, size=size, body=inline,
                     inline_limit=self.inline_limit, orcpt=orcpt,
                 )
                 jobs.append((sub, rid, body))
