@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = 26214400
     max_program_bytes: int = 64 * 1024 * 1024
     inline_body_bytes: int = 65536
+    # Bytes of message bodies one ingest process holds while receiving and storing them
+    # (HTTP and LMTP); further messages wait unread, so TCP holds their senders back.
+    # A message larger than this is received when nothing else is held.
+    ingest_body_memory_bytes: int = 6 * 1024 * 1024
 
     # Executor
     trusted_dir: str = "/var/lib/mailexec/trusted"

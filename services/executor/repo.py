@@ -15,7 +15,6 @@ requeues the job.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -28,6 +27,7 @@ import asyncpg
 from services.executor.batching import Batcher
 from services.executor.metrics import BODY_BYTES, BODY_BYTES_PEAK
 from shared import db
+from shared.bodybudget import BodyBudget
 from shared.errors import DatabaseUnavailable, Unavailable
 from shared.settings import get_settings
 
@@ -159,62 +159,11 @@ class MessageEnvelope:
     received_at: datetime
 
 
-class BodyBudget:
-    """At most ``limit`` bytes of message bodies held at once, granted first come, first
-    served: a large message waits its turn instead of being overtaken forever by small
-    ones. A body larger than the whole budget is granted when nothing else is held."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.held = 0
-        self.peak = 0
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-
-    async def acquire(self, size: int) -> int:
-        """Wait for ``size`` bytes (capped at the limit); returns what to release."""
-        n = min(max(size, 1), self.limit)
-        if not self._waiters and self.held + n <= self.limit:
-            self._grant(n)
-            return n
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, fut)
-        self._waiters.append(entry)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # granted just as we were cancelled
-                self.release(n)
-            else:
-                self._waiters.remove(entry)
-                self._wake()
-            raise
-        return n
-
-    def release(self, n: int) -> None:
-        self.held -= n
-        BODY_BYTES.set(self.held)
-        self._wake()
-
-    def _grant(self, n: int) -> None:
-        self.held += n
-        BODY_BYTES.set(self.held)
-        if self.held > self.peak:
-            self.peak = self.held
-            BODY_BYTES_PEAK.set(self.peak)
-
-    def _wake(self) -> None:
-        while self._waiters and self.held + self._waiters[0][0] <= self.limit:
-            n, fut = self._waiters.popleft()
-            if not fut.done():
-                self._grant(n)
-                fut.set_result(None)
-
-
 class Repo:
     def __init__(self, database_url: str, *, pool_size: int | None = None,
                  body_memory_bytes: int = 32 * 1024 * 1024) -> None:
         self._database_url = database_url
-        self.body_budget = BodyBudget(body_memory_bytes)
+        self.body_budget = BodyBudget(body_memory_bytes, BODY_BYTES, BODY_BYTES_PEAK)
         self._pool_size = pool_size or get_settings().executor_database_pool_size
         self._pool: asyncpg.Pool | None = None
         self.claims: Batcher[ClaimRequest, Claim] = Batcher("claim", self._claim_batch)

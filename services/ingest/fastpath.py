@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.auth import authenticate, check_role
+from shared.bodybudget import Hold
 from shared.errors import (
     BadRequest,
     LengthRequired,
@@ -80,7 +81,7 @@ async def accept(request: Request, runtime: Runtime) -> Response:
         envelope = parse_envelope(query.get("from"), query.getlist("to"), envid=query.get("envid"),
                                   ret=query.get("ret"), notify=query.get("notify"))
         key = _idempotency_key(request.headers.get("idempotency-key"))
-        body = await read_body(request, limit)
+        declared = declared_length(request, limit)
     except UnsupportedMedia:
         metrics.MESSAGES_REJECTED.labels(reason="unsupported_media").inc()
         raise
@@ -93,7 +94,21 @@ async def accept(request: Request, runtime: Runtime) -> Response:
     except BadRequest:
         metrics.MESSAGES_REJECTED.labels(reason="bad_request").inc()
         raise
-    accepted = await runtime.outbox.submit(envelope, body, key)
+    # the body is read only once the budget has room for it; until then the request
+    # waits unread, and TCP holds the client back (shared/bodybudget.py)
+    hold = await runtime.body_budget.hold(declared)
+    try:
+        try:
+            body = await read_body(request, limit, hold)
+        except PayloadTooLarge:
+            metrics.MESSAGES_REJECTED.labels(reason="too_large").inc()
+            raise
+        except BadRequest:
+            metrics.MESSAGES_REJECTED.labels(reason="bad_request").inc()
+            raise
+        accepted = await runtime.outbox.submit(envelope, body, key)
+    finally:
+        hold.release()
     out: dict[str, Any] = {
         "id": str(accepted.message_id),
         "recipients": [{"address": a, "status": "queued"} for a in accepted.recipients],
@@ -122,21 +137,27 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-async def read_body(request: Request, limit: int) -> list[bytes]:
-    """The body, read as it streams in, in the pieces it arrived in (the one copy ingest
-    holds: they are stored as they are, never joined); 411 without a length, 413 at
-    ``limit``."""
+def declared_length(request: Request, limit: int) -> int | None:
+    """The body's declared length (None: chunked); 411 without either, 413 over ``limit``."""
     declared = request.headers.get("content-length")
     chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
     if declared is None and not chunked:
         raise LengthRequired(
             "send Content-Length or a chunked body", code="length_required"
         )
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("Content-Length is not a number", code="bad_content_length")
-        if int(declared) > limit:
-            raise _too_large(limit)
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise BadRequest("Content-Length is not a number", code="bad_content_length")
+    if int(declared) > limit:
+        raise _too_large(limit)
+    return int(declared)
+
+
+async def read_body(request: Request, limit: int, hold: Hold) -> list[bytes]:
+    """The body, read as it streams in, in the pieces it arrived in (the one copy ingest
+    holds: they are stored as they are, never joined), each byte covered by ``hold``
+    before it is kept; 413 at ``limit``."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -144,6 +165,7 @@ async def read_body(request: Request, limit: int) -> list[bytes]:
         if size > limit:
             raise _too_large(limit)
         if chunk:
+            hold.cover(size)
             chunks.append(chunk)
     if size == 0:
         raise BadRequest("empty message body", code="empty_message")

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from shared.auth import authenticate_token
+from shared.bodybudget import BodyBudget, Hold
 from shared.errors import BadRequest, MailexecError, TooManyRequests, Unauthorized
 from shared.settings import Settings
 
@@ -288,10 +289,10 @@ class Session(asyncio.Protocol):
                 skipping = True
             await self._wait()
 
-    async def _read_data(self, limit: int) -> tuple[bytes | None, int]:
+    async def _read_data(self, limit: int, hold: Hold) -> tuple[bytes | None, int]:
         """The message after ``354``: (raw data without the final dot, or None if over
-        ``limit``; its size). Only ``<CRLF>.<CRLF>`` ends it (the DATA line's own CRLF is
-        the first one)."""
+        ``limit``; its size), its bytes covered by ``hold`` as they are kept. Only
+        ``<CRLF>.<CRLF>`` ends it (the DATA line's own CRLF is the first one)."""
         self.in_data = True
         try:
             while len(self.buf) < 3 and b".\r\n".startswith(bytes(self.buf)):
@@ -315,6 +316,7 @@ class Session(asyncio.Protocol):
                     dropped += len(self.buf) - keep
                     del self.buf[:-keep]
                 scan = max(0, len(self.buf) - 4)
+                hold.cover(len(self.buf))
                 await self._wait()
         finally:
             self.in_data = False
@@ -621,42 +623,50 @@ class Session(asyncio.Protocol):
         if not self.recipients:
             self._error("503 5.5.1 no valid recipients")
             return
-        self._reply("354 2.0.0 send the message, end with <CRLF>.<CRLF>")
-        limit = self.server.max_size
-        raw, size = await self._read_data(limit)
-        recipients, sender, params = self.recipients, self.sender, self.mail_params
-        self._reset()
-        if raw is None:
-            metrics.LMTP_REPLIES.labels(stage="data", code="552").inc(len(recipients))
-            for r in recipients:
-                self._reply(f"552 5.2.3 <{r.address}>: message exceeds the size limit of "
-                            f"{limit} bytes")
-            return
-        envelope = Envelope(
-            sender=sender,
-            recipients=tuple(_unique(recipients)),
-            envid=params.get("ENVID") or None,
-            ret=parse_ret(params.get("RET")),
-            notify=DEFAULT_NOTIFY,
-        )
-        self._flush()
-        self.busy = True
+        # the message is read only once the budget has room for it (its SIZE= if the
+        # client declared one); until then the client waits for the 354
+        size_param = self.mail_params.get("SIZE")
+        hold = await self.server.body_budget.hold(int(size_param) if size_param else None)
         try:
-            accepted = await self.server.outbox.submit(envelope, [unstuff(raw)], None)
-        except Exception as exc:
-            reason = exc.message if isinstance(exc, MailexecError) else "internal error"
-            if not isinstance(exc, MailexecError):
-                log.exception("lmtp submission failed", extra={"sender": sender})
-            metrics.LMTP_REPLIES.labels(stage="data", code="451").inc(len(recipients))
-            log.warning("lmtp message deferred", extra={
-                "sender": sender, "recipients": [r.address for r in recipients],
-                "reply": "451 4.3.0", "error": reason, "client": self.peer})
-            for r in recipients:
-                self._reply(f"451 4.3.0 <{r.address}>: not stored ({reason}); try again later")
-            return
+            self._reply("354 2.0.0 send the message, end with <CRLF>.<CRLF>")
+            limit = self.server.max_size
+            raw, size = await self._read_data(limit, hold)
+            recipients, sender, params = self.recipients, self.sender, self.mail_params
+            self._reset()
+            if raw is None:
+                metrics.LMTP_REPLIES.labels(stage="data", code="552").inc(len(recipients))
+                for r in recipients:
+                    self._reply(f"552 5.2.3 <{r.address}>: message exceeds the size limit of "
+                                f"{limit} bytes")
+                return
+            envelope = Envelope(
+                sender=sender,
+                recipients=tuple(_unique(recipients)),
+                envid=params.get("ENVID") or None,
+                ret=parse_ret(params.get("RET")),
+                notify=DEFAULT_NOTIFY,
+            )
+            self._flush()
+            self.busy = True
+            try:
+                accepted = await self.server.outbox.submit(envelope, [unstuff(raw)], None)
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, MailexecError) else "internal error"
+                if not isinstance(exc, MailexecError):
+                    log.exception("lmtp submission failed", extra={"sender": sender})
+                metrics.LMTP_REPLIES.labels(stage="data", code="451").inc(len(recipients))
+                log.warning("lmtp message deferred", extra={
+                    "sender": sender, "recipients": [r.address for r in recipients],
+                    "reply": "451 4.3.0", "error": reason, "client": self.peer})
+                for r in recipients:
+                    self._reply(f"451 4.3.0 <{r.address}>: not stored ({reason}); "
+                                "try again later")
+                return
+            finally:
+                self.busy = False
+                self.server.not_busy()
         finally:
-            self.busy = False
-            self.server.not_busy()
+            hold.release()
         metrics.LMTP_REPLIES.labels(stage="data", code="250").inc(len(recipients))
         for r in recipients:
             self._reply(f"250 2.0.0 <{r.address}> queued as {accepted.message_id}")
@@ -728,9 +738,10 @@ class LMTPServer:
     """The LMTP listeners of one ingest process (TCP with SO_REUSEPORT, the Unix socket)."""
 
     def __init__(self, settings: Settings, outbox: Outbox, accounts: AccountCheck,
-                 unix_socket: socket.socket | None = None) -> None:
+                 body_budget: BodyBudget, unix_socket: socket.socket | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
+        self.body_budget = body_budget
         self.accounts = accounts
         self.hostname = settings.reporting_mta
         self.max_size = settings.max_message_bytes

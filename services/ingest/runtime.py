@@ -17,11 +17,13 @@ import socket
 from urllib.parse import urlsplit
 
 from shared.amqp import Broker, redact
+from shared.bodybudget import BodyBudget
 from shared.errors import Unavailable
 from shared.service import StartupError
 from shared.settings import Settings
 from shared.sysexits import EX_OSERR
 
+from . import metrics
 from .lmtp import LMTPServer
 from .publish_outbox import Outbox, Relay
 from .queue_control import QueueControl
@@ -45,6 +47,9 @@ class Runtime:
     def __init__(self, settings: Settings, lmtp_socket: socket.socket | None = None) -> None:
         """``lmtp_socket``: the LMTP Unix socket, when a supervisor bound it for its workers."""
         self.settings = settings
+        # bodies received (HTTP and LMTP) and not yet stored, in bytes (shared/bodybudget.py)
+        self.body_budget = BodyBudget(settings.ingest_body_memory_bytes,
+                                      metrics.BODY_BYTES, metrics.BODY_BYTES_PEAK)
         self.db = Database(settings.database_url)
         self.broker = Broker(_robust_url(settings.amqp_url))
         self.outbox = Outbox(self.db, self.broker, inline_limit=settings.inline_body_bytes)
@@ -56,7 +61,8 @@ class Runtime:
         self.accounts = AccountCheck(settings.policy_url, settings.service_token)
         self.lmtp: LMTPServer | None = None
         if settings.lmtp_port or settings.lmtp_socket or lmtp_socket is not None:
-            self.lmtp = LMTPServer(settings, self.outbox, self.accounts, lmtp_socket)
+            self.lmtp = LMTPServer(settings, self.outbox, self.accounts, self.body_budget,
+                                   lmtp_socket)
 
     async def start(self) -> None:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -253,6 +254,38 @@ async def test_oversized_message(client: LMTPClient) -> None:
     assert [c for c, _ in data] == [552, 552] and data[0][1].startswith("5.2.3")
     assert client.cmd("NOOP")[0] == 250  # the session goes on
     assert await stored() == []
+
+
+async def test_data_waits_for_room_in_the_body_budget(accounts: World, mx_env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """MAILEXEC_INGEST_BODY_MEMORY_BYTES holds LMTP bodies too: with room for one
+    message of the declared SIZE=, a second client's DATA gets its 354 only once the
+    first message is stored — it waits, it is not refused — and both are delivered."""
+    env = _env(mx_env, int(accounts.policy.env["MAILEXEC_POLICY_PORT"]),
+               MAILEXEC_INGEST_BODY_MEMORY_BYTES="150000")
+    ingest = ServiceProcess("ingest", env, tmp_path / "ingest.log").start()
+    where = ("127.0.0.1", int(env["MAILEXEC_LMTP_PORT"]))
+    body = b"Subject: big\r\n\r\n" + b"b" * 99_000 + b"\r\n"
+    a, b = LMTPClient(where), LMTPClient(where)
+    try:
+        for c in (a, b):
+            c.lhlo()
+            assert c.cmd(f"MAIL FROM:<a@example.net> SIZE={len(body)}")[0] == 250
+            assert c.cmd("RCPT TO:<bob@example.org>")[0] == 250
+        assert a.cmd("DATA")[0] == 354
+        b.send(b"DATA\r\n")
+        ready, _, _ = select.select([b.sock], [], [], 1.0)
+        assert not ready  # no 354 for b while a's body holds the budget
+        a.send(body + b".\r\n")
+        assert a.reply()[0] == 250
+        assert b.reply()[0] == 354
+        b.send(body + b".\r\n")
+        assert b.reply()[0] == 250
+    finally:
+        a.close()
+        b.close()
+        ingest.stop()
+    assert [m["body"] for m in await stored()] == [body.replace(b"\r\n", b"\n")] * 2
 
 
 def test_overlong_line(client: LMTPClient) -> None:
