@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from bench.common import BENCH_DIR, Config, Workdir, ensure_user, free_port, loadavg, say
@@ -70,11 +72,45 @@ def _sample(p: Any, t0: float) -> dict[str, Any]:
         "db_mib": round(int(rows[0]["db_bytes"]) / 2**20, 1),
         "mail_mib": round(int(rows[0]["mail_bytes"]) / 2**20, 1),
         "notifier_mib": round(int(rows[0]["notifier_bytes"]) / 2**20, 1),
+        # each table's share (with its TOAST and indexes), so a growth names its relation
+        "relations_mib": {f"{r['nspname']}.{r['relname']}": round(int(r["b"]) / 2**20, 1)
+                          for r in pg("SELECT n.nspname, c.relname, pg_total_relation_size(c.oid) AS b"
+                                      " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                                      " WHERE n.nspname IN ('mail', 'notifier') AND c.relkind = 'r'"
+                                      " ORDER BY b DESC", fetch=True)
+                          if int(r["b"]) >= 2**20},
         "backlog": int(rows[0]["backlog"]),
         "queues": queue_depths(VHOST),
         "program_runs": p.counter.poll(),
         "loadavg": round(loadavg(), 1),
     }
+
+
+def _runs_by_id(path: Any) -> Counter[str]:
+    """Program runs per X-Bench-Id from the counter file: a soak message is delivered
+    when its id is there; an id there twice ran twice (a redelivered job); ids of
+    the warm-up that land after the counter's reset are not the soak's."""
+    runs: Counter[str] = Counter()
+    for line in path.read_bytes().splitlines():
+        runs[line.partition(b" ")[0].decode(errors="replace")] += 1
+    return runs
+
+
+def _log_trouble(log_dir: Any) -> dict[str, int]:
+    """Warnings and errors the services logged, counted by service and message: a
+    redelivered job or a failed purge shows here before it shows in a figure."""
+    seen: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("*.log")):
+        for line in path.read_bytes().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("level") in ("warning", "error", "critical"):
+                why = rec.get("error") or (rec.get("exc") or "").strip().rsplit("\n", 1)[-1]
+                seen[f"{path.stem}: {rec['level']}: {rec.get('event', '')}"
+                     + (f" ({str(why)[:160]})" if why else "")] += 1
+    return dict(seen.most_common())
 
 
 def _default_rate() -> float:
@@ -136,7 +172,12 @@ def main() -> int:
         "MAILEXEC_RETENTION_INTERVAL_S": os.environ.get("SOAK_RETENTION_INTERVAL_S", "10"),
         "MAILEXEC_RETENTION_BATCH": "2000",
     })
+    # stopped early (Ctrl-C, kill): unwind through the finally below, which stops the
+    # services and drops the database, vhost and private cluster
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     wd = Workdir("mxsoak.")
+    gen = None
     p = Pipeline(cfg, uid, gid, wd)
     samples: list[dict[str, Any]] = []
     result: dict[str, Any] = {"rate": rate, "minutes": minutes, "messages": n,
@@ -171,13 +212,20 @@ def main() -> int:
             time.sleep(1)
         drained = _sample(p, t0)
         say("drained: " + json.dumps(drained))
+        runs = _runs_by_id(p.counter_path)
         v = verdict(loaded, rate)
         result.update({
             "accepted": lg.get("accepted"), "accepted_per_s": lg.get("accepted_per_s"),
-            "delivered": p.counter.lines, "samples": samples,
+            "delivered": sum(1 for k in runs if k.startswith("soak-")),
+            "ran_twice": sorted(k for k, c in runs.items() if c > 1 and k.startswith("soak-")),
+            "warmup_runs_after_reset": sum(c for k, c in runs.items() if not k.startswith("soak-")),
+            "samples": samples, "log_trouble": _log_trouble(p.log_dir),
             "drained": drained, **v,
         })
     finally:
+        if gen is not None and gen.poll() is None:
+            gen.kill()
+            gen.wait()
         p.stop()
         try:
             p.drop()
@@ -196,10 +244,18 @@ def main() -> int:
     say("database size MiB (mail, notifier) over the load: " + "; ".join(
         f"{x['t']}s {x['db_mib']} ({x['mail_mib']}, {x['notifier_mib']})"
         for x in result["samples"]))
+    mid = result["samples"][len(result["samples"]) * 2 // 3]["relations_mib"]
+    say("relations MiB at the start of the last third -> the end of the load: " + "; ".join(
+        f"{r} {mid.get(r, 0)} -> {mib}" for r, mib in e["relations_mib"].items()))
     say(f"backlog at the end of the load: {e['backlog']} (queues {e['queues']}); "
         f"after draining: {result['drained']['backlog']}")
+    twice, other = result["ran_twice"], result["warmup_runs_after_reset"]
     say(f"accepted {result['accepted']} of {n} at {result['accepted_per_s']:.0f}/s, delivered "
-        f"{result['delivered']}")
+        f"{result['delivered']}; messages whose program ran more than once: {len(twice)}"
+        + (f" (e.g. {twice[:5]})" if twice else "")
+        + (f"; runs of warm-up messages after the reset: {other}" if other else ""))
+    for what, count in list(result["log_trouble"].items())[:8]:
+        say(f"logged {count}x  {what}")
     grows = result["still_growing"]
     say("still growing in the last third: " + (", ".join(grows) if grows else "nothing"))
     say(f"written {out_path}")

@@ -45,7 +45,13 @@ if TYPE_CHECKING:
 # shutting down), 53300 too_many_connections; class 08 (connection exception) by prefix.
 # Not the rest of class 57 (57014: a statement cancelled) nor of class 53 (disk full,
 # out of memory: an operator's problem, reported as an error rather than retried).
-OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# 40P01 deadlock_detected and 40001 serialization_failure too: PostgreSQL rolled the
+# transaction back for a conflict with another one (ingest marking jobs published while
+# the executor claims them, say), and the same transaction tried again goes through; to
+# the caller that is "retry later", as an outage is — never "the program ran, start it
+# again" (a requeued job would run its programs twice).
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"}) | CONFLICT_SQLSTATES
 
 # asyncpg's InterfaceError means "no usable connection" (closed, lost, pool closing),
 # except for these subclasses, which are a wrong argument or configuration: bugs.
@@ -58,7 +64,8 @@ _NOT_OUTAGES = (
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database is not there now (retry later), not a bad request.
+    """Whether ``exc`` means the database is not there now, or rolled the transaction back
+    for a conflict (:data:`CONFLICT_SQLSTATES`) — retry later — not a bad request.
 
     Outages: :class:`OSError` and :class:`TimeoutError` (refused, reset, unresolvable,
     timed out); asyncpg's :class:`~asyncpg.InterfaceError` (connection closed or lost);
@@ -93,6 +100,15 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of ``exc`` or of the asyncpg error SQLAlchemy wrapped in it."""
+    for err in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
+        state = getattr(err, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
 @contextlib.contextmanager
 def translate_db_errors() -> Iterator[None]:
     """The boundary: an outage (:func:`is_outage`) leaves as :class:`DatabaseUnavailable`,
@@ -103,9 +119,9 @@ def translate_db_errors() -> Iterator[None]:
         raise
     except Exception as exc:
         if is_outage(exc):
-            raise DatabaseUnavailable(
-                f"database unavailable ({type(exc).__name__}); retry later"
-            ) from exc
+            what = ("database conflict" if _sqlstate(exc) in CONFLICT_SQLSTATES
+                    else "database unavailable")
+            raise DatabaseUnavailable(f"{what} ({type(exc).__name__}); retry later") from exc
         raise
 
 

@@ -34,9 +34,11 @@ from shared.settings import get_settings
 CLAIMABLE = ("queued", "deferred", "suspended")
 # ``deleted``: removed from the queue by an operator (ingest's queue control), no DSN
 
+# ``published``: a job being claimed was obviously published; ingest's own marking skips
+# rows a claim holds rather than wait for them (services/ingest/repo.MARK_PUBLISHED)
 _CLAIM_SQL = """
 UPDATE mail.recipients AS r
-   SET state = 'running', updated_at = now()
+   SET state = 'running', updated_at = now(), published = true
   FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::int[]) AS j(id, attempt, redelivered, gen)
  WHERE r.id = j.id
    AND r.attempts = j.attempt

@@ -108,7 +108,15 @@ WITH m AS (
 SELECT id FROM m
 """
 
-MARK_PUBLISHED = "UPDATE mail.recipients SET published = true WHERE id = ANY($1::uuid[]) AND NOT published"
+# Never waits for a row another transaction holds (SKIP LOCKED), so it can't deadlock
+# with the executor claiming those very jobs in another order (the soak saw it): a
+# claimed job is marked published by its claim, and a row skipped for another reason
+# is published again by the relay later, which the executor drops as a duplicate.
+MARK_PUBLISHED = """
+UPDATE mail.recipients SET published = true
+ WHERE id IN (SELECT id FROM mail.recipients WHERE id = ANY($1::uuid[]) AND NOT published
+              FOR UPDATE SKIP LOCKED)
+"""
 
 DELETE_MESSAGES = """
 WITH b AS (DELETE FROM mail.bodies WHERE message_id = ANY($1::uuid[]))

@@ -390,6 +390,42 @@ async def test_relay_publishes_rows_left_unpublished(
         await conn.close()
 
 
+async def test_marking_jobs_published_never_waits_for_a_claim_and_the_claim_marks_it(
+    clean_db: None, mx_env: dict[str, str]
+) -> None:
+    """Ingest marks a batch of jobs published while the executor claims some of them in
+    another order: the two must not deadlock (the soak saw PostgreSQL end one of them —
+    when that was the executor's record, the job came back and its program ran twice).
+    The marking skips the row the claim holds, at once; the claim marks it itself."""
+    from services.executor.repo import Repo
+    from services.ingest.repo import Database
+
+    mids = [uuid.uuid4() for _ in range(3)]
+    rids = [uuid.uuid4() for _ in range(3)]
+    conn = await db_conn()
+    db = Database(mx_env["MAILEXEC_DATABASE_URL"], max_size=2)
+    repo = Repo(mx_env["MAILEXEC_DATABASE_URL"], pool_size=2)
+    await db.start()
+    await repo.start()
+    try:
+        for mid, rid in zip(mids, rids, strict=True):
+            await conn.execute("INSERT INTO mail.messages (id, sender, notify, size) "
+                               "VALUES ($1, 'a@example.net', '{FAILURE}', 1)", mid)
+            await conn.execute("INSERT INTO mail.recipients (id, message_id, address, account) "
+                               "VALUES ($1, $2, 'b@example.org', 'b@example.org')", rid, mid)
+        async with conn.transaction():  # a claim in flight holds the middle row
+            await conn.execute("SELECT 1 FROM mail.recipients WHERE id = $1 FOR UPDATE", rids[1])
+            await asyncio.wait_for(db.mark_published(rids), 2)
+        rows = dict(await conn.fetch("SELECT id, published FROM mail.recipients"))
+        assert [rows[r] for r in rids] == [True, False, True]
+        assert (await repo.claim(rids[1], 0, False)).claimed
+        assert await conn.fetchval("SELECT published FROM mail.recipients WHERE id = $1", rids[1])
+    finally:
+        await repo.close()
+        await db.close()
+        await conn.close()
+
+
 async def test_metrics_are_exported(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     for name in ("mailexec_messages_accepted_total", "mailexec_messages_rejected_total",

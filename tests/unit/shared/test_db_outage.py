@@ -72,6 +72,11 @@ OUTAGES: dict[str, BaseException] = {
         pg.InternalServerError("server closed the connection unexpectedly"), invalidated=True),
     "SQLAlchemy pool timeout": sa.TimeoutError("QueuePool limit of size 10 overflow 10 reached"),
     "already translated": DatabaseUnavailable("database unavailable; retry later"),
+    # rolled back for a conflict: the same transaction again goes through (the soak saw
+    # ingest's "mark published" and the executor's claim deadlock)
+    "40P01 deadlock detected": pg.DeadlockDetectedError("deadlock detected"),
+    "40001 serialization failure": pg.SerializationError("could not serialize access"),
+    "SQLAlchemy wraps 40P01": via_sqlalchemy(pg.DeadlockDetectedError("deadlock detected")),
 }
 
 NOT_OUTAGES: dict[str, BaseException] = {
@@ -108,6 +113,14 @@ def test_outages(exc: BaseException) -> None:
     assert raised.value.code == "database_unavailable"
     assert raised.value.retry_after > 0
     assert raised.value.__cause__ is exc or exc is raised.value
+
+
+@pytest.mark.parametrize("exc", [OUTAGES["40P01 deadlock detected"],
+                                 OUTAGES["SQLAlchemy wraps 40P01"]])
+def test_a_conflict_says_so(exc: BaseException) -> None:
+    with pytest.raises(DatabaseUnavailable) as raised, translate_db_errors():
+        raise exc
+    assert raised.value.message.startswith("database conflict (")
 
 
 @pytest.mark.parametrize("exc", NOT_OUTAGES.values(), ids=NOT_OUTAGES.keys())
