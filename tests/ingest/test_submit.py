@@ -384,6 +384,11 @@ async def test_relay_publishes_rows_left_unpublished(
         assert [j["job_id"] for j in jobs] == [str(rid)]
         assert jobs[0]["recipient"] == "Zed@example.org" and jobs[0]["message_id"] == str(mid)
         assert base64.b64decode(jobs[0]["body_b64"]) == MSG
+        # marked in the relay's transaction, which commits just after the broker confirmed
+        for _ in range(40):
+            if await conn.fetchval("SELECT published FROM mail.recipients WHERE id = $1", rid):
+                break
+            await asyncio.sleep(0.05)
         assert await conn.fetchval("SELECT published FROM mail.recipients WHERE id = $1", rid)
         assert await drain_jobs(jobs_queue, timeout=2.5) == []  # once, not on every pass
     finally:
