@@ -28,7 +28,8 @@ from collections.abc import Awaitable
 import asyncpg
 
 from bench.mailexec_bench import PG_ADMIN
-from services.ingest.repo import BODY_CHUNK, body_rows
+from shared.bodies import CHUNK as BODY_CHUNK
+from shared.bodies import rows as body_rows
 
 DB = "mailexec_bodystore"
 N = int(os.environ.get("BODYSTORE_N", "150"))

@@ -58,7 +58,7 @@ from bench.common import (
     vm_hwm_kib,
     wait_ready,
 )
-from services.ingest.repo import copy_bodies
+from shared import bodies as body_rows
 
 PG_ADMIN = os.environ.get("MAILEXEC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 RCPT_DOMAIN = "rcpt.bench.example"
@@ -248,7 +248,7 @@ async def run_variant(
                 for m, s in zip(mids, senders, strict=True)
             ],
         )
-        await copy_bodies(conn, ((m, [ORIGINAL]) for m in mids))
+        await body_rows.copy(conn, ((m, [ORIGINAL]) for m in mids))
     finally:
         await conn.close()
     bodies = [

@@ -7,7 +7,8 @@ import uuid
 
 import asyncpg
 
-from services.ingest.repo import JOINED_BODY, copy_bodies
+from services.ingest.repo import JOINED_BODY
+from shared import bodies
 
 # a message's body in one piece, in a query over ``mail.messages m`` (NULL once deleted)
 BODY_OF_M = JOINED_BODY
@@ -15,4 +16,4 @@ BODY_OF_M = JOINED_BODY
 
 async def store_body(conn: asyncpg.Connection, message_id: uuid.UUID, body: bytes) -> None:
     """The body's rows, cut and written as ingest writes them."""
-    await copy_bodies(conn, [(message_id, [body])])
+    await bodies.copy(conn, [(message_id, [body])])

@@ -26,7 +26,7 @@ import asyncpg
 
 from services.executor.batching import Batcher
 from services.executor.metrics import BODY_BYTES, BODY_BYTES_PEAK
-from shared import db
+from shared import bodies, db
 from shared.bodybudget import BodyBudget
 from shared.errors import DatabaseUnavailable, Unavailable
 from shared.settings import get_settings
@@ -80,9 +80,6 @@ WITH u AS (
 )
 SELECT id FROM u
 """
-
-
-BODY_CHUNKS = "SELECT chunk FROM mail.bodies WHERE message_id = $1 ORDER BY off"
 
 
 @dataclass(frozen=True)
@@ -277,7 +274,7 @@ class Repo:
             try:
                 self._budget[message_id] = await self.body_budget.acquire(size)
                 async with self._conn() as conn:
-                    rows = await conn.fetch(BODY_CHUNKS, message_id)
+                    rows = await conn.fetch(bodies.READ_CHUNKS, message_id)
                 if not rows:
                     raise Unavailable(f"message {message_id} has no stored body", code="no_body")
                 fut.set_result(b"".join([r[0] for r in rows]))

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from shared import db
+from shared import bodies, db
 from shared.settings import get_settings
 
 
@@ -34,7 +34,7 @@ class NewMessage:
     ret: str | None
     notify: Sequence[str]
     # the body as it arrived, in pieces (the HTTP request's chunks, an LMTP DATA): never
-    # joined into one more copy; :func:`body_rows` cuts them into mail.bodies rows
+    # joined into one more copy; :func:`shared.bodies.rows` cuts them into mail.bodies rows
     body: Sequence[bytes]
     idempotency_key: str | None
     received_at: datetime
@@ -54,36 +54,6 @@ class NewMessage:
     def body_bytes(self) -> bytes:
         """The body in one piece: a copy unless it arrived in one (small bodies only)."""
         return self.body[0] if len(self.body) == 1 else b"".join(self.body)
-
-
-BODY_COLUMNS = ("message_id", "off", "chunk")
-
-# Bytes of one mail.bodies row (migration 0009's CHUNK): the most a heap row holds
-# inline on an 8 KiB page, so a body is never TOASTed (nor compressed).
-BODY_CHUNK = 8000
-
-
-def body_rows(pieces: Sequence[bytes]) -> Iterator[tuple[int, memoryview]]:
-    """(byte offset, chunk) rows of a body given in pieces: views into the pieces, at
-    most :data:`BODY_CHUNK` bytes each, no copy (asyncpg encodes any buffer)."""
-    off = 0
-    for piece in pieces:
-        view = memoryview(piece)
-        for start in range(0, len(view), BODY_CHUNK):
-            part = view[start:start + BODY_CHUNK]
-            yield off, part
-            off += len(part)
-
-
-async def copy_bodies(conn: asyncpg.Connection,
-                      bodies: Iterable[tuple[uuid.UUID, Sequence[bytes]]]) -> None:
-    """Write (message id, body pieces) as mail.bodies rows, streamed by COPY: encoded a
-    buffer at a time, never the batch at once, and PostgreSQL's multi-row insert
-    (measured: half the CPU of unnest arrays for a batch of 1 MiB bodies,
-    bench/bodystore.py)."""
-    await conn.copy_records_to_table(
-        "bodies", schema_name="mail", columns=BODY_COLUMNS,
-        records=((mid, off, chunk) for mid, pieces in bodies for off, chunk in body_rows(pieces)))
 
 
 INSERT_BATCH = """
@@ -124,8 +94,7 @@ DELETE FROM mail.messages WHERE id = ANY($1::uuid[])
 """
 
 # A message's body in one piece (small ones only: the relay's inline jobs)
-JOINED_BODY = """(SELECT string_agg(b.chunk, ''::bytea ORDER BY b.off)
-                  FROM mail.bodies b WHERE b.message_id = m.id)"""
+JOINED_BODY = bodies.joined("m.id")
 
 FIND_BY_KEY = """
 SELECT m.id, m.idempotency_hash, coalesce(bool_and(r.published), true) AS all_published,
@@ -300,7 +269,7 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             inserted = {r[0] for r in await conn.fetch(INSERT_BATCH, *cols)}
             # the bodies of the messages stored, not of those an Idempotency-Key skipped
-            await copy_bodies(conn, ((m.id, m.body) for m in messages if m.id in inserted))
+            await bodies.copy(conn, ((m.id, m.body) for m in messages if m.id in inserted))
         return inserted
 
     async def mark_published(self, recipient_ids: Sequence[uuid.UUID]) -> None:

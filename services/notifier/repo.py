@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.notifier.rules import reported_recipients
+from shared import bodies
 
 DSN_KINDS = frozenset({"bounce", "delayed", "delivered"})
 NOTICE_KINDS = frozenset({"admin_notice", "postmaster_copy"})
@@ -128,9 +129,8 @@ async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotifica
     )
 
 
-# The first :limit bytes of a body (mail.bodies, migration 0009): only the chunks that
-# start before the limit are read (``off < :limit``), and joined in offset order.
-_FIRST_BYTES = "substring(string_agg(chunk, ''::bytea ORDER BY off) FROM 1 FOR :limit)"
+# The first :limit bytes of a body: only the rows that start before it (``off < :limit``)
+_FIRST_BYTES = bodies.first_bytes(":limit")
 
 
 async def load_originals(

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.ingest.repo import BODY_CHUNK
 from shared.auth import hash_token
+from shared.bodies import CHUNK as BODY_CHUNK
 from testing.mailrows import BODY_OF_M, store_body
 from tests.conftest import db_conn
 from tests.ingest.conftest import MAX_BYTES, drain_jobs

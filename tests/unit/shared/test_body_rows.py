@@ -1,5 +1,5 @@
-"""How ingest cuts a body into mail.bodies rows (services/ingest/repo.body_rows): no
-copy, no row over BODY_CHUNK, offsets contiguous, and the migration's chunk size."""
+"""How a body is cut into mail.bodies rows (shared/bodies.rows, what ingest stores): no
+copy, no row over CHUNK, offsets contiguous, and the migration's chunk size."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-from services.ingest.repo import BODY_CHUNK, body_rows
+from shared.bodies import CHUNK as BODY_CHUNK
+from shared.bodies import rows as body_rows
 
 
 @pytest.mark.parametrize("sizes", [[1], [BODY_CHUNK], [BODY_CHUNK + 1], [3, 65536, 7999, 1],
