@@ -18,8 +18,10 @@ a huge or endless chunked body never sits in memory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -76,36 +78,18 @@ async def accept(request: Request, runtime: Runtime) -> Response:
     """
     query = request.query_params
     limit = runtime.settings.max_message_bytes
-    try:
+    with _counted_rejection():
         _check_content_type(request)
         envelope = parse_envelope(query.get("from"), query.getlist("to"), envid=query.get("envid"),
                                   ret=query.get("ret"), notify=query.get("notify"))
         key = _idempotency_key(request.headers.get("idempotency-key"))
         declared = declared_length(request, limit)
-    except UnsupportedMedia:
-        metrics.MESSAGES_REJECTED.labels(reason="unsupported_media").inc()
-        raise
-    except LengthRequired:
-        metrics.MESSAGES_REJECTED.labels(reason="length_required").inc()
-        raise
-    except PayloadTooLarge:
-        metrics.MESSAGES_REJECTED.labels(reason="too_large").inc()
-        raise
-    except BadRequest:
-        metrics.MESSAGES_REJECTED.labels(reason="bad_request").inc()
-        raise
     # the body is read only once the budget has room for it; until then the request
     # waits unread, and TCP holds the client back (shared/bodybudget.py)
     hold = await runtime.body_budget.hold(declared)
     try:
-        try:
+        with _counted_rejection():
             body = await read_body(request, limit, hold)
-        except PayloadTooLarge:
-            metrics.MESSAGES_REJECTED.labels(reason="too_large").inc()
-            raise
-        except BadRequest:
-            metrics.MESSAGES_REJECTED.labels(reason="bad_request").inc()
-            raise
         accepted = await runtime.outbox.submit(envelope, body, key)
     finally:
         hold.release()
@@ -116,6 +100,25 @@ async def accept(request: Request, runtime: Runtime) -> Response:
     if accepted.duplicate:
         out["duplicate"] = True
     return Response(orjson.dumps(out), status_code=202, media_type="application/json")
+
+
+# a refusal's reason in mailexec_messages_rejected_total, the first class that matches
+_REJECTIONS: tuple[tuple[type[MailexecError], str], ...] = (
+    (UnsupportedMedia, "unsupported_media"), (LengthRequired, "length_required"),
+    (PayloadTooLarge, "too_large"), (BadRequest, "bad_request"),
+)
+
+
+@contextlib.contextmanager
+def _counted_rejection() -> Iterator[None]:
+    """A request refused inside the block counts in the rejections metric by its reason."""
+    try:
+        yield
+    except MailexecError as exc:
+        reason = next((r for cls, r in _REJECTIONS if isinstance(exc, cls)), None)
+        if reason is not None:
+            metrics.MESSAGES_REJECTED.labels(reason=reason).inc()
+        raise
 
 
 def _check_content_type(request: Request) -> None:

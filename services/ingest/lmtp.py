@@ -306,10 +306,13 @@ class Session(asyncio.Protocol):
                 idx = self.buf.find(b"\r\n.\r\n", scan)
                 if idx >= 0:
                     size = dropped + idx + 2
-                    data = None if dropped else bytes(self.buf[: idx + 2])
-                    del self.buf[: idx + 5]
-                    if data is not None and size > limit:
-                        data = None
+                    data = None
+                    if not dropped and size <= limit:
+                        with memoryview(self.buf) as view:  # one copy, not a slice's too
+                            data = bytes(view[: idx + 2])
+                    # what follows the dot (pipelined commands) in a buffer of its own:
+                    # the message's bytes go now, not when the next one overwrites them
+                    self.buf = self.buf[idx + 5:]
                     return data, size
                 if len(self.buf) > limit + DATA_SLACK:
                     keep = 4  # a terminator may straddle two reads
@@ -648,8 +651,10 @@ class Session(asyncio.Protocol):
             )
             self._flush()
             self.busy = True
+            body = [unstuff(raw)]
+            raw = None  # the transmitted form is not kept beside the stored one
             try:
-                accepted = await self.server.outbox.submit(envelope, [unstuff(raw)], None)
+                accepted = await self.server.outbox.submit(envelope, body, None)
             except Exception as exc:
                 reason = exc.message if isinstance(exc, MailexecError) else "internal error"
                 if not isinstance(exc, MailexecError):
