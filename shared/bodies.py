@@ -17,8 +17,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import asyncpg
 
-# Bytes of one row (migration 0009's CHUNK, which a unit test holds equal): the most a
-# heap row holds inline on an 8 KiB page.
+# Bytes of one row (migration 0009's CHUNK, which a unit test holds equal; the shipped
+# revision's comment names this constant's former home, services/ingest/repo.BODY_CHUNK):
+# the most a heap row holds inline on an 8 KiB page.
 CHUNK = 8000
 
 COLUMNS = ("message_id", "off", "chunk")

@@ -35,7 +35,7 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-CHUNK = 8000  # == shared/bodies.CHUNK (a test checks they agree)
+CHUNK = 8000  # == services/ingest/repo.BODY_CHUNK (a test checks they agree)
 
 
 def upgrade() -> None:
