@@ -15,20 +15,12 @@ import asyncio
 import os
 import time
 
-from bench.common import Config, Workdir, ensure_user, free_port, say
+from bench.common import Config, Workdir, ensure_user, free_port, say, vm_hwm_kib
 from bench.mailexec_bench import Pipeline
 
 CONNECTIONS = int(os.environ.get("LMTP_CONNECTIONS", "16"))
 MESSAGES = int(os.environ.get("LMTP_MESSAGES", "12"))
 KIB = int(os.environ.get("LMTP_KIB", "1016"))
-
-
-def vm_hwm_mib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 async def deliver(port: int, n: int, body: bytes) -> None:
@@ -74,7 +66,7 @@ def main() -> int:
         p.start()
         p.load_data()
         pid = p.services["ingest"].pid
-        idle = vm_hwm_mib(pid)
+        idle = (vm_hwm_kib(pid) or 0) // 1024
         t0 = time.monotonic()
 
         async def run() -> None:
@@ -83,8 +75,9 @@ def main() -> int:
 
         asyncio.run(run())
         took = time.monotonic() - t0
+        peak = (vm_hwm_kib(pid) or 0) // 1024
         say(f"{CONNECTIONS * MESSAGES} messages of {len(body)} bytes over {CONNECTIONS} LMTP "
-            f"connections in {took:.1f} s; ingest VmHWM {idle} MiB idle, {vm_hwm_mib(pid)} MiB "
+            f"connections in {took:.1f} s; ingest VmHWM {idle} MiB idle, {peak} MiB "
             f"after (MAILEXEC_INGEST_BODY_MEMORY_BYTES="
             f"{os.environ.get('MAILEXEC_INGEST_BODY_MEMORY_BYTES', 'default')})")
     finally:

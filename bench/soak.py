@@ -141,7 +141,7 @@ def verdict(samples: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     for q, n in last["queues"].items():
         if n - third["queues"].get(q, 0) > slack:
             grows.append(f"queue {q}")
-    return {"start": first, "end": last, "still_growing": grows}
+    return {"start": first, "third": third, "end": last, "still_growing": grows}
 
 
 def main() -> int:
@@ -244,7 +244,7 @@ def main() -> int:
     say("database size MiB (mail, notifier) over the load: " + "; ".join(
         f"{x['t']}s {x['db_mib']} ({x['mail_mib']}, {x['notifier_mib']})"
         for x in result["samples"]))
-    mid = result["samples"][len(result["samples"]) * 2 // 3]["relations_mib"]
+    mid = result["third"]["relations_mib"]
     say("relations MiB at the start of the last third -> the end of the load: " + "; ".join(
         f"{r} {mid.get(r, 0)} -> {mib}" for r, mib in e["relations_mib"].items()))
     say(f"backlog at the end of the load: {e['backlog']} (queues {e['queues']}); "

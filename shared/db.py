@@ -76,10 +76,7 @@ def is_outage(exc: BaseException) -> bool:
     its pool's timeout.
     Nothing else: a constraint violation is the caller's to answer.
     """
-    seen: set[int] = set()
-    err: BaseException | None = exc
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
+    for err in _chain(exc):
         if isinstance(err, DatabaseUnavailable | OSError | TimeoutError):
             return True
         if isinstance(err, asyncpg.InterfaceError):
@@ -87,26 +84,29 @@ def is_outage(exc: BaseException) -> bool:
         sqlstate = getattr(err, "sqlstate", None)
         if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in OUTAGE_SQLSTATES):
             return True
-        if not type(err).__module__.startswith("sqlalchemy."):
-            return False
-        from sqlalchemy import exc as sa  # loaded already: err is one of its exceptions
+        if type(err).__module__.startswith("sqlalchemy."):
+            from sqlalchemy import exc as sa  # loaded already: err is one of its exceptions
 
-        if isinstance(err, sa.TimeoutError):  # no pooled connection free in time
-            return True
-        if isinstance(err, sa.DBAPIError) and err.connection_invalidated:
-            return True
-        # A DBAPIError wraps the dialect's adapted error (orig), which wraps asyncpg's.
-        err = err.orig if isinstance(err, sa.StatementError) and err.orig else err.__cause__
+            if isinstance(err, sa.TimeoutError):  # no pooled connection free in time
+                return True
+            if isinstance(err, sa.DBAPIError) and err.connection_invalidated:
+                return True
     return False
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of ``exc`` or of the asyncpg error SQLAlchemy wrapped in it."""
-    for err in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
-        state = getattr(err, "sqlstate", None)
-        if isinstance(state, str):
-            return state
-    return None
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then — through SQLAlchemy's wrappers only — the errors it wraps: a
+    DBAPIError wraps the dialect's adapted error (``orig``), which wraps asyncpg's."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        if not type(err).__module__.startswith("sqlalchemy."):
+            return
+        from sqlalchemy import exc as sa
+
+        err = err.orig if isinstance(err, sa.StatementError) and err.orig else err.__cause__
 
 
 @contextlib.contextmanager
@@ -119,8 +119,9 @@ def translate_db_errors() -> Iterator[None]:
         raise
     except Exception as exc:
         if is_outage(exc):
-            what = ("database conflict" if _sqlstate(exc) in CONFLICT_SQLSTATES
-                    else "database unavailable")
+            conflict = any(getattr(e, "sqlstate", None) in CONFLICT_SQLSTATES
+                           for e in _chain(exc))
+            what = "database conflict" if conflict else "database unavailable"
             raise DatabaseUnavailable(f"{what} ({type(exc).__name__}); retry later") from exc
         raise
 

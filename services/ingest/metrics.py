@@ -65,6 +65,18 @@ LMTP_REPLIES = Counter(
     ["stage", "code"],
 )
 
+# Bodies being received, held in memory (shared/bodybudget.py)
+BODY_BYTES = Gauge(
+    "mailexec_ingest_body_bytes",
+    "Bytes of message bodies received (HTTP and LMTP) and not yet stored, held in memory "
+    "right now (bounded by MAILEXEC_INGEST_BODY_MEMORY_BYTES)",
+    multiprocess_mode="livesum",
+)
+BODY_BYTES_PEAK = Gauge(
+    "mailexec_ingest_body_bytes_peak", "Highest mailexec_ingest_body_bytes since start",
+    multiprocess_mode="max",
+)
+
 # Retention (services/ingest/retention.py; the counters and the age gauge are
 # shared.retention_metrics', common to the notifier)
 BODIES_HELD = Gauge(
@@ -128,13 +140,3 @@ def oldest_ages(waiting: Mapping[str, Waiting]) -> dict[str, float]:
         if w.oldest_s is not None:
             ages[state] = max(0.0, w.oldest_s)
     return ages
-BODY_BYTES = Gauge(
-    "mailexec_ingest_body_bytes",
-    "Bytes of message bodies received (HTTP and LMTP) and not yet stored, held in memory "
-    "right now (bounded by MAILEXEC_INGEST_BODY_MEMORY_BYTES)",
-    multiprocess_mode="livesum",
-)
-BODY_BYTES_PEAK = Gauge(
-    "mailexec_ingest_body_bytes_peak", "Highest mailexec_ingest_body_bytes since start",
-    multiprocess_mode="max",
-)
