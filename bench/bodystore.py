@@ -10,9 +10,15 @@ rounds, interleaved, so neither layout gets the warm cache alone:
 
 - ``toast``: one ``bytea`` column, ``STORAGE EXTERNAL`` (0007): ~2 KiB TOAST chunks.
 - ``rows``: ``mail.bodies``-style rows of ``BODY_CHUNK`` bytes, ``STORAGE PLAIN`` (0009),
-  written by ``COPY`` as ingest does; ``rows_unnest``: the same rows through ``unnest``
-  arrays in one ``INSERT`` (what ingest tried first: dearer, the more so the larger the
-  batch, as PostgreSQL assembles the whole array in memory).
+  written by ``COPY`` as ingest does, into pages that deleted bodies left (the table is
+  filled and emptied once before it is timed, and its vacuum keeps the pages,
+  ``vacuum_truncate = false``, as ``mail.bodies``'s does since 0010): a running system;
+  ``rows_growing``: the same into a table whose vacuum gives its empty pages back, so
+  every body grows it again (``mail.bodies`` before 0010; a new install's first
+  minutes), which PostgreSQL 15 pays by writing each new page twice (zeros, then the
+  data); ``rows_unnest``: the rows through ``unnest`` arrays in one ``INSERT`` (what
+  ingest tried first: dearer, the more so the larger the batch, as PostgreSQL assembles
+  the whole array in memory).
 - ``largeobject``: ``lo_from_bytea`` / ``lo_get`` / ``lo_unlink`` (2 KiB pages).
 
 Run it on an otherwise idle machine, as any user that may create a database.
@@ -35,16 +41,23 @@ DB = "mailexec_bodystore"
 N = int(os.environ.get("BODYSTORE_N", "150"))
 SIZE = int(os.environ.get("BODYSTORE_KIB", "1024")) * 1024
 PHASES = ("store", "read", "delete", "vacuum")
-LAYOUTS = ("toast", "rows", "rows_unnest", "largeobject")
+LAYOUTS = ("toast", "rows", "rows_growing", "rows_unnest", "largeobject")
 
 SCHEMA = f"""
 CREATE TABLE toast (id uuid PRIMARY KEY, body bytea);
 ALTER TABLE toast ALTER COLUMN body SET STORAGE EXTERNAL;
-CREATE TABLE rows (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (message_id, off));
+CREATE TABLE rows (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (message_id, off))
+    WITH (vacuum_truncate = false);
 ALTER TABLE rows ALTER COLUMN chunk SET STORAGE PLAIN;
+CREATE TABLE rows_growing (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (message_id, off));
+ALTER TABLE rows_growing ALTER COLUMN chunk SET STORAGE PLAIN;
 CREATE TABLE largeobject (id uuid PRIMARY KEY, lo oid);
--- {BODY_CHUNK}-byte rows fit a page: no TOAST table for "rows"
+-- {BODY_CHUNK}-byte rows fit a page: no TOAST table for the rows
 """
+
+
+def _table(layout: str) -> str:
+    return {"largeobject": "pg_largeobject", "rows_unnest": "rows"}.get(layout, layout)
 
 
 def _cpu_s(pid: int) -> float:
@@ -60,9 +73,9 @@ class Layout:
         if name == "toast":
             await self.c.execute("INSERT INTO toast SELECT * FROM unnest($1::uuid[], $2::bytea[])",
                                  [mid], [body])
-        elif name == "rows":
+        elif name in ("rows", "rows_growing"):
             await self.c.copy_records_to_table(
-                "rows", records=((mid, o, c) for o, c in body_rows([body])))
+                name, records=((mid, o, c) for o, c in body_rows([body])))
         elif name == "rows_unnest":
             rows = list(body_rows([body]))
             await self.c.execute(
@@ -77,7 +90,7 @@ class Layout:
             got = await self.c.fetchval("SELECT body FROM toast WHERE id = $1", mid)
         elif name.startswith("rows"):
             got = b"".join(r[0] for r in await self.c.fetch(
-                "SELECT chunk FROM rows WHERE message_id = $1 ORDER BY off", mid))
+                f"SELECT chunk FROM {_table(name)} WHERE message_id = $1 ORDER BY off", mid))
         else:
             got = await self.c.fetchval("SELECT lo_get(lo) FROM largeobject WHERE id = $1", mid)
         return len(got)
@@ -86,7 +99,7 @@ class Layout:
         if name == "toast":
             await self.c.execute("UPDATE toast SET body = NULL WHERE id = $1", mid)
         elif name.startswith("rows"):
-            await self.c.execute("DELETE FROM rows WHERE message_id = $1", mid)
+            await self.c.execute(f"DELETE FROM {_table(name)} WHERE message_id = $1", mid)
         else:
             await self.c.execute("SELECT lo_unlink(lo) FROM largeobject WHERE id = $1", mid)
 
@@ -102,6 +115,12 @@ async def main() -> None:
         lay = Layout(conn)
         bodies = [os.urandom(SIZE) for _ in range(8)]
         spent = {(name, ph): 0.0 for name in LAYOUTS for ph in PHASES}
+        # "rows" as in a running system: pages that deleted bodies left, kept by vacuum
+        filled = [uuid.uuid4() for _ in range(N)]
+        for i, mid in enumerate(filled):
+            await lay.store("rows", mid, bodies[i % 8])
+        await conn.execute("DELETE FROM rows")
+        await conn.execute("VACUUM rows")
 
         async def timed(key: tuple[str, str], step: Awaitable[object]) -> None:
             t = _cpu_s(pid)
@@ -117,8 +136,7 @@ async def main() -> None:
                     await timed((name, "read"), lay.read(name, mid))
                 for mid in ids:
                     await timed((name, "delete"), lay.delete(name, mid))
-                table = {"largeobject": "pg_largeobject", "rows_unnest": "rows"}.get(name, name)
-                await timed((name, "vacuum"), conn.execute(f"VACUUM {table}"))
+                await timed((name, "vacuum"), conn.execute(f"VACUUM {_table(name)}"))
                 await conn.execute("CHECKPOINT")
         print(f"PostgreSQL backend CPU per {SIZE // 1024} KiB body, ms ({2 * N} bodies per layout)")
         print(f"{'layout':12s}" + "".join(f"{ph:>9s}" for ph in PHASES) + f"{'total':>9s}")

@@ -6,7 +6,9 @@ anything grows without levelling off.
 The workload is the benchmark's 1 KiB x 1 case (the same pipeline, program, accounts and
 open-loop load generator as ``bench/mailexec_bench.py``), paced at ``SOAK_RATE``
 messages/s — default 0.8 x the median 1 KiB x 1 peak in ``bench/results/latest.json``
-(run ``make bench`` first), else 400 — for ``SOAK_MINUTES`` (10). Every
+(run ``make bench`` first), else 400 — for ``SOAK_MINUTES`` (10). ``SOAK_KIB`` (1) sets
+the message size: ``SOAK_KIB=1024`` with ``SOAK_RATE`` at 0.8 x the 1 MiB x 1 peak is
+large mail, whose bodies' space must be freed as fast as it arrives. Every
 ``SOAK_SAMPLE_S`` (30) seconds it prints RSS of each service, PostgreSQL connections to
 the bench database, queue depths, the backlog (recipients not final yet), the
 database's size with the mail and notifier schemas' (tables, TOAST, indexes) and the
@@ -150,6 +152,7 @@ def main() -> int:
         return 77
     rate = float(os.environ.get("SOAK_RATE") or _default_rate())
     minutes = float(os.environ.get("SOAK_MINUTES", "10"))
+    size = int(float(os.environ.get("SOAK_KIB", "1")) * 1024)
     every = float(os.environ.get("SOAK_SAMPLE_S", "30"))
     n = int(rate * minutes * 60)
     cfg = Config.from_env()
@@ -180,7 +183,7 @@ def main() -> int:
     gen = None
     p = Pipeline(cfg, uid, gid, wd)
     samples: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"rate": rate, "minutes": minutes, "messages": n,
+    result: dict[str, Any] = {"rate": rate, "minutes": minutes, "messages": n, "size": size,
                               "record_retention_s": keep_s,
                               "postgresql": "private cluster, default configuration"
                               if cluster else "the machine's server"}
@@ -190,10 +193,10 @@ def main() -> int:
         p.load_data()
         p.run_once("warm", 300, 1024, 1, cfg.concurrency)
         p.reset()
-        say(f"soak: {rate:.0f} msgs/s (1 KiB x 1, open loop) for {minutes:g} min = {n} messages; "
-            f"load average {loadavg():.1f}")
+        say(f"soak: {rate:.0f} msgs/s ({size} bytes x 1, open loop) for {minutes:g} min = {n} "
+            f"messages; load average {loadavg():.1f}")
         t0 = time.monotonic()
-        gen = p.loadgen(n, 1024, 1, "soak", cfg.concurrency, rate=rate)
+        gen = p.loadgen(n, size, 1, "soak", cfg.concurrency, rate=rate)
         while gen.poll() is None:
             samples.append(_sample(p, t0))
             say(json.dumps(samples[-1]))
