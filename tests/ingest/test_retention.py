@@ -33,7 +33,7 @@ BODY = b"From: a@example.net\r\nSubject: keep me?\r\n\r\nBODY-LINE\r\n"
 
 
 async def message(conn: asyncpg.Connection, *recipients: dict[str, Any],
-                  received_days_ago: float = 0.0) -> uuid.UUID:
+                  received_days_ago: float = 0.0, body: bytes = BODY) -> uuid.UUID:
     """A stored message whose recipients are in the given states (``state``, and
     ``final_days_ago``, ``pending``, ``dead``)."""
     mid = uuid.uuid4()
@@ -41,8 +41,8 @@ async def message(conn: asyncpg.Connection, *recipients: dict[str, Any],
         "INSERT INTO mail.messages (id, sender, ret, notify, size, received_at) "
         "VALUES ($1, 'alice@example.net', 'FULL', '{FAILURE,DELAY}', $2, "
         "now() - make_interval(secs => $3))",
-        mid, len(BODY), received_days_ago * 86400)
-    await store_body(conn, mid, BODY)
+        mid, len(body), received_days_ago * 86400)
+    await store_body(conn, mid, body)
     for i, r in enumerate(recipients):
         state = r.get("state", "delivered")
         final = state in ("delivered", "bounced", "deleted")
@@ -114,6 +114,30 @@ async def test_a_body_goes_once_every_recipient_is_final_and_no_notification_nee
     # the records stay: GET /v1/messages/{id} still answers, body_held false
     assert await conn.fetchval("SELECT count(*) FROM mail.recipients WHERE message_id = $1",
                                dsn_owed) == 1
+
+
+async def test_the_space_of_purged_bodies_takes_the_next_bodies_instead_of_growing_the_table(
+        conn: asyncpg.Connection, purger: Purger) -> None:
+    """Migration 0010: vacuum keeps mail.bodies's emptied pages (no ACCESS EXCLUSIVE lock
+    to give them back, no regrowth, which PostgreSQL pays a page write twice for) and
+    autovacuum frees them unthrottled, as fast as large mail is delivered."""
+    attachment = bytes(range(256)) * 256  # 64 KiB: 8 full rows (a page each) and a short one
+    size = "SELECT pg_relation_size('mail.bodies')"
+    first = [await message(conn, {"state": "delivered"}, body=attachment) for _ in range(30)]
+    grown = await conn.fetchval(size)
+    assert grown >= 30 * 8 * 8192
+
+    assert await purger.release_bodies() == len(first)
+    await conn.execute("VACUUM mail.bodies")  # what autovacuum does after the purge
+    assert await conn.fetchval(size) == grown, "vacuum gave the emptied pages back"
+
+    # the same bodies again go into those pages (a few more for where the short last
+    # rows land: it levels off after a few rounds), instead of a second table's worth
+    second = [await message(conn, {"state": "delivered"}, body=attachment) for _ in range(30)]
+    assert await conn.fetchval(size) - grown < grown // 4, "new bodies grew the table"
+    assert all([await body_held(conn, m) for m in second])
+    options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE oid = 'mail.bodies'::regclass")
+    assert "autovacuum_vacuum_cost_delay=0" in options
 
 
 async def test_the_notifier_clears_only_the_kinds_it_handled(conn: asyncpg.Connection) -> None:
