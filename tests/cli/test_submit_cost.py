@@ -34,6 +34,11 @@ MAILEXEC = Path(sys.executable).with_name("mailexec")  # the console script pip 
 RUNS = 20
 BATCHES = 3  # see check_budget
 CPU_BUDGET_MS = 40.0
+# SPEC's 40 ms was set where the bare interpreter (`python -c pass`) took ≈ 23 ms: what
+# submit may add to it. On a slower or busier machine the interpreter alone can take
+# 40 ms (seen: 38-42 ms), so a run within 40 ms or within this much of the interpreter,
+# measured interleaved with it, passes (see check_budget)
+OWN_CPU_BUDGET_MS = 17.0
 RSS_BUDGET_MB = 20.0
 # what `mailexec submit` must never load: the admin CLI and the services' stack
 HEAVY = (
@@ -137,28 +142,33 @@ def check_budget(
 ) -> None:
     """Median of RUNS within the budget, in one of up to BATCHES batches.
 
-    CPU time grows when other processes share the caches and cores (on a busy 2-CPU test
-    machine the bare interpreter goes from ≈ 23 to ≈ 35 ms), so a batch over the budget is
-    repeated, up to BATCHES in all; a real regression fails every batch. Each batch is
-    printed, and a failure says what ``python -c pass`` cost at the same time.
+    The budget: RSS_BUDGET_MB, and CPU_BUDGET_MS or, where the bare interpreter alone
+    costs nearly that much, at most OWN_CPU_BUDGET_MS more than ``python -c pass`` run
+    between the same batch's runs (same caches, same neighbours). CPU time grows when
+    other processes share the caches and cores (on a busy 2-CPU test machine the bare
+    interpreter goes from ≈ 23 to ≈ 40 ms), so a batch over the budget is repeated, up to
+    BATCHES in all; a real regression (the admin CLI's stack imported: +300 ms) fails
+    every batch. Each batch is printed.
     """
     seen = []
     for _ in range(BATCHES):
         runs = batch()
+        bare = [launch(report, [sys.executable, "-c", "pass"], pipe_env(), b"") for _ in range(RUNS)]
         cpu = statistics.median(r.cpu_ms for r in runs)
         rss = statistics.median(r.rss_mb for r in runs)
+        bare_cpu = statistics.median(r.cpu_ms for r in bare)
         line = (
             f"mailexec submit, {what}: median of {len(runs)}: {cpu:.1f} ms CPU (user+sys), "
             f"{rss:.1f} MB max RSS (min/max CPU {min(r.cpu_ms for r in runs):.1f}/"
-            f"{max(r.cpu_ms for r in runs):.1f} ms)"
+            f"{max(r.cpu_ms for r in runs):.1f} ms); python -c pass meanwhile: {bare_cpu:.1f} ms"
         )
         with capsys.disabled():
             print("\n" + line)
-        if cpu <= CPU_BUDGET_MS and rss <= RSS_BUDGET_MB:
+        if rss <= RSS_BUDGET_MB and (cpu <= CPU_BUDGET_MS or cpu - bare_cpu <= OWN_CPU_BUDGET_MS):
             return
-        bare = [launch(report, [sys.executable, "-c", "pass"], pipe_env(), b"") for _ in range(RUNS)]
-        seen.append(f"{line}; python -c pass meanwhile: {statistics.median(r.cpu_ms for r in bare):.1f} ms")
-    pytest.fail(f"over the budget ({CPU_BUDGET_MS} ms CPU, {RSS_BUDGET_MB} MB RSS):\n" + "\n".join(seen))
+        seen.append(line)
+    pytest.fail(f"over the budget ({CPU_BUDGET_MS} ms CPU, or {OWN_CPU_BUDGET_MS} ms over the bare "
+                f"interpreter; {RSS_BUDGET_MB} MB RSS):\n" + "\n".join(seen))
 
 
 def test_cost_when_ingest_is_down(report_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
