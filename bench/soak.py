@@ -19,7 +19,9 @@ the backlog and queues, more than 2 seconds' worth of messages). Writes
 kept growing.
 
 PostgreSQL: a private, throwaway cluster with Debian's default configuration
-(``testing/pgcluster.py``; ``SOAK_PG=shared`` uses the machine's server instead). Why:
+(``testing/pgcluster.py``; ``SOAK_PG=shared`` uses the machine's server instead;
+``SOAK_PG_SETTINGS`` adds postgresql.conf lines, ``;``-separated, e.g.
+``SOAK_PG_SETTINGS="autovacuum_naptime = 10s"``). Why:
 the shared server of this workplace runs with ``autovacuum = off``
 (``conf.d/90-ci.conf``, for test speed); ten minutes of updates without vacuum or
 analyze bloat ``mail.recipients`` and leave the planner without statistics, which no
@@ -158,15 +160,17 @@ def main() -> int:
     cfg = Config.from_env()
     uid, gid = ensure_user()
     cluster = None
+    pg_settings = os.environ.get("SOAK_PG_SETTINGS", "").replace(";", "\n")
     if os.environ.get("SOAK_PG", "private") == "private":
         from testing.pgcluster import PrivateCluster, drop_leftovers
 
         drop_leftovers()
         cluster = PrivateCluster(free_port())
-        cluster.create()
+        cluster.create(pg_settings + "\n" if pg_settings else "")
         os.environ["MAILEXEC_TEST_PG_ADMIN"] = cluster.admin_dsn  # read by mailexec_bench
         say(f"private PostgreSQL cluster {cluster.version}/{cluster.name} on port {cluster.port}"
-            " (default configuration: autovacuum on)")
+            " (default configuration: autovacuum on"
+            + (f"; with {pg_settings!r}" if pg_settings else "") + ")")
     from bench.mailexec_bench import Pipeline
 
     keep_s = float(os.environ.get("SOAK_RECORD_RETENTION_S", "120"))
@@ -185,7 +189,8 @@ def main() -> int:
     samples: list[dict[str, Any]] = []
     result: dict[str, Any] = {"rate": rate, "minutes": minutes, "messages": n, "size": size,
                               "record_retention_s": keep_s,
-                              "postgresql": "private cluster, default configuration"
+                              "postgresql": ("private cluster, default configuration"
+                                             + (f" with {pg_settings!r}" if pg_settings else ""))
                               if cluster else "the machine's server"}
     try:
         p.create()

@@ -97,8 +97,9 @@ class PrivateCluster:
         except (OSError, ValueError, IndexError):
             return None
 
-    def create(self) -> None:
-        """Create and start the cluster; ``created_s`` is how long both took."""
+    def create(self, settings: str = "") -> None:
+        """Create and start the cluster; ``created_s`` is how long both took.
+        ``settings``: postgresql.conf lines added to the defaults."""
         t = time.monotonic()
         self._created = True  # a half-created cluster is dropped too
         _run("pg_createcluster", "--quiet", "--start-conf=manual", "-p", str(self.port),
@@ -106,7 +107,7 @@ class PrivateCluster:
         # Debian's postgresql.conf includes conf.d/; pg_createcluster -o would write the
         # address unquoted, which the server then refuses to parse.
         (self.conf_dir / "conf.d" / "chaos.conf").write_text(
-            "listen_addresses = '127.0.0.1'\n")
+            "listen_addresses = '127.0.0.1'\n" + settings)
         self.start()
         self.created_s = time.monotonic() - t
 
