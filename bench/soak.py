@@ -161,16 +161,16 @@ def main() -> int:
     uid, gid = ensure_user()
     cluster = None
     pg_settings = os.environ.get("SOAK_PG_SETTINGS", "").replace(";", "\n")
+    pg_conf = "default configuration: autovacuum on" + (f"; with {pg_settings!r}" if pg_settings else "")
     if os.environ.get("SOAK_PG", "private") == "private":
         from testing.pgcluster import PrivateCluster, drop_leftovers
 
         drop_leftovers()
         cluster = PrivateCluster(free_port())
-        cluster.create(pg_settings + "\n" if pg_settings else "")
+        cluster.create(pg_settings)
         os.environ["MAILEXEC_TEST_PG_ADMIN"] = cluster.admin_dsn  # read by mailexec_bench
         say(f"private PostgreSQL cluster {cluster.version}/{cluster.name} on port {cluster.port}"
-            " (default configuration: autovacuum on"
-            + (f"; with {pg_settings!r}" if pg_settings else "") + ")")
+            f" ({pg_conf})")
     from bench.mailexec_bench import Pipeline
 
     keep_s = float(os.environ.get("SOAK_RECORD_RETENTION_S", "120"))
@@ -189,9 +189,8 @@ def main() -> int:
     samples: list[dict[str, Any]] = []
     result: dict[str, Any] = {"rate": rate, "minutes": minutes, "messages": n, "size": size,
                               "record_retention_s": keep_s,
-                              "postgresql": ("private cluster, default configuration"
-                                             + (f" with {pg_settings!r}" if pg_settings else ""))
-                              if cluster else "the machine's server"}
+                              "postgresql": f"private cluster, {pg_conf}" if cluster
+                              else "the machine's server"}
     try:
         p.create()
         p.start()

@@ -107,7 +107,7 @@ class PrivateCluster:
         # Debian's postgresql.conf includes conf.d/; pg_createcluster -o would write the
         # address unquoted, which the server then refuses to parse.
         (self.conf_dir / "conf.d" / "chaos.conf").write_text(
-            "listen_addresses = '127.0.0.1'\n" + settings)
+            "listen_addresses = '127.0.0.1'\n" + (settings.rstrip("\n") + "\n" if settings else ""))
         self.start()
         self.created_s = time.monotonic() - t
 

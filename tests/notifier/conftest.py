@@ -359,6 +359,19 @@ async def notifications(message_id: uuid.UUID | None = None) -> list[dict[str, A
         await conn.close()
 
 
+async def wait_sent(sink: SmtpSink, rcpt: str, message_id: uuid.UUID, kind: str, what: str) -> None:
+    """Until the sink has a message for ``rcpt`` and the notifier recorded ``message_id``'s
+    ``kind`` notification as sent: the sink has it once its DATA is answered, and the
+    notifier records "sent" just after that reply, so reading the record as soon as the
+    sink has the message races the notifier."""
+
+    async def sent() -> bool:
+        return bool(sink.to(rcpt)) and any(
+            r["kind"] == kind and r["state"] == "sent" for r in await notifications(message_id))
+
+    await wait_for(sent, what=what)
+
+
 def delivery_status_blocks(msg: EmailMessage) -> list[Any]:
     """The message/delivery-status part's field blocks: [per-message, per-recipient...]."""
     for part in msg.walk():

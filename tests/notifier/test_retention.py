@@ -43,6 +43,7 @@ from tests.notifier.conftest import (
     recipient,
     store_message,
     wait_for,
+    wait_sent,
 )
 
 BOB = "bob@example.org"
@@ -158,14 +159,7 @@ async def test_content_goes_once_sent_and_stays_while_a_send_is_retried(
     runtime = await notifier(sink.url, **QUIET)
     await publish(make_event("bounce", sent_mid, [recipient(BOB)]))
     await publish(make_event("bounce", retried_mid, [recipient(BOB)], sender="carol@example.net"))
-    # the sink has the DSN once its DATA is answered; the notifier records "sent" just
-    # after that reply, and only then is its content the purge's
-
-    async def sent() -> bool:
-        return bool(sink.to("alice@example.net")) and await conn.fetchval(
-            "SELECT state FROM notifier.notifications WHERE message_id = $1", sent_mid) == "sent"
-
-    await wait_for(sent, what="the sent DSN, recorded sent")
+    await wait_sent(sink, "alice@example.net", sent_mid, "bounce", what="the sent DSN, recorded sent")
 
     async def retried() -> bool:
         return bool(await conn.fetchval(

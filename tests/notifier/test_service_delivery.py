@@ -20,6 +20,7 @@ from tests.notifier.conftest import (
     recipient,
     store_message,
     wait_for,
+    wait_sent,
 )
 
 
@@ -76,13 +77,7 @@ async def test_5xx_fails_and_tells_the_postmaster_without_looping(
     await notifier(sink.url)
     mid = await _bounce(publish)
 
-    # the sink has the notice once its DATA is answered; the notifier records "sent" just
-    # after that reply, so the record is waited for too, not read at once
-    async def notice_sent() -> bool:
-        rows = await notifications(mid)
-        return bool(sink.to(POSTMASTER)) and len(rows) == 2 and rows[1]["state"] == "sent"
-
-    await wait_for(notice_sent, what="the postmaster notice, sent and recorded")
+    await wait_sent(sink, POSTMASTER, mid, "postmaster_copy", what="the postmaster notice, recorded sent")
     rows = await notifications(mid)
     assert [(r["kind"], r["state"]) for r in rows] == [("bounce", "failed"), ("postmaster_copy", "sent")]
     assert "550 5.1.1" in rows[0]["last_error"] and rows[0]["attempts"] == 1
