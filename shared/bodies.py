@@ -1,13 +1,24 @@
-"""How a message body is laid out in ``mail.bodies`` (migration 0009), in one place: the
-row size, how ingest cuts a body into rows and writes them, and how each reader puts
-them back together (the executor the whole body, ingest's relay a small one for an
-inline job, the notifier only the first bytes it quotes).
+"""How a message body is laid out in ``mail.bodies`` (migrations 0009, 0011), in one
+place: the row size, the ring of partitions a body is written to, how ingest cuts a body
+into rows and writes them, and how each reader puts them back together (the executor the
+whole body, ingest's relay a small one for an inline job, the notifier only the first
+bytes it quotes).
 
-A body is its rows ``(message_id, off, chunk)``: ``chunk`` at most :data:`CHUNK` bytes
-at byte offset ``off``, ``STORAGE PLAIN`` — a row fits an 8 KiB page, so a body is never
-TOASTed nor compressed (attachments don't compress; TOAST's ~2 KiB chunks cost four
-times the rows: ``bench/bodystore.py``). Who may do what to them is the grants' business
-(ingest writes and deletes, the executor and the notifier read).
+A body is its rows ``(slot, message_id, off, chunk)``: ``chunk`` at most :data:`CHUNK`
+bytes at byte offset ``off``, ``STORAGE PLAIN`` — a row fits an 8 KiB page, so a body is
+never TOASTed nor compressed (attachments don't compress; TOAST's ~2 KiB chunks cost four
+times the rows: ``bench/bodystore.py``).
+
+``mail.bodies`` is partitioned by ``slot`` (0011): :data:`RING` ring partitions take the
+new bodies a turn each (:func:`slot_at`), and a ring partition is emptied by ``TRUNCATE``
+just before its turn comes round again (``services/ingest/bodyring.py``), after the few
+bodies still needed in it were moved to the ``KEPT`` partition, which is emptied the old
+way (``DELETE`` by retention, then vacuum). ``mail.messages.body_slot`` says where a
+message's body is; a reader always asks for the rows of that slot (a moved body's old
+rows stay until the truncate) and only while ``body_held`` is true (a released body's
+rows in a ring partition stay until its turn too). Who may do what to them is the
+grants' business (ingest writes, deletes and truncates, the executor and the notifier
+read through the parent table).
 """
 
 from __future__ import annotations
@@ -22,18 +33,58 @@ import asyncpg
 # the most a heap row holds inline on an 8 KiB page.
 CHUNK = 8000
 
-COLUMNS = ("message_id", "off", "chunk")
+COLUMNS = ("slot", "message_id", "off", "chunk")
 
-# asyncpg, $1 = the message id: the rows in order, for the reader to join (once, in the
-# executor; joining in PostgreSQL would copy the body once more there)
-READ_CHUNKS = "SELECT chunk FROM mail.bodies WHERE message_id = $1 ORDER BY off"
+# The ring (migration 0011's RING, which a unit test holds equal): partitions 1..RING take
+# new bodies in turn; slot KEPT holds the bodies still needed when their slot's turn came.
+RING = 4
+KEPT = 0
 
 
-def joined(message_id_sql: str) -> str:
-    """A scalar subquery: the whole body of the message ``message_id_sql`` names, joined
-    in PostgreSQL (NULL when none is held) — for small bodies only."""
+def partition(slot: int) -> str:
+    """The partition of ``mail.bodies`` that holds slot ``slot`` (a name for SQL text:
+    only ever one of these fixed names)."""
+    if slot == KEPT:
+        return "bodies_kept"
+    if not 1 <= slot <= RING:
+        raise ValueError(f"no body slot {slot}")
+    return f"bodies_ring{slot}"
+
+
+def turn_at(t: float, slot_s: float) -> int:
+    """The number of the turn at time ``t`` (seconds since the epoch): each turn lasts
+    ``slot_s`` seconds, and one ring slot takes the new bodies during it."""
+    return int(t // slot_s)
+
+
+def slot_of(turn: int) -> int:
+    """The ring slot that takes new bodies during turn ``turn``."""
+    return 1 + turn % RING
+
+
+def slot_at(t: float, slot_s: float) -> int:
+    """The ring slot new bodies go to at time ``t``."""
+    return slot_of(turn_at(t, slot_s))
+
+
+# asyncpg, $1 = the message id: the rows of its body in order, for the reader to join
+# (once, in the executor; joining in PostgreSQL would copy the body once more there).
+# The slot comes from the message in the same statement, so a body moved meanwhile is
+# read whole from one place or the other; none once released.
+READ_CHUNKS = """
+SELECT chunk FROM mail.bodies
+WHERE slot = (SELECT body_slot FROM mail.messages WHERE id = $1 AND body_held)
+  AND message_id = $1
+ORDER BY off
+"""
+
+
+def joined(message_sql: str) -> str:
+    """A scalar subquery: the whole body of the ``mail.messages`` row ``message_sql``
+    names (``m``: ``m.id``, ``m.body_slot``), joined in PostgreSQL — for small bodies only;
+    the caller checks ``body_held``."""
     return (f"(SELECT string_agg(b.chunk, ''::bytea ORDER BY b.off) FROM mail.bodies b "
-            f"WHERE b.message_id = {message_id_sql})")
+            f"WHERE b.slot = {message_sql}.body_slot AND b.message_id = {message_sql}.id)")
 
 
 def first_bytes(limit_sql: str) -> str:
@@ -54,11 +105,14 @@ def rows(pieces: Sequence[bytes]) -> Iterator[tuple[int, memoryview]]:
             off += len(part)
 
 
-async def copy(conn: asyncpg.Connection,
+async def copy(conn: asyncpg.Connection, slot: int,
                bodies: Iterable[tuple[uuid.UUID, Sequence[bytes]]]) -> None:
-    """Write (message id, body pieces) as rows, streamed by COPY: encoded a buffer at a
-    time, never the batch at once, and PostgreSQL's multi-row insert (measured: half the
-    CPU of unnest arrays for a batch of 1 MiB bodies, bench/bodystore.py)."""
+    """Write (message id, body pieces) as rows of slot ``slot`` (the messages' own
+    ``body_slot``, in the same transaction), streamed by COPY into that partition: encoded
+    a buffer at a time, never the batch at once, and PostgreSQL's multi-row insert
+    (measured: half the CPU of unnest arrays for a batch of 1 MiB bodies,
+    bench/bodystore.py)."""
     await conn.copy_records_to_table(
-        "bodies", schema_name="mail", columns=COLUMNS,
-        records=((mid, off, chunk) for mid, pieces in bodies for off, chunk in rows(pieces)))
+        partition(slot), schema_name="mail", columns=COLUMNS,
+        records=((slot, mid, off, chunk) for mid, pieces in bodies
+                 for off, chunk in rows(pieces)))

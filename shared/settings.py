@@ -201,6 +201,11 @@ class Settings(BaseSettings):
     # policy's record_retention_days (1 day at least), so that a run of minutes sees
     # records expire and the database reach its steady size. Unset in production.
     record_retention_s: float | None = None
+    # Seconds each of the body table's ring partitions takes the new bodies
+    # (shared/bodies.py, services/ingest/bodyring.py): a body still needed when its
+    # slot's turn comes round, 2-3 of these after it was stored, is moved to the kept
+    # partition; the ring holds at most RING (4) of these of new mail.
+    body_slot_s: float = Field(default=10.0, gt=0)
 
     log_level: str = "info"
 

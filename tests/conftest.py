@@ -123,7 +123,8 @@ async def _truncate() -> None:
             "TRUNCATE policy.programs, policy.accounts, policy.tokens, policy.audit, "
             "mail.messages, mail.bodies, mail.recipients, mail.program_runs, mail.queue_actions, "
             "notifier.notifications, "
-            "notifier.seen_events CASCADE; UPDATE policy.settings SET data = '{}'::jsonb"
+            "notifier.seen_events CASCADE; UPDATE policy.settings SET data = '{}'::jsonb; "
+            "UPDATE mail.body_ring SET turn = -1, emptied_at = NULL"
         )
     finally:
         await conn.close()

@@ -14,6 +14,7 @@ constraint violation included, propagates unchanged (a bug: HTTP 500, LMTP 451).
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,9 +61,9 @@ INSERT_BATCH = """
 WITH m AS (
     INSERT INTO mail.messages
         (id, sender, envid, ret, notify, size, idempotency_key, received_at,
-         idempotency_hash)
+         idempotency_hash, body_slot)
     SELECT x.id, x.sender, x.envid, x.ret, string_to_array(x.notify, ','), x.size,
-           x.ikey, x.received_at, x.ihash
+           x.ikey, x.received_at, x.ihash, $16::smallint
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
                 $7::text[], $8::timestamptz[], $9::text[])
          AS x(id, sender, envid, ret, notify, size, ikey, received_at, ihash)
@@ -89,12 +90,13 @@ UPDATE mail.recipients SET published = true
 """
 
 DELETE_MESSAGES = """
-WITH b AS (DELETE FROM mail.bodies WHERE message_id = ANY($1::uuid[]))
+WITH b AS (DELETE FROM mail.bodies b USING mail.messages m
+           WHERE m.id = ANY($1::uuid[]) AND b.slot = m.body_slot AND b.message_id = m.id)
 DELETE FROM mail.messages WHERE id = ANY($1::uuid[])
 """
 
 # A message's body in one piece (small ones only: the relay's inline jobs)
-JOINED_BODY = bodies.joined("m.id")
+JOINED_BODY = bodies.joined("m")
 
 FIND_BY_KEY = """
 SELECT m.id, m.idempotency_hash, coalesce(bool_and(r.published), true) AS all_published,
@@ -223,9 +225,11 @@ class Dashboard:
 class Database:
     """A lazily connecting asyncpg pool and the statements ingest runs on it."""
 
-    def __init__(self, database_url: str, *, max_size: int | None = None) -> None:
+    def __init__(self, database_url: str, *, max_size: int | None = None,
+                 body_slot_s: float | None = None) -> None:
         self.database_url = database_url
         self.max_size = max_size or get_settings().ingest_database_pool_size
+        self.body_slot_s = body_slot_s or get_settings().body_slot_s
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
@@ -254,6 +258,8 @@ class Database:
         A message whose Idempotency-Key already exists is skipped (with its recipients).
         """
         cols: list[list[Any]] = [[] for _ in range(15)]
+        # the ring slot of now: the batch's bodies and their messages' body_slot
+        slot = self.slot_now()
         for m in messages:
             for i, v in enumerate(
                 (m.id, m.sender, m.envid, m.ret, ",".join(m.notify), m.size,
@@ -267,10 +273,15 @@ class Database:
             cols[13].extend(m.notifies)
             cols[14].extend(m.orcpts)
         async with self.connection() as conn, conn.transaction():
-            inserted = {r[0] for r in await conn.fetch(INSERT_BATCH, *cols)}
+            inserted = {r[0] for r in await conn.fetch(INSERT_BATCH, *cols, slot)}
             # the bodies of the messages stored, not of those an Idempotency-Key skipped
-            await bodies.copy(conn, ((m.id, m.body) for m in messages if m.id in inserted))
+            await bodies.copy(conn, slot,
+                              ((m.id, m.body) for m in messages if m.id in inserted))
         return inserted
+
+    def slot_now(self) -> int:
+        """The ring slot new bodies go to now (shared/bodies.py)."""
+        return bodies.slot_at(time.time(), self.body_slot_s)
 
     async def mark_published(self, recipient_ids: Sequence[uuid.UUID]) -> None:
         if recipient_ids:

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from shared import bodies
 from shared.policy_client import PolicyClient, PolicyUnavailable
 from shared.retention_metrics import RETENTION_OLDEST, finish_pass, purge_task, record_keep_s
 from shared.settings import Settings
@@ -55,6 +56,7 @@ from .repo import Database
 log = logging.getLogger("mailexec.ingest.retention")
 
 _FINAL = "(" + ", ".join(f"'{s}'" for s in FINAL_STATES) + ")"
+KEPT_BODIES = bodies.partition(bodies.KEPT)
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '500ms'"
 MAX_WINDOWS = 200  # windows of candidates per kind and pass; a sweep resumes at its cursor
 
@@ -82,9 +84,10 @@ WITH d AS (
      WHERE m.id = $1
        AND NOT EXISTS (SELECT 1 FROM mail.recipients r
                        WHERE r.message_id = m.id AND r.state NOT IN {_FINAL})
-    RETURNING m.id, m.body_held
-), b AS (
-    DELETE FROM mail.bodies WHERE message_id IN (SELECT id FROM d WHERE NOT body_held)
+    RETURNING m.id, m.body_held, m.body_slot
+), b AS (  -- from whichever partition holds it, ring or kept
+    DELETE FROM mail.bodies b USING d
+    WHERE NOT d.body_held AND b.slot = d.body_slot AND b.message_id = d.id
 )
 SELECT body_held FROM d
 """
@@ -102,9 +105,10 @@ WITH released AS (
     WHERE id IN (SELECT m.id FROM mail.messages m
                  WHERE m.id = ANY($1::uuid[]) AND m.body_held AND {RELEASABLE}
                  FOR UPDATE OF m SKIP LOCKED)
-    RETURNING id
-), b AS (
-    DELETE FROM mail.bodies WHERE message_id IN (SELECT id FROM released)
+    RETURNING id, body_slot
+), b AS (  -- kept bodies; a ring partition's rows go when its turn comes (bodyring.py)
+    DELETE FROM mail.{KEPT_BODIES} WHERE message_id IN (SELECT id FROM released
+                                                     WHERE body_slot = {bodies.KEPT})
 )
 SELECT id FROM released
 """
@@ -129,8 +133,9 @@ WITH victims AS (
     FOR UPDATE OF m SKIP LOCKED
 ), gone AS (
     DELETE FROM mail.messages WHERE id IN (SELECT id FROM victims) RETURNING id
-), b AS (  -- none normally: a body goes long before its records
-    DELETE FROM mail.bodies WHERE message_id IN (SELECT id FROM victims)
+), b AS (  -- none normally: a body goes long before its records (a ring partition's
+           -- rows go when its turn comes: bodyring.py settles only messages that exist)
+    DELETE FROM mail.{KEPT_BODIES} WHERE message_id IN (SELECT id FROM victims)
 ), actions AS (
     DELETE FROM mail.queue_actions WHERE message_id IN (SELECT id FROM gone) RETURNING id
 )

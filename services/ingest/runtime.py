@@ -1,5 +1,5 @@
 """The long-lived parts of one ingest process: DB pool, broker, batcher, relay, retention
-purge, and the LMTP listeners with their RCPT-time account check.
+purge, body ring turns, and the LMTP listeners with their RCPT-time account check.
 
 Why a separate object: the lifespan starts it, the routes reach it through
 ``deps.RuntimeDep``, and tests of the batching can build one without HTTP.
@@ -29,6 +29,7 @@ from .publish_outbox import Outbox, Relay
 from .queue_control import QueueControl
 from .recipients import AccountCheck
 from .repo import Database
+from .bodyring import BodyRing
 from .retention import Purger
 
 log = logging.getLogger("mailexec.ingest")
@@ -50,13 +51,14 @@ class Runtime:
         # bodies received (HTTP and LMTP) and not yet stored, in bytes (shared/bodybudget.py)
         self.body_budget = BodyBudget(settings.ingest_body_memory_bytes,
                                       metrics.BODY_BYTES, metrics.BODY_BYTES_PEAK)
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, body_slot_s=settings.body_slot_s)
         self.broker = Broker(_robust_url(settings.amqp_url))
         self.outbox = Outbox(self.db, self.broker, inline_limit=settings.inline_body_bytes)
         self.queue = QueueControl(self.db, self.broker, inline_limit=settings.inline_body_bytes)
         self.relay = Relay(self.db, self.broker, inline_limit=settings.inline_body_bytes,
                            event_relay=self.queue.relay_events)
         self.retention = Purger(self.db, settings)
+        self.body_ring = BodyRing(self.db, settings.body_slot_s)
         self._connector: asyncio.Task[None] | None = None
         self.accounts = AccountCheck(settings.policy_url, settings.service_token)
         self.lmtp: LMTPServer | None = None
@@ -71,6 +73,7 @@ class Runtime:
             self.outbox.start()
             self.relay.start()
             self.retention.start()
+            self.body_ring.start()
             if self.lmtp is not None:
                 try:
                     await self.lmtp.start()
@@ -114,6 +117,7 @@ class Runtime:
                 await self._connector
         await self.relay.stop()
         await self.retention.stop()
+        await self.body_ring.stop()
         await self.outbox.stop()
         with contextlib.suppress(Exception):
             await self.broker.close()

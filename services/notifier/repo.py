@@ -129,7 +129,8 @@ async def insert_notifications(session: AsyncSession, rows: Sequence[NewNotifica
     )
 
 
-# The first :limit bytes of a body: only the rows that start before it (``off < :limit``)
+# The first :limit bytes of a body: only the rows that start before it (``off < :limit``),
+# of the slot its message names (shared/bodies.py: a moved body's old rows stay a while)
 _FIRST_BYTES = bodies.first_bytes(":limit")
 
 
@@ -142,8 +143,10 @@ async def load_originals(
         return {}
     rows = await session.execute(
         text(
-            "SELECT message_id, " + _FIRST_BYTES + " FROM mail.bodies "
-            "WHERE message_id = ANY(CAST(:ids AS uuid[])) AND off < :limit GROUP BY message_id"
+            "SELECT b.message_id, " + _FIRST_BYTES + " FROM mail.bodies b "
+            "JOIN mail.messages m ON b.slot = m.body_slot AND b.message_id = m.id "
+            "WHERE m.id = ANY(CAST(:ids AS uuid[])) AND m.body_held AND b.off < :limit "
+            "GROUP BY b.message_id"
         ),
         {"ids": ids, "limit": limit},
     )
@@ -188,8 +191,9 @@ async def load_original(session: AsyncSession, message_id: uuid.UUID, limit: int
     message, or its body was deleted)."""
     row = (
         await session.execute(
-            text("SELECT " + _FIRST_BYTES + " FROM mail.bodies "
-                 "WHERE message_id = :id AND off < :limit"),
+            text("SELECT " + _FIRST_BYTES + " FROM mail.bodies b "
+                 "JOIN mail.messages m ON b.slot = m.body_slot AND b.message_id = m.id "
+                 "WHERE m.id = :id AND m.body_held AND b.off < :limit"),
             {"id": message_id, "limit": limit},
         )
     ).first()

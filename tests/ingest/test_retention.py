@@ -58,7 +58,8 @@ async def message(conn: asyncpg.Connection, *recipients: dict[str, Any],
 
 
 async def body_held(conn: asyncpg.Connection, mid: uuid.UUID) -> bool | None:
-    """The message's flag, checked against its rows in mail.bodies (held iff it has them)."""
+    """The message's flag, checked against its rows in mail.bodies (held iff it has them:
+    the bodies here are in the kept partition, whose rows a release deletes)."""
     row = await conn.fetchrow(
         "SELECT body_held, EXISTS (SELECT 1 FROM mail.bodies WHERE message_id = $1) AS rows "
         "FROM mail.messages WHERE id = $1", mid)
@@ -118,17 +119,18 @@ async def test_a_body_goes_once_every_recipient_is_final_and_no_notification_nee
 
 async def test_the_space_of_purged_bodies_takes_the_next_bodies_instead_of_growing_the_table(
         conn: asyncpg.Connection, purger: Purger) -> None:
-    """Migration 0010: vacuum keeps mail.bodies's emptied pages (no ACCESS EXCLUSIVE lock
-    to give them back, no regrowth, which PostgreSQL pays a page write twice for) and
-    autovacuum frees them unthrottled, as fast as large mail is delivered."""
+    """Migration 0010, kept by 0011 for the partition bodies stay in past their ring
+    slot's turn (the one whose bodies are deleted and vacuumed): vacuum keeps its emptied
+    pages (no ACCESS EXCLUSIVE lock to give them back, no regrowth, which PostgreSQL pays a
+    page write twice for) and autovacuum frees them unthrottled."""
     attachment = bytes(range(256)) * 256  # 64 KiB: 8 full rows (a page each) and a short one
-    size = "SELECT pg_relation_size('mail.bodies')"
+    size = "SELECT pg_relation_size('mail.bodies_kept')"
     first = [await message(conn, {"state": "delivered"}, body=attachment) for _ in range(30)]
     grown = await conn.fetchval(size)
     assert grown >= 30 * 8 * 8192
 
     assert await purger.release_bodies() == len(first)
-    await conn.execute("VACUUM mail.bodies")  # what autovacuum does after the purge
+    await conn.execute("VACUUM mail.bodies_kept")  # what autovacuum does after the purge
     assert await conn.fetchval(size) == grown, "vacuum gave the emptied pages back"
 
     # the same bodies again go into those pages (a few more for where the short last
@@ -136,7 +138,8 @@ async def test_the_space_of_purged_bodies_takes_the_next_bodies_instead_of_growi
     second = [await message(conn, {"state": "delivered"}, body=attachment) for _ in range(30)]
     assert await conn.fetchval(size) - grown < grown // 4, "new bodies grew the table"
     assert all([await body_held(conn, m) for m in second])
-    options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE oid = 'mail.bodies'::regclass")
+    options = await conn.fetchval(
+        "SELECT reloptions FROM pg_class WHERE oid = 'mail.bodies_kept'::regclass")
     assert "autovacuum_vacuum_cost_delay=0" in options
 
 
@@ -292,8 +295,8 @@ async def test_every_purge_statement_walks_an_index(conn: asyncpg.Connection) ->
         SELECT gen_random_uuid(), 'a@example.net', '{FAILURE}', 10,
                g % 50 = 0, now() - make_interval(mins => g)
         FROM generate_series(1, 20000) AS g""")
-    await conn.execute("INSERT INTO mail.bodies (message_id, off, chunk) "
-                       "SELECT id, 0, 'x'::bytea FROM mail.messages WHERE body_held")
+    await conn.execute("INSERT INTO mail.bodies (slot, message_id, off, chunk) "
+                       "SELECT 0, id, 0, 'x'::bytea FROM mail.messages WHERE body_held")
     await conn.execute("""
         INSERT INTO mail.recipients (id, message_id, address, account, state, final_at)
         SELECT gen_random_uuid(), id, 'r@example.org', 'r@example.org', 'delivered', received_at
