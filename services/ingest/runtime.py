@@ -24,12 +24,12 @@ from shared.settings import Settings
 from shared.sysexits import EX_OSERR
 
 from . import metrics
+from .bodyring import BodyRing
 from .lmtp import LMTPServer
 from .publish_outbox import Outbox, Relay
 from .queue_control import QueueControl
 from .recipients import AccountCheck
 from .repo import Database
-from .bodyring import BodyRing
 from .retention import Purger
 
 log = logging.getLogger("mailexec.ingest")
