@@ -82,7 +82,6 @@ def table(res: dict[str, Any]) -> str:
                  1e3, 3, "ms"))
     mx = res.get("mailexec", {}).get("scenarios", {})
     names = {"1k_x1": "1 KiB x 1", "1k_x10": "1 KiB x 10 rcpts", "1m_x1": "1 MiB x 1",
-             "1m_x1_fresh_table": "1 MiB x 1, new install (empty body table)",
              "latency_half_peak": "half peak rate (paced)"}
     for key, label in names.items():
         d = mx.get(key)

@@ -1,12 +1,12 @@
 """``python -m bench.bodystore``: what storing a large body costs PostgreSQL, by layout —
-the measurement behind migration 0009 (issue 17).
+the measurement behind migrations 0009 and 0011 (issue 17).
 
 One backend, a throwaway database (``mailexec_bodystore``), ``BODYSTORE_N`` (150) bodies
 of ``BODYSTORE_KIB`` (1024) KiB of random bytes (attachments don't compress). For each
 layout it times, as CPU of the PostgreSQL backend (``/proc/PID/stat``, user + system, so
 WAL and data-file writes count), the four things a delivery does to a body: store it,
-read it back (the executor), delete it (retention) and vacuum what was deleted. Two
-rounds, interleaved, so neither layout gets the warm cache alone:
+read it back (the executor), delete it (retention) and vacuum what was deleted (or, for
+the ring, truncate). Two rounds, interleaved, so neither layout gets the warm cache alone:
 
 - ``toast``: one ``bytea`` column, ``STORAGE EXTERNAL`` (0007): ~2 KiB TOAST chunks.
 - ``rows``: ``mail.bodies``-style rows of ``BODY_CHUNK`` bytes, ``STORAGE PLAIN`` (0009),
@@ -16,9 +16,11 @@ rounds, interleaved, so neither layout gets the warm cache alone:
   ``rows_growing``: the same into a table whose vacuum gives its empty pages back, so
   every body grows it again (``mail.bodies`` before 0010; a new install's first
   minutes), which PostgreSQL 15 pays by writing each new page twice (zeros, then the
-  data); ``rows_unnest``: the rows through ``unnest`` arrays in one ``INSERT`` (what
-  ingest tried first: dearer, the more so the larger the batch, as PostgreSQL assembles
-  the whole array in memory).
+  data); ``ring``: the same into a partition of the body ring (0011), emptied by
+  ``TRUNCATE`` instead of a delete and a vacuum (its "vacuum" column is the truncate), so
+  it grows from empty as every ring partition does; ``rows_unnest``: the rows through
+  ``unnest`` arrays in one ``INSERT`` (what ingest tried first: dearer, the more so the
+  larger the batch, as PostgreSQL assembles the whole array in memory).
 - ``largeobject``: ``lo_from_bytea`` / ``lo_get`` / ``lo_unlink`` (2 KiB pages).
 
 Run it on an otherwise idle machine, as any user that may create a database.
@@ -41,7 +43,7 @@ DB = "mailexec_bodystore"
 N = int(os.environ.get("BODYSTORE_N", "150"))
 SIZE = int(os.environ.get("BODYSTORE_KIB", "1024")) * 1024
 PHASES = ("store", "read", "delete", "vacuum")
-LAYOUTS = ("toast", "rows", "rows_growing", "rows_unnest", "largeobject")
+LAYOUTS = ("toast", "rows", "rows_growing", "ring", "rows_unnest", "largeobject")
 
 SCHEMA = f"""
 CREATE TABLE toast (id uuid PRIMARY KEY, body bytea);
@@ -51,6 +53,9 @@ CREATE TABLE rows (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (messag
 ALTER TABLE rows ALTER COLUMN chunk SET STORAGE PLAIN;
 CREATE TABLE rows_growing (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (message_id, off));
 ALTER TABLE rows_growing ALTER COLUMN chunk SET STORAGE PLAIN;
+CREATE TABLE ring (message_id uuid, off bigint, chunk bytea, PRIMARY KEY (message_id, off))
+    WITH (autovacuum_enabled = false);
+ALTER TABLE ring ALTER COLUMN chunk SET STORAGE PLAIN;
 CREATE TABLE largeobject (id uuid PRIMARY KEY, lo oid);
 -- {BODY_CHUNK}-byte rows fit a page: no TOAST table for the rows
 """
@@ -73,7 +78,7 @@ class Layout:
         if name == "toast":
             await self.c.execute("INSERT INTO toast SELECT * FROM unnest($1::uuid[], $2::bytea[])",
                                  [mid], [body])
-        elif name in ("rows", "rows_growing"):
+        elif name in ("rows", "rows_growing", "ring"):
             await self.c.copy_records_to_table(
                 name, records=((mid, o, c) for o, c in body_rows([body])))
         elif name == "rows_unnest":
@@ -88,7 +93,7 @@ class Layout:
     async def read(self, name: str, mid: uuid.UUID) -> int:
         if name == "toast":
             got = await self.c.fetchval("SELECT body FROM toast WHERE id = $1", mid)
-        elif name.startswith("rows"):
+        elif name.startswith("rows") or name == "ring":
             got = b"".join(r[0] for r in await self.c.fetch(
                 f"SELECT chunk FROM {_table(name)} WHERE message_id = $1 ORDER BY off", mid))
         else:
@@ -98,6 +103,8 @@ class Layout:
     async def delete(self, name: str, mid: uuid.UUID) -> None:
         if name == "toast":
             await self.c.execute("UPDATE toast SET body = NULL WHERE id = $1", mid)
+        elif name == "ring":
+            return  # nothing: its turn truncates the partition
         elif name.startswith("rows"):
             await self.c.execute(f"DELETE FROM {_table(name)} WHERE message_id = $1", mid)
         else:
@@ -136,7 +143,8 @@ async def main() -> None:
                     await timed((name, "read"), lay.read(name, mid))
                 for mid in ids:
                     await timed((name, "delete"), lay.delete(name, mid))
-                await timed((name, "vacuum"), conn.execute(f"VACUUM {_table(name)}"))
+                await timed((name, "vacuum"), conn.execute(
+                    "TRUNCATE ring" if name == "ring" else f"VACUUM {_table(name)}"))
                 await conn.execute("CHECKPOINT")
         print(f"PostgreSQL backend CPU per {SIZE // 1024} KiB body, ms ({2 * N} bodies per layout)")
         print(f"{'layout':12s}" + "".join(f"{ph:>9s}" for ph in PHASES) + f"{'total':>9s}")

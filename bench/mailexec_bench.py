@@ -264,20 +264,12 @@ class Pipeline:
 
     def reset(self) -> None:
         """Empty the mail tables and the counter between runs (the pipeline is idle).
-        ``mail.bodies`` is emptied as retention and autovacuum empty it in a running
-        system, keeping its pages for the next bodies (``vacuum_truncate`` off, migration
-        0010), not truncated: a truncated table makes every run measure a new install's
-        first minutes, when each body grows the table (the 1 MiB scenario measures those
-        once, ``1m_x1_fresh_table``)."""
-        pg("TRUNCATE mail.messages, mail.recipients, mail.program_runs, "
+        Truncating ``mail.bodies`` leaves it as a running system's is: since migration
+        0011 each ring partition is truncated before its turn, so every body is written
+        into a partition emptied a few turns before."""
+        pg("TRUNCATE mail.messages, mail.bodies, mail.recipients, mail.program_runs, "
            "notifier.notifications, notifier.seen_events CASCADE")
-        pg("DELETE FROM mail.bodies")
-        pg("VACUUM mail.bodies")
         self.counter.reset()
-
-    def truncate_bodies(self) -> None:
-        """A new install's body table: no pages yet."""
-        pg("TRUNCATE mail.bodies")
 
     def wal_lsn(self) -> int | None:
         try:
@@ -485,17 +477,6 @@ def run(cfg: Config, uid: int, gid: int, profile_hook: Any = None) -> dict[str, 
                 p.restart_fresh()
                 p.run_once("warm", min(200, cfg.n), 1024, 1, cfg.concurrency)
                 reps: list[dict[str, Any]] = []
-                if scen == "1m_x1":
-                    # first the same load into an empty body table, as a new install takes
-                    # it (every body grows the table); its pages are then left for the
-                    # measured runs, as a running system's are (see reset())
-                    p.truncate_bodies()
-                    r = p.run_once("1m_x1-fresh-table", cfg.n_large, 1 << 20, 1,
-                                   min(16, cfg.concurrency))
-                    say(_rep_line("1m_x1-fresh-table", r))
-                    fresh = aggregate([r])
-                    fresh["peak_rss_kib"] = p.peak_rss_kib()
-                    out["scenarios"]["1m_x1_fresh_table"] = fresh
                 for rep in range(cfg.reps):
                     label = f"{scen}-{rep}"
                     if scen == "1k_x1":
