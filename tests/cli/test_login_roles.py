@@ -133,7 +133,7 @@ def test_each_service_logs_in_with_its_own_password_and_only_its_grants(
         finally:
             await conn.close()
 
-    # (role, statement, expected) from the migrations' grants (0001, 0009).
+    # (role, statement, expected) from the migrations' grants (0001, 0009, 0011).
     cases = [
         ("mailexec_ingest", "SELECT count(*) FROM mail.messages", "ok"),
         ("mailexec_ingest", "SELECT count(*) FROM policy.accounts", "denied"),
@@ -154,6 +154,15 @@ def test_each_service_logs_in_with_its_own_password_and_only_its_grants(
         ("mailexec_notifier", "SELECT count(*) FROM mail.bodies", "ok"),
         ("mailexec_notifier", "DELETE FROM mail.bodies", "denied"),
         ("mailexec_policy", "SELECT count(*) FROM mail.bodies", "denied"),
+        # the body ring (0011): ingest alone truncates its partitions and records the
+        # turns; the readers read through the parent, not a partition
+        ("mailexec_ingest", "TRUNCATE mail.bodies_ring1", "ok"),
+        ("mailexec_ingest", "UPDATE mail.body_ring SET turn = turn WHERE false", "ok"),
+        ("mailexec_ingest", "TRUNCATE mail.bodies_kept", "denied"),
+        ("mailexec_executor", "TRUNCATE mail.bodies_ring1", "denied"),
+        ("mailexec_executor", "SELECT count(*) FROM mail.bodies_ring1", "denied"),
+        ("mailexec_executor", "UPDATE mail.body_ring SET turn = 0", "denied"),
+        ("mailexec_notifier", "SELECT count(*) FROM mail.bodies_kept", "denied"),
         # None of them may change the schema.
         ("mailexec_policy", "CREATE TABLE policy.evil (x int)", "denied"),
         ("mailexec_ingest", "DROP TABLE mail.program_runs", "denied"),
