@@ -260,8 +260,8 @@ class Repo:
         return [u.job_id in done for u in ups]
 
     # --- message bodies, shared by concurrent jobs of one message ------------------------
-    # (mail.bodies, migration 0009: the chunk rows of a body in offset order, joined here
-    # rather than by string_agg in PostgreSQL, which would copy the body once more there)
+    # (mail.bodies, migrations 0009/0011: shared.bodies.read joins a body's rows here rather
+    # than by string_agg in PostgreSQL, which would copy the body once more there)
 
     @contextlib.asynccontextmanager
     async def message_body(self, message_id: uuid.UUID, size: int) -> AsyncIterator[bytes]:
@@ -274,11 +274,11 @@ class Repo:
             try:
                 self._budget[message_id] = await self.body_budget.acquire(size)
                 async with self._conn() as conn:
-                    rows = await conn.fetch(bodies.READ_CHUNKS, message_id)
-                if not rows:
+                    body = await bodies.read(conn, message_id)
+                if body is None:
                     raise Unavailable(f"message {message_id} has no stored body", code="no_body")
-                fut.set_result(b"".join([r[0] for r in rows]))
-                del rows  # this frame lives on across the yield: don't hold the body twice
+                fut.set_result(body)
+                del body  # this frame lives on across the yield: don't hold it past the job
             except BaseException as exc:
                 fut.set_exception(exc)
                 fut.exception()  # the budget, if granted, is released below with the last ref

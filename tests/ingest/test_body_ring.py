@@ -284,9 +284,8 @@ async def test_a_running_ingest_turns_the_ring_by_itself(
         assert states["waiting"] == (True, 0), states
         assert states["delivered"][0] is False, states
         assert left == 0, "a ring partition still has rows of a body its turn settled"
-        got = await c.fetch(bodies.READ_CHUNKS, sent["waiting"][0])
-        assert b"".join(r[0] for r in got) == sent["waiting"][1]
-        assert await c.fetchval(bodies.READ_CHUNKS, sent["delivered"][0]) is None
+        assert await bodies.read(c, sent["waiting"][0]) == sent["waiting"][1]
+        assert await bodies.read(c, sent["delivered"][0]) is None
         assert await c.fetchval("SELECT count(*) FROM mail.body_ring WHERE emptied_at IS NOT NULL") >= 2
     finally:
         await c.close()
