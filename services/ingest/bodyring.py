@@ -33,28 +33,16 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-from prometheus_client import Counter
 
 from shared import bodies
 from shared.periodic import Periodic
 from shared.retention_metrics import RETENTION_PURGED
 
+from .metrics import BODIES_KEPT, BODY_RING_TURNS
 from .repo import Database
 from .retention import RELEASABLE
 
 log = logging.getLogger("mailexec.ingest.bodyring")
-
-TURNS = Counter(
-    "mailexec_body_ring_turns_total",
-    "Ring partitions of mail.bodies emptied for their next turn (emptied), or not this "
-    "time (busy: a lock was not granted in time; retried at the next tick)",
-    ["result"],
-)
-KEPT = Counter(
-    "mailexec_bodies_kept_total",
-    "Bodies still needed when their ring slot's turn came (a recipient not final yet, a "
-    "DSN not rendered yet, a dead letter), moved to the kept partition of mail.bodies",
-)
 
 BATCH = 100  # messages settled per statement in step 1
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '200ms'"
@@ -112,7 +100,7 @@ class BodyRing:
         self.db = db
         self.slot_s = slot_s
         self.periodic = Periodic("body ring", self.run_once, slot_s / 4,
-                                 on_error=lambda _: TURNS.labels("error").inc())
+                                 on_error=lambda _: BODY_RING_TURNS.labels("error").inc())
 
     def start(self) -> None:
         self.periodic.start()
@@ -150,11 +138,11 @@ class BodyRing:
             self._count(done, row)
             done.emptied = True
         except asyncpg.LockNotAvailableError:
-            TURNS.labels("busy").inc()
+            BODY_RING_TURNS.labels("busy").inc()
             log.info("body ring: a lock was busy; slot emptied at the next tick",
                      extra={"slot": slot, "turn": turn})
             return done
-        TURNS.labels("emptied").inc()
+        BODY_RING_TURNS.labels("emptied").inc()
         if done.kept:
             log.info("body ring: bodies still needed kept", extra={
                 "slot": slot, "turn": turn, "kept": done.kept, "released": done.released})
@@ -166,5 +154,5 @@ class BodyRing:
         kept, released = int(row["kept"]), int(row["released"])
         done.kept += kept
         done.released += released
-        KEPT.inc(kept)
+        BODIES_KEPT.inc(kept)
         RETENTION_PURGED.labels("body").inc(released)

@@ -83,6 +83,19 @@ BODIES_HELD = Gauge(
     "mailexec_bodies_held", "Messages whose body is still stored",
     multiprocess_mode="mostrecent",
 )
+# The body ring's turns (services/ingest/bodyring.py)
+BODY_RING_TURNS = Counter(
+    "mailexec_body_ring_turns_total",
+    "Ring partitions of mail.bodies emptied for their next turn (emptied), or not this "
+    "time (busy: a lock was not granted in time; error: logged), both tried again at the "
+    "next tick",
+    ["result"],
+)
+BODIES_KEPT = Counter(
+    "mailexec_bodies_kept_total",
+    "Bodies still needed when their ring slot's turn came (a recipient not final yet, a "
+    "DSN not rendered yet, a dead letter), moved to the kept partition of mail.bodies",
+)
 
 
 # The states a recipient waits in (SPEC §2), each always present in the gauge.

@@ -27,6 +27,7 @@ ALERT_NAMES = {
     "MailexecSandboxFailing",
     "MailexecDsnOutboxStuck",
     "MailexecRetentionFailing",
+    "MailexecBodyRingStuck",
 }
 # Metrics from outside mailexec: RabbitMQ's prometheus plugin (per-object) and Prometheus.
 FOREIGN = {"rabbitmq_queue_messages_ready", "rabbitmq_queue_consumers", "up"}
