@@ -102,3 +102,42 @@ async def test_least_privilege_roles_exist_with_narrow_grants(scratch_db: str) -
         "AND table_schema = 'mail'")}
     assert columns == {("mailexec_notifier", "mail.recipients.notifier_pending", "UPDATE")}
     assert ("mailexec_ingest", "mail.queue_actions", "DELETE") in grants
+
+
+async def test_0011_moves_stored_bodies_into_the_ring_table_and_back(scratch_db: str) -> None:
+    """Upgrading to the body ring keeps every stored body readable (in the kept
+    partition); downgrading keeps the bodies still held, wherever they are, and leaves
+    out the rows of released ones that wait for their partition's truncate."""
+    from shared import bodies
+
+    assert _mailexec(scratch_db, "migrate", "0010").returncode == 0
+    old_id, held_id, released_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    old_body = os.urandom(20_000)
+    conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{scratch_db}")
+    try:
+        insert = ("INSERT INTO mail.messages (id, sender, notify, size, received_at) "
+                  "VALUES ($1, 'a@example.net', '{FAILURE}', $2, now())")
+        await conn.execute(insert, old_id, len(old_body))
+        await conn.executemany(
+            "INSERT INTO mail.bodies (message_id, off, chunk) VALUES ($1, $2, $3)",
+            [(old_id, off, bytes(chunk)) for off, chunk in bodies.rows([old_body])])
+        up = _mailexec(scratch_db, "migrate")
+        assert up.returncode == 0, up.stderr
+        assert await bodies.read(conn, old_id) == old_body
+        assert await conn.fetchval("SELECT body_slot FROM mail.messages WHERE id = $1",
+                                   old_id) == bodies.KEPT
+
+        held_body, released_body = os.urandom(9_000), os.urandom(9_000)
+        for mid, body in ((held_id, held_body), (released_id, released_body)):
+            await conn.execute(insert.replace("received_at)", "received_at, body_slot)")
+                               .replace("now())", "now(), 3)"), mid, len(body))
+            await bodies.copy(conn, 3, [(mid, [body])])
+        await conn.execute("UPDATE mail.messages SET body_held = false WHERE id = $1", released_id)
+        down = _mailexec(scratch_db, "migrate", "--downgrade", "0010")
+        assert down.returncode == 0, down.stderr
+        rows = await conn.fetch("SELECT message_id, string_agg(chunk, ''::bytea ORDER BY off) AS b "
+                                "FROM mail.bodies GROUP BY message_id")
+    finally:
+        await conn.close()
+    assert {r["message_id"]: bytes(r["b"]) for r in rows} == {old_id: old_body,
+                                                              held_id: held_body}
