@@ -47,9 +47,11 @@ log = logging.getLogger("mailexec.ingest.bodyring")
 BATCH = 100  # messages settled per statement in step 1
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '200ms'"
 
+# another replica (or ingest worker) at the same slot holds its row: skip, not wait
 CLAIM = """
 UPDATE mail.body_ring SET turn = $2, emptied_at = now()
-WHERE slot = $1 AND turn < $2
+WHERE slot = (SELECT slot FROM mail.body_ring WHERE slot = $1 AND turn < $2
+              FOR UPDATE SKIP LOCKED)
 RETURNING slot
 """
 
@@ -130,7 +132,7 @@ class BodyRing:
             async with conn.transaction():
                 await conn.execute(LOCK_TIMEOUT)
                 if await conn.fetchval(CLAIM, slot, turn) is None:
-                    return done  # another replica emptied it for this turn
+                    return done  # another replica emptied it for this turn, or is at it
                 await conn.execute(f"LOCK TABLE mail.{bodies.partition(slot)} "
                                    "IN ACCESS EXCLUSIVE MODE")
                 row = await conn.fetchrow(_SETTLE[(slot, False)], slot, None)

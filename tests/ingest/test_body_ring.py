@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.executor.repo import Repo as ExecutorRepo
 from services.ingest import bodyring, retention
@@ -244,9 +245,24 @@ async def test_one_replica_empties_a_slot_once_per_turn(
     done = await first.run_once(now)
     assert done is not None and done.emptied and (done.slot, done.turn) == (slot, turn)
     assert await second.run_once(now) is None
-    # the turn after empties the slot after
+    # a replica at the next slot holds its row: the other skips it at once (no wait, no
+    # "busy"), and empties it at a later tick once nobody is at it
+    nxt = bodies.slot_of(turn + 1)
+    holder = await db_conn()
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM mail.body_ring WHERE slot = $1 FOR UPDATE", nxt)
+            busy = REGISTRY.get_sample_value("mailexec_body_ring_turns_total", {"result": "busy"})
+            t0 = time.monotonic()
+            skipped = await second.run_once(now + SLOT_S)
+            assert skipped is not None and not skipped.emptied
+            assert time.monotonic() - t0 < 0.2
+            assert REGISTRY.get_sample_value(
+                "mailexec_body_ring_turns_total", {"result": "busy"}) == busy
+    finally:
+        await holder.close()
     later = await second.run_once(now + SLOT_S)
-    assert later is not None and later.slot == bodies.slot_of(turn + 1)
+    assert later is not None and later.emptied and later.slot == nxt
 
 
 async def test_a_running_ingest_turns_the_ring_by_itself(
