@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import asyncpg
@@ -73,7 +74,9 @@ async def _release(dsn: str) -> dict[str, Any]:
         released = 0
         if BodyRing is not None:
             ring = BodyRing(db, get_settings().body_slot_s)  # type: ignore[arg-type]
-            turn = int(await conn.fetchval("SELECT max(turn) FROM mail.body_ring")) + 1
+            # the next turn, as ingest's own ring would claim it (a slot it emptied for
+            # that turn already has no delivered bodies: nothing writes to it before)
+            turn = bodies.turn_at(time.time(), get_settings().body_slot_s) + 1
             for slot in range(1, bodies.RING + 1):
                 done = await ring.empty(conn, slot, turn)
                 released += done.released

@@ -124,7 +124,7 @@ async def _truncate() -> None:
             "mail.messages, mail.bodies, mail.recipients, mail.program_runs, mail.queue_actions, "
             "notifier.notifications, "
             "notifier.seen_events CASCADE; UPDATE policy.settings SET data = '{}'::jsonb; "
-            "UPDATE mail.body_ring SET turn = -1, emptied_at = NULL"
+            "UPDATE mail.body_ring SET for_turn_at = '-infinity', emptied_at = NULL"
         )
     finally:
         await conn.close()

@@ -22,8 +22,9 @@ pages not yet written are never written. ``python -m bench.bodystore``, backend 
 - ``mail.messages.body_slot``: the slot of the message's body (0 for every body stored
   before this revision: they move to ``bodies_kept``). Index ``messages_body_slot``
   finds the bodies still held in a slot when its turn comes.
-- ``mail.body_ring``: one row per ring slot, the turn it was last emptied for, so that
-  one ingest replica empties it once per turn.
+- ``mail.body_ring``: one row per ring slot, the start of the turn it was last emptied
+  for (a time, so that a changed ``MAILEXEC_BODY_SLOT_S`` compares), so that one ingest
+  replica empties it once per turn.
 - Grants: ingest writes and truncates the ring partitions, writes and deletes in
   ``bodies_kept``; the executor and the notifier read through ``mail.bodies`` only.
 
@@ -81,7 +82,8 @@ def upgrade() -> None:
     op.execute("""
         CREATE TABLE mail.body_ring (
             slot smallint PRIMARY KEY,
-            turn bigint NOT NULL DEFAULT -1,  -- the turn it was last emptied for
+            for_turn_at timestamptz NOT NULL DEFAULT '-infinity',  -- start of the turn
+                                                                  -- it was emptied for
             emptied_at timestamptz
         )
     """)

@@ -14,10 +14,10 @@ During turn *k* (new bodies go to slot ``slot_of(k)``) it empties ``slot_of(k + 
    statement. A reader (``shared.bodies.READ_CHUNKS``) takes the slot and the rows in one
    statement, so it reads the body whole from one place or the other.
 2. **Empty** it in one short transaction: claim the turn in ``mail.body_ring`` (one
-   replica per turn), take the partition's ACCESS EXCLUSIVE lock (waits for a store or
-   read in progress there; ``lock_timeout``), settle what is left (nothing, unless a
-   message was locked in step 1), ``TRUNCATE``. A failure (lock timeout) rolls it all
-   back; the next tick tries again.
+   replica per turn; a replica that finds another at it skips), take the partition's
+   ACCESS EXCLUSIVE lock (waits for a store or read in progress there; ``lock_timeout``),
+   settle what is left (nothing, unless a message was locked in step 1), ``TRUNCATE``.
+   A failure (lock timeout) rolls it all back; the next tick tries again.
 
 Why this cannot lose a body: a store writes its message row (with ``body_slot``) and its
 rows in one transaction, so once step 2 holds the lock, every body of the slot that will
@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -49,13 +50,15 @@ LOCK_TIMEOUT = "SET LOCAL lock_timeout = '200ms'"
 
 # another replica (or ingest worker) at the same slot holds its row: skip, not wait
 CLAIM = """
-UPDATE mail.body_ring SET turn = $2, emptied_at = now()
-WHERE slot = (SELECT slot FROM mail.body_ring WHERE slot = $1 AND turn < $2
+UPDATE mail.body_ring SET for_turn_at = $2, emptied_at = now()
+WHERE slot = (SELECT slot FROM mail.body_ring WHERE slot = $1 AND for_turn_at < $2
               FOR UPDATE SKIP LOCKED)
 RETURNING slot
 """
 
-LAST_TURN = "SELECT turn FROM mail.body_ring WHERE slot = $1"
+# whether the slot was emptied for the turn starting at $2 (or a later one): a time, not a
+# turn's number, so that it still compares after MAILEXEC_BODY_SLOT_S changed
+EMPTIED_FOR = "SELECT for_turn_at >= $2 FROM mail.body_ring WHERE slot = $1"
 
 
 def settle_sql(slot: int, *, skip_locked: bool) -> str:
@@ -115,9 +118,12 @@ class BodyRing:
         turn = bodies.turn_at(time.time() if now is None else now, self.slot_s) + 1
         slot = bodies.slot_of(turn)
         async with self.db.connection() as conn:
-            if await conn.fetchval(LAST_TURN, slot) >= turn:
+            if await conn.fetchval(EMPTIED_FOR, slot, self.start_of(turn)):
                 return None
             return await self.empty(conn, slot, turn)
+
+    def start_of(self, turn: int) -> datetime:
+        return datetime.fromtimestamp(turn * self.slot_s, UTC)
 
     async def empty(self, conn: asyncpg.Connection, slot: int, turn: int) -> Turn:
         """Steps 1 and 2 of the module docstring for ring slot ``slot``, for ``turn``."""
@@ -131,7 +137,7 @@ class BodyRing:
         try:
             async with conn.transaction():
                 await conn.execute(LOCK_TIMEOUT)
-                if await conn.fetchval(CLAIM, slot, turn) is None:
+                if await conn.fetchval(CLAIM, slot, self.start_of(turn)) is None:
                     return done  # another replica emptied it for this turn, or is at it
                 await conn.execute(f"LOCK TABLE mail.{bodies.partition(slot)} "
                                    "IN ACCESS EXCLUSIVE MODE")

@@ -157,11 +157,11 @@ def test_each_service_logs_in_with_its_own_password_and_only_its_grants(
         # the body ring (0011): ingest alone truncates its partitions and records the
         # turns; the readers read through the parent, not a partition
         ("mailexec_ingest", "TRUNCATE mail.bodies_ring1", "ok"),
-        ("mailexec_ingest", "UPDATE mail.body_ring SET turn = turn WHERE false", "ok"),
+        ("mailexec_ingest", "UPDATE mail.body_ring SET emptied_at = now() WHERE false", "ok"),
         ("mailexec_ingest", "TRUNCATE mail.bodies_kept", "denied"),
         ("mailexec_executor", "TRUNCATE mail.bodies_ring1", "denied"),
         ("mailexec_executor", "SELECT count(*) FROM mail.bodies_ring1", "denied"),
-        ("mailexec_executor", "UPDATE mail.body_ring SET turn = 0", "denied"),
+        ("mailexec_executor", "UPDATE mail.body_ring SET emptied_at = now()", "denied"),
         ("mailexec_notifier", "SELECT count(*) FROM mail.bodies_kept", "denied"),
         # None of them may change the schema.
         ("mailexec_policy", "CREATE TABLE policy.evil (x int)", "denied"),

@@ -131,7 +131,8 @@ async def test_a_turn_releases_what_nobody_needs_keeps_the_rest_and_gives_the_sp
     assert quoted == dsn_owed.body[0][:1000]
     with pytest.raises(Unavailable, match="no stored body"):
         await read(executor, delivered)
-    assert await conn.fetchval("SELECT turn FROM mail.body_ring WHERE slot = 2") == 6
+    assert await conn.fetchval("SELECT extract(epoch FROM for_turn_at) FROM mail.body_ring "
+                               "WHERE slot = 2") == 6 * SLOT_S
 
     # a kept body goes the old way once nobody needs it: retention deletes its rows
     await finish(conn, deferred)
@@ -305,3 +306,17 @@ async def test_a_running_ingest_turns_the_ring_by_itself(
         assert await c.fetchval("SELECT count(*) FROM mail.body_ring WHERE emptied_at IS NOT NULL") >= 2
     finally:
         await c.close()
+
+
+async def test_the_ring_still_turns_after_the_turns_length_changed(
+        conn: asyncpg.Connection, ingest_db: Database) -> None:
+    """MAILEXEC_BODY_SLOT_S 10 -> 60 (a restart with another setting): the turns emptied
+    with 10-second turns don't hold back the first 60-second turn."""
+    now = time.time()
+    short = BodyRing(ingest_db, 10.0)
+    for k in range(bodies.RING):
+        done = await short.run_once(now + 10.0 * k)
+        assert done is not None and done.emptied
+    long = BodyRing(ingest_db, 60.0)
+    done = await long.run_once(now + 40.0)
+    assert done is not None and done.emptied
