@@ -144,6 +144,14 @@ async def db_conn() -> asyncpg.Connection:
     return await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}")
 
 
+@pytest.fixture
+async def conn(clean_db: None) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, every table emptied first (clean_db)."""
+    c = await db_conn()
+    yield c
+    await c.close()
+
+
 class ServiceProcess:
     """One `mailexec serve NAME` child process with its own port and log file."""
 

@@ -38,13 +38,6 @@ SLOT_S = 10.0
 
 
 @pytest.fixture
-async def conn(clean_db: None) -> AsyncIterator[asyncpg.Connection]:
-    c = await db_conn()
-    yield c
-    await c.close()
-
-
-@pytest.fixture
 async def ingest_db(mx_env: dict[str, str]) -> AsyncIterator[Database]:
     db = Database(mx_env["MAILEXEC_DATABASE_URL"], max_size=4, body_slot_s=SLOT_S)
     await db.start()

@@ -20,14 +20,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.executor.repo import Repo as ExecutorRepo
-from services.ingest import retention
+from services.ingest import bodyring, retention
 from services.ingest.repo import Database
 from services.ingest.retention import Purger
 from services.notifier import repo as notifier_repo
 from shared.db import asyncpg_dsn, session_scope
 from shared.settings import get_settings
 from testing.mailrows import store_body
-from tests.conftest import db_conn, free_port
+from tests.conftest import free_port
 
 BODY = b"From: a@example.net\r\nSubject: keep me?\r\n\r\nBODY-LINE\r\n"
 
@@ -67,13 +67,6 @@ async def body_held(conn: asyncpg.Connection, mid: uuid.UUID) -> bool | None:
         return None
     assert row["body_held"] == row["rows"], "body_held disagrees with mail.bodies"
     return bool(row["body_held"])
-
-
-@pytest.fixture
-async def conn(clean_db: None) -> AsyncIterator[asyncpg.Connection]:
-    c = await db_conn()
-    yield c
-    await c.close()
 
 
 @pytest.fixture
@@ -316,6 +309,9 @@ async def test_every_purge_statement_walks_an_index(conn: asyncpg.Connection) ->
         "unbound actions": (retention.DELETE_UNBOUND_ACTIONS, (5, batch)),
         "gauges": (retention.GAUGES, ()),
         "discard": (retention.DISCARD, (ids[0],)),
+        # the body ring's turn (bodyring.py) finds a slot's held bodies by its own index
+        "ring settle": (bodyring.settle_sql(2, skip_locked=True), (2, batch)),
+        "ring settle, all": (bodyring.settle_sql(2, skip_locked=False), (2, None)),
     }
     for name, (sql, args) in plans.items():
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
@@ -351,3 +347,12 @@ async def test_the_purges_run_with_their_services_least_privilege_roles(
             await conn.execute("SET LOCAL ROLE mailexec_ingest")
             await conn.fetch(sql, *args)
     assert await conn.fetchval("SELECT count(*) FROM mail.messages") == 0
+    # the body ring's turn, as ingest (a partition truncated under its lock)
+    turn = await conn.fetchval("SELECT now() + interval '1 hour'")
+    async with conn.transaction():
+        await conn.execute("SET LOCAL ROLE mailexec_ingest")
+        assert await conn.fetchval(bodyring.CLAIM, 3, turn) == 3
+        assert await conn.fetchval(bodyring.EMPTIED_FOR, 3, turn) is True
+        await conn.execute("LOCK TABLE mail.bodies_ring3 IN ACCESS EXCLUSIVE MODE")
+        await conn.fetch(bodyring.settle_sql(3, skip_locked=False), 3, None)
+        await conn.execute("TRUNCATE mail.bodies_ring3")

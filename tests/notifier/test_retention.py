@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -60,13 +59,6 @@ class Policy:
 
     async def get(self) -> NoticeSettings:
         return self.current
-
-
-@pytest.fixture
-async def conn(clean_db: None) -> AsyncIterator[asyncpg.Connection]:
-    c = await db_conn()
-    yield c
-    await c.close()
 
 
 async def test_a_purge_between_finalisation_and_rendering_keeps_the_returned_content(
