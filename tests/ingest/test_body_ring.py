@@ -145,7 +145,9 @@ async def test_a_store_in_progress_in_the_slot_is_waited_for_and_kept(
     the next tick) and never truncates a body it could not see."""
     slow = new_message(os.urandom(100_000))
     ring = BodyRing(ingest_db, SLOT_S)
-    for hold_s, turn in ((1.0, 10), (0.05, 14)):
+    # the store commits after the turn gave up (it holds the lock past the turn's 200 ms
+    # lock_timeout), or 50 ms after the turn began to wait for it
+    for outlasts_the_turn, turn in ((True, 10), (False, 14)):
         writer = await db_conn()
         try:
             tx = writer.transaction()
@@ -159,12 +161,16 @@ async def test_a_store_in_progress_in_the_slot_is_waited_for_and_kept(
                                  uuid.uuid4(), slow.id)
             await bodies.copy(writer, 3, [(slow.id, slow.body)])
             turn_task = asyncio.create_task(ring.empty(conn, 3, turn))
-            await asyncio.sleep(hold_s)
-            await tx.commit()
-            done = await turn_task
+            if outlasts_the_turn:
+                done = await turn_task
+                await tx.commit()
+            else:
+                await asyncio.sleep(0.05)
+                await tx.commit()
+                done = await turn_task
         finally:
             await writer.close()
-        if hold_s > 0.2:  # longer than the turn's lock_timeout: not this tick
+        if outlasts_the_turn:  # not this tick
             assert not done.emptied
             assert await where(conn, slow) == (True, 3)
             assert await read(executor, slow) == slow.body[0]
