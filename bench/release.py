@@ -24,8 +24,10 @@ One connection; the CPU its PostgreSQL backend spent is returned, for the run's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -55,16 +57,9 @@ async def _release(dsn: str) -> dict[str, Any]:
         def __init__(self, conn: asyncpg.Connection) -> None:
             self.conn = conn
 
-        def connection(self) -> Any:
-            conn = self.conn
-
-            class Ctx:
-                async def __aenter__(self) -> asyncpg.Connection:
-                    return conn
-
-                async def __aexit__(self, *exc: object) -> None:
-                    return None
-            return Ctx()
+        @contextlib.asynccontextmanager
+        async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+            yield self.conn
 
     conn = await asyncpg.connect(dsn)
     try:

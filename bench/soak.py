@@ -54,25 +54,26 @@ from bench.common import BENCH_DIR, Config, Workdir, ensure_user, free_port, loa
 from testing.procstats import queue_depths, rss_mib
 
 
+def _bytes_of(where: str, name: str) -> str:
+    """A select-list item: the bytes on disk (with TOAST and indexes) of the relations
+    ``where`` picks (``c``: pg_class, ``n``: its namespace), as ``name``."""
+    return ("(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {where}) AS {name}")
+
+
 def _sample(p: Any, t0: float) -> dict[str, Any]:
     from bench.mailexec_bench import DB, VHOST, pg
 
+    tables = "c.relkind IN ('r', 'm')"
+    ring = "c.relname LIKE 'bodies\\_ring%'"
     rows = pg("SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1) AS conns, "
               "(SELECT count(*) FROM mail.recipients WHERE state NOT IN ('delivered', 'bounced'))"
               " AS backlog, pg_database_size($1) AS db_bytes, "
-              "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-              " JOIN pg_namespace n ON n.oid = c.relnamespace "
-              " WHERE n.nspname = 'mail' AND c.relkind IN ('r', 'm')) AS mail_bytes, "
-              "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-              " JOIN pg_namespace n ON n.oid = c.relnamespace "
-              " WHERE n.nspname = 'notifier' AND c.relkind IN ('r', 'm')) AS notifier_bytes, "
-              "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-              " JOIN pg_namespace n ON n.oid = c.relnamespace "
-              " WHERE n.nspname = 'mail' AND c.relname LIKE 'bodies\\_ring%') AS ring_bytes, "
-              "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-              " JOIN pg_namespace n ON n.oid = c.relnamespace "
-              " WHERE n.nspname IN ('mail', 'notifier') AND c.relkind IN ('r', 'm') "
-              " AND c.relname NOT LIKE 'bodies\\_ring%') AS other_bytes",
+              + _bytes_of(f"n.nspname = 'mail' AND {tables}", "mail_bytes") + ", "
+              + _bytes_of(f"n.nspname = 'notifier' AND {tables}", "notifier_bytes") + ", "
+              + _bytes_of(f"n.nspname = 'mail' AND {ring}", "ring_bytes") + ", "
+              + _bytes_of(f"n.nspname IN ('mail', 'notifier') AND {tables} AND NOT {ring}",
+                          "other_bytes"),
               DB, fetch=True)
     return {
         "t": round(time.monotonic() - t0),

@@ -89,12 +89,19 @@ async def read(conn: asyncpg.Connection, message_id: uuid.UUID) -> bytes | None:
     return b"".join([r[1] for r in rows])
 
 
+def of_message(message_sql: str, rows_sql: str = "b") -> str:
+    """The condition that ``mail.bodies`` rows ``rows_sql`` are the body of the
+    ``mail.messages`` row ``message_sql`` (a moved body's old rows are in another slot)."""
+    return (f"{rows_sql}.slot = {message_sql}.body_slot "
+            f"AND {rows_sql}.message_id = {message_sql}.id")
+
+
 def joined(message_sql: str) -> str:
     """A scalar subquery: the whole body of the ``mail.messages`` row ``message_sql``
     names (``m``: ``m.id``, ``m.body_slot``), joined in PostgreSQL — for small bodies only;
     the caller checks ``body_held``."""
     return (f"(SELECT string_agg(b.chunk, ''::bytea ORDER BY b.off) FROM mail.bodies b "
-            f"WHERE b.slot = {message_sql}.body_slot AND b.message_id = {message_sql}.id)")
+            f"WHERE {of_message(message_sql)})")
 
 
 def first_bytes(limit_sql: str) -> str:

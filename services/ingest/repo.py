@@ -89,9 +89,9 @@ UPDATE mail.recipients SET published = true
               FOR UPDATE SKIP LOCKED)
 """
 
-DELETE_MESSAGES = """
+DELETE_MESSAGES = f"""
 WITH b AS (DELETE FROM mail.bodies b USING mail.messages m
-           WHERE m.id = ANY($1::uuid[]) AND b.slot = m.body_slot AND b.message_id = m.id)
+           WHERE m.id = ANY($1::uuid[]) AND {bodies.of_message("m")})
 DELETE FROM mail.messages WHERE id = ANY($1::uuid[])
 """
 

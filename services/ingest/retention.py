@@ -87,7 +87,7 @@ WITH d AS (
     RETURNING m.id, m.body_held, m.body_slot
 ), b AS (  -- from whichever partition holds it, ring or kept
     DELETE FROM mail.bodies b USING d
-    WHERE NOT d.body_held AND b.slot = d.body_slot AND b.message_id = d.id
+    WHERE NOT d.body_held AND {bodies.of_message("d")}
 )
 SELECT body_held FROM d
 """

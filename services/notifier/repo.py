@@ -144,7 +144,7 @@ async def load_originals(
     rows = await session.execute(
         text(
             "SELECT b.message_id, " + _FIRST_BYTES + " FROM mail.bodies b "
-            "JOIN mail.messages m ON b.slot = m.body_slot AND b.message_id = m.id "
+            "JOIN mail.messages m ON " + bodies.of_message("m") + " "
             "WHERE m.id = ANY(CAST(:ids AS uuid[])) AND m.body_held AND b.off < :limit "
             "GROUP BY b.message_id"
         ),
@@ -192,7 +192,7 @@ async def load_original(session: AsyncSession, message_id: uuid.UUID, limit: int
     row = (
         await session.execute(
             text("SELECT " + _FIRST_BYTES + " FROM mail.bodies b "
-                 "JOIN mail.messages m ON b.slot = m.body_slot AND b.message_id = m.id "
+                 "JOIN mail.messages m ON " + bodies.of_message("m") + " "
                  "WHERE m.id = :id AND m.body_held AND b.off < :limit"),
             {"id": message_id, "limit": limit},
         )
